@@ -16,9 +16,7 @@ export async function writeFileAtomic(
   path: string,
   data: Uint8Array | string,
 ): Promise<void> {
-  const bytes = typeof data === "string"
-    ? new TextEncoder().encode(data)
-    : data;
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   await Deno.mkdir(dirname(path), { recursive: true });
   const tmp = tmpSibling(path);
   const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
