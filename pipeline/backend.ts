@@ -142,6 +142,8 @@ async function tryBackend(name: Exclude<BackendName, "auto">): Promise<void> {
     throw new BackendUnavailableError(name, "tfjs failed to initialise it", "See the log above.");
   }
   await tf.ready();
+  // tfjs-cpu advertises tfjs-node on first use; the errors above say what to install instead.
+  if (name === "cpu") (tf.findBackend("cpu") as Any).firstUse = false;
   if (name === "wasm" && !prepared.has("wasm")) {
     installWasmKernels();
     prepared.add("wasm");
@@ -315,12 +317,25 @@ function makeLeadingAxesSum(stock: tf.KernelFunc): tf.KernelFunc {
 function guardAllocator(backend: WasmBackend): void {
   const wasm = backend.wasm;
   if (wasm.__tinystillGuard) return;
-  const malloc = wasm._malloc.bind(wasm);
-  wasm._malloc = (n: number) => {
-    const p = malloc(n);
-    if (p === 0 && n > 0) throw new WasmHeapExhaustedError(n, wasm.HEAPU8.length);
+  // Emscripten may replace `_malloc` later (lazy export stubs), so keep the raw function behind
+  // an accessor: whatever is assigned becomes the inner allocator, the guard stays outside.
+  let inner: (n: number) => number = wasm._malloc;
+  const guarded = (n: number) => {
+    // Sizes are size_t (32-bit) in wasm: a request of 4 GiB or more would silently wrap around.
+    if (n >= 2 ** 32) throw new WasmHeapExhaustedError(n, wasm.HEAPU8.length);
+    const p = inner(n) >>> 0;
+    if ((p === 0 && n > 0) || p + n > wasm.HEAPU8.length) {
+      throw new WasmHeapExhaustedError(n, wasm.HEAPU8.length);
+    }
     return p;
   };
+  Object.defineProperty(wasm, "_malloc", {
+    configurable: true,
+    get: () => guarded,
+    set: (f: (n: number) => number) => {
+      inner = f;
+    },
+  });
   wasm.__tinystillGuard = true;
 }
 

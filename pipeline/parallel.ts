@@ -74,8 +74,12 @@ export function computeGradients(
   const { value, grads } = tf.variableGrads(() => objective(model, batch, { seed }), vars);
   const loss = value.dataSync()[0];
   value.dispose();
+  // Parameters off the loss's path get no entry (like `grad is None` in PyTorch).
   const out = new Map<string, tf.Tensor>();
-  names.forEach((n, i) => out.set(n, grads[vars[i].name]));
+  names.forEach((n, i) => {
+    const g = grads[vars[i].name];
+    if (g) out.set(n, g);
+  });
   return { loss, grads: out };
 }
 
@@ -222,7 +226,9 @@ export class DataParallel {
           let sum = tf.mul(g, w0);
           results.forEach((res, i) => {
             const wi = (bounds[i + 2] - bounds[i + 1]) / n;
-            sum = tf.add(sum, tf.mul(tf.tensor(res.grads[name], g.shape), wi));
+            const data = res.grads[name];
+            if (!data) throw new Error(`replica ${i + 1} returned no gradient for ${name}`);
+            sum = tf.add(sum, tf.mul(tf.tensor(data, g.shape), wi));
           });
           return sum;
         }),

@@ -127,12 +127,24 @@ function backprop(
 }
 
 let installed = false;
+// deno-lint-ignore no-explicit-any
+let stockFn: ((...args: any[]) => { value: tf.Tensor; grads: tf.Tensor[] }) | null = null;
+
+/** tfjs's own `engine.gradients` (kept for comparisons in tests and benchmarks). */
+export function stockGradients(
+  f: () => tf.Tensor,
+  xs: tf.Tensor[],
+): { value: tf.Tensor; grads: tf.Tensor[] } {
+  const engine = tf.engine() as Any;
+  return stockFn ? stockFn(f, xs) : engine.gradients(f, xs);
+}
 
 /** Replace the engine's `gradients` with the freeing version (idempotent, backend-agnostic). */
 export function installTapeFreeing(): void {
   if (installed) return;
   const engine = tf.engine() as Any;
   const stock = engine.gradients.bind(engine);
+  stockFn = stock;
   engine.gradients = function (
     f: () => tf.Tensor,
     xs: tf.Tensor[],
