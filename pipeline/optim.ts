@@ -22,7 +22,11 @@ export interface AdamWOptions {
 }
 
 /** Linear warmup to `peak` over `warmup` steps, then linear decay to 0 at `total`. */
-export function linearWarmupDecay(peak: number, warmup: number, total: number) {
+export function linearWarmupDecay(
+  peak: number,
+  warmup: number,
+  total: number,
+): (step: number) => number {
   return (step: number): number => {
     if (warmup > 0 && step <= warmup) return (peak * step) / warmup;
     if (total <= warmup) return peak;

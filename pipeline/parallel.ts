@@ -83,6 +83,70 @@ export function computeGradients(
   return { loss, grads: out };
 }
 
+/** Model outputs that {@link DataParallel.forward} can return. */
+export type OutputName = "logits" | "pooled" | "hiddenStates" | "attentionScores";
+
+/** Host copies of forward outputs; per-layer outputs are arrays. */
+export interface HostOutputs {
+  logits?: HostArray;
+  pooled?: HostArray;
+  hiddenStates?: HostArray[];
+  attentionScores?: HostArray[];
+}
+
+function host(t: tf.Tensor): HostArray {
+  return { data: (t.dataSync() as Float32Array).slice(), shape: t.shape };
+}
+
+/** Inference forward pass (no dropout) keeping only the `outputs` asked for, as host arrays. */
+export function forwardToHost(model: Bert, batch: Batch, outputs: OutputName[]): HostOutputs {
+  const want = new Set(outputs);
+  const out = model.forward({
+    inputIds: batch.inputIds as tf.Tensor2D,
+    attentionMask: batch.attentionMask as tf.Tensor2D | undefined,
+    tokenTypeIds: batch.tokenTypeIds as tf.Tensor2D | undefined,
+  }, { hiddenStates: want.has("hiddenStates"), attentionScores: want.has("attentionScores") });
+  const res: HostOutputs = {};
+  if (want.has("logits")) {
+    if (!out.logits) throw new Error("forward: the model has no classifier, so no logits");
+    res.logits = host(out.logits);
+  }
+  if (want.has("pooled")) res.pooled = host(out.pooled);
+  if (want.has("hiddenStates")) res.hiddenStates = out.hiddenStates.map(host);
+  if (want.has("attentionScores")) res.attentionScores = out.attentionScores.map(host);
+  tf.dispose([...out.hiddenStates, ...out.attentionScores, out.pooled]);
+  if (out.logits) out.logits.dispose();
+  return res;
+}
+
+export function transferables(o: HostOutputs): ArrayBuffer[] {
+  const arrays = [o.logits, o.pooled, ...(o.hiddenStates ?? []), ...(o.attentionScores ?? [])];
+  return arrays.filter((a): a is HostArray => !!a).map((a) => a.data.buffer as ArrayBuffer);
+}
+
+function concatRows(parts: HostArray[]): HostArray {
+  if (parts.length === 1) return parts[0];
+  const rows = parts.reduce((n, p) => n + p.shape[0], 0);
+  const data = new Float32Array(parts.reduce((n, p) => n + p.data.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    data.set(p.data, off);
+    off += p.data.length;
+  }
+  return { data, shape: [rows, ...parts[0].shape.slice(1)] };
+}
+
+function concatOutputs(parts: HostOutputs[]): HostOutputs {
+  const first = parts[0], res: HostOutputs = {};
+  if (first.logits) res.logits = concatRows(parts.map((p) => p.logits!));
+  if (first.pooled) res.pooled = concatRows(parts.map((p) => p.pooled!));
+  for (const key of ["hiddenStates", "attentionScores"] as const) {
+    const layers = first[key];
+    if (layers) res[key] = layers.map((_, l) => concatRows(parts.map((p) => p[key]![l])));
+  }
+  return res;
+}
+
 /** Options of {@link DataParallel.create}. */
 export interface DataParallelOptions {
   /** Total replicas including this thread (default: `navigator.hardwareConcurrency`). */
@@ -206,15 +270,12 @@ export class DataParallel {
     });
     const localBatch = toTensors(sliceBatch(batch, bounds[0], bounds[1]));
     let local: GradientResult;
-    const t0 = performance.now();
     try {
       local = computeGradients(this.model, this.objective, localBatch, seed * this.replicas);
     } finally {
       tf.dispose(Object.values(localBatch));
     }
-    const t1 = performance.now();
     const results = await Promise.all(remote);
-    if (Deno.env.get("DP_DEBUG")) console.log(`local ${(t1 - t0).toFixed(0)} remote-wait ${(performance.now() - t1).toFixed(0)}`);
     if (results.length === 0) return local;
     const w0 = (bounds[1] - bounds[0]) / n;
     let loss = local.loss * w0;
@@ -237,6 +298,26 @@ export class DataParallel {
     }
     results.forEach((res, i) => loss += res.loss * (bounds[i + 2] - bounds[i + 1]) / n);
     return { loss, grads };
+  }
+
+  /** Inference forward pass over `batch`, split across all replicas; outputs in batch order. */
+  async forward(batch: HostBatch, outputs: OutputName[] = ["logits"]): Promise<HostOutputs> {
+    const n = batchRows(batch);
+    const r = Math.min(this.replicas, n);
+    const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
+    const remote = this.workers.slice(0, r - 1).map((w, i) => {
+      const shard = sliceBatch(batch, bounds[i + 1], bounds[i + 2]);
+      const transfer = Object.values(shard).map((v) => v.data.buffer as ArrayBuffer);
+      return w.request<HostOutputs>({ type: "forward", batch: shard, outputs }, transfer);
+    });
+    const localBatch = toTensors(sliceBatch(batch, bounds[0], bounds[1]));
+    let local: HostOutputs;
+    try {
+      local = forwardToHost(this.model, localBatch, outputs);
+    } finally {
+      tf.dispose(Object.values(localBatch));
+    }
+    return concatOutputs([local, ...(await Promise.all(remote))]);
   }
 
   /** Copy this thread's weights to every worker (call after each optimiser step). */

@@ -10,7 +10,14 @@ import { type BackendName, setBackend } from "./backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
 import { getObjective, type Objective } from "./objectives.ts";
-import { computeGradients, type HostBatch, toTensors } from "./parallel.ts";
+import {
+  computeGradients,
+  forwardToHost,
+  type HostBatch,
+  type OutputName,
+  toTensors,
+  transferables,
+} from "./parallel.ts";
 
 let model: Bert | null = null;
 let objective: Objective | null = null;
@@ -56,6 +63,15 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
           g.dispose();
         }
         return [{ loss, grads: out }, transfer];
+      } finally {
+        tf.dispose(Object.values(batch));
+      }
+    }
+    case "forward": {
+      const batch = toTensors(msg.batch as HostBatch);
+      try {
+        const out = forwardToHost(model!, batch, msg.outputs as OutputName[]);
+        return [out, transferables(out)];
       } finally {
         tf.dispose(Object.values(batch));
       }

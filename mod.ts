@@ -1,0 +1,90 @@
+/**
+ * tinystill: distil a Hugging Face BERT teacher into a small student (TinyBERT), in Deno.
+ *
+ * ```ts
+ * import { loadBert, loadTokenizer, setBackend, tf } from "./mod.ts";
+ *
+ * await setBackend("wasm");
+ * const tokenizer = await loadTokenizer("fixtures/bert-base-uncased");
+ * const bert = await loadBert("path/to/hf-checkpoint"); // config.json + model.safetensors
+ * const batch = tokenizer.encodeBatch(["a first sentence", "and a second one"]);
+ * const { hiddenStates, attentionScores, logits } = bert.forward(batch);
+ * ```
+ * @module
+ */
+
+/** The tfjs namespace in use, backends, and the wasm training fills. */
+export {
+  BACKEND_NAMES,
+  type BackendName,
+  BackendUnavailableError,
+  getBackend,
+  setBackend,
+  tf,
+  wasmHeapBytes,
+  WasmHeapExhaustedError,
+} from "./pipeline/backend.ts";
+
+/** The model: Hugging Face `BertModel` semantics, HF parameter names. */
+export {
+  Bert,
+  type BertHeads,
+  type BertInputs,
+  type BertOutputs,
+  type ForwardOptions,
+  gelu,
+  isNoDecay,
+  layerNorm,
+  linear,
+  MASK_VALUE,
+  parameterShapes,
+} from "./pipeline/bert.ts";
+
+/** Hugging Face checkpoints: `config.json`, `model.safetensors`. */
+export {
+  architectureOf,
+  loadBert,
+  type LoadBertOptions,
+  type LoadedBert,
+  saveBert,
+  type SaveBertOptions,
+} from "./pipeline/checkpoint.ts";
+export {
+  BERT_DEFAULTS,
+  type BertConfig,
+  makeConfig,
+  numLabels,
+  readConfig,
+  writeConfig,
+} from "./pipeline/config.ts";
+export {
+  type FloatDType,
+  readSafetensors,
+  type SafeTensors,
+  writeSafetensors,
+} from "./pipeline/safetensors.ts";
+
+/** WordPiece tokenization (`vocab.txt` or `tokenizer.json`). */
+export {
+  BertTokenizer,
+  buildTokenizerJson,
+  type Encoding,
+  type EncodingTensors,
+  loadTokenizer,
+  saveTokenizer,
+} from "./pipeline/tokenizer.ts";
+
+/** Training: AdamW, schedules, objectives, data-parallel replicas. */
+export { AdamW, type AdamWOptions, type AdamWState, linearWarmupDecay } from "./pipeline/optim.ts";
+export { type Batch, getObjective, type Objective, OBJECTIVES } from "./pipeline/objectives.ts";
+export {
+  computeGradients,
+  DataParallel,
+  type DataParallelOptions,
+  type GradientResult,
+  type HostBatch,
+  toTensors,
+} from "./pipeline/parallel.ts";
+
+/** Errors about bad input name the file, the field, and what was expected. */
+export { InputError, type InputErrorDetails } from "./pipeline/errors.ts";

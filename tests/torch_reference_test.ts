@@ -1,0 +1,496 @@
+/**
+ * tinystill's BERT against an independent PyTorch implementation written from the math
+ * (`tests/reference/bert_torch.py`, float64): every hidden state, every pre-softmax attention
+ * score tensor, pooled output, classifier and MLM logits, the classification loss and its
+ * gradient for every parameter, and the parameters after one AdamW step with weight decay and
+ * gradient clipping — on the `cpu` and `wasm` backends.
+ *
+ * Error measure (per tensor): relErr(a, b) = max|a − b| / max(1e-6, max|b|), with b the torch
+ * value (see `tests/_util.ts`). Attention scores are also split: columns of real keys get the
+ * same measure over those columns only; padded key columns (≈ −10000 + score) get an absolute
+ * bound, since float32 resolves −10000 + s only to ≈ 1e-3.
+ *
+ * Needs a python3 with torch and numpy (Debian: `apt-get install python3-torch python3-numpy`);
+ * `TINYSTILL_PYTHON` may name the interpreter. Without one, the tests are skipped with a message.
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
+import { Bert, type BertHeads, isNoDecay, MASK_VALUE, parameterShapes } from "../pipeline/bert.ts";
+import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
+import { type BertConfig, makeConfig } from "../pipeline/config.ts";
+import { classification } from "../pipeline/objectives.ts";
+import { AdamW } from "../pipeline/optim.ts";
+import { computeGradients } from "../pipeline/parallel.ts";
+import { randomArray, relErr, rng } from "./_util.ts";
+
+const SCRIPT = fileURLToPath(new URL("./reference/bert_torch.py", import.meta.url));
+
+/** Relative tolerance for everything compared with relErr. */
+const TOL = 1e-4;
+/** Absolute tolerance on padded key columns of the attention scores (values ≈ −10000). */
+const PADDED_ABS_TOL = 2e-3;
+/**
+ * Tolerance on the AdamW update Δ = p_after − p_before (relErr per tensor), which unlike the
+ * updated parameters themselves is sensitive to the weight-decay term (≈ wd·|p| ≈ 3e-3 of the
+ * step here) and to bias correction. The first Adam step is lr·ĝ/(|ĝ| + eps), whose
+ * sensitivity to ĝ is lr·eps/(|ĝ| + eps)²: float32 noise in gradients near eps is amplified up
+ * to 1/eps, so Δ is compared only where the clipped torch gradient ĝ is exactly 0 (pure decay)
+ * or |ĝ| ≥ 100·eps. The updated parameters are compared everywhere (at TOL).
+ */
+const DELTA_TOL = 1e-4;
+
+const BACKENDS: BackendName[] = ["cpu", "wasm"];
+
+const ADAMW = { lr: 5e-3, betas: [0.9, 0.999], eps: 1e-6, weight_decay: 0.01, max_grad_norm: 0.5 };
+
+// ---------------------------------------------------------------------------------------------
+// Finding a python3 with torch.
+
+async function importsTorch(python: string): Promise<boolean> {
+  try {
+    const r = await new Deno.Command(python, {
+      args: ["-c", "import torch, numpy"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return r.success;
+  } catch {
+    return false; // interpreter not found
+  }
+}
+
+async function findTorchPython(): Promise<string | undefined> {
+  const candidates = [Deno.env.get("TINYSTILL_PYTHON"), "python3", "/usr/bin/python3"];
+  for (const py of candidates) if (py && await importsTorch(py)) return py;
+  return undefined;
+}
+
+const PYTHON = await findTorchPython();
+if (!PYTHON) {
+  console.warn(
+    "torch_reference_test: SKIPPED — no python3 that can `import torch, numpy`. Install them " +
+      "with `apt-get install python3-torch python3-numpy` (or set TINYSTILL_PYTHON).",
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The torch side: inputs out, a float64 safetensors file back.
+
+interface Inputs {
+  input_ids: number[][];
+  attention_mask: number[][];
+  token_type_ids: number[][];
+  labels: number[];
+}
+
+interface F64Tensor {
+  shape: number[];
+  data: Float64Array;
+}
+
+/** Parse a safetensors file of F64 tensors (what the reference writes). */
+function parseF64Safetensors(
+  bytes: Uint8Array,
+): { tensors: Map<string, F64Tensor>; metadata: Record<string, string> } {
+  const headerLen = Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+  const data = bytes.subarray(8 + headerLen);
+  const tensors = new Map<string, F64Tensor>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const { dtype, shape, data_offsets: [start, end] } = e as {
+      dtype: string;
+      shape: number[];
+      data_offsets: [number, number];
+    };
+    assert.equal(dtype, "F64", `${name}: reference output dtype`);
+    tensors.set(name, { shape, data: new Float64Array(data.slice(start, end).buffer) });
+  }
+  return { tensors, metadata: header.__metadata__ ?? {} };
+}
+
+async function runTorch(ckpt: string, inputs: Inputs, work: string) {
+  const inPath = join(work, "inputs.json"), outPath = join(work, "torch_out.safetensors");
+  await Deno.writeTextFile(
+    inPath,
+    JSON.stringify({ ...inputs, dtype: "float64", mlm: true, adamw: ADAMW }),
+  );
+  const r = await new Deno.Command(PYTHON!, {
+    args: [SCRIPT, ckpt, inPath, outPath],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!r.success) {
+    throw new Error(
+      `bert_torch.py failed (${r.code}):\n${new TextDecoder().decode(r.stderr)}` +
+        new TextDecoder().decode(r.stdout),
+    );
+  }
+  return parseF64Safetensors(await Deno.readFile(outPath));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test cases.
+
+interface Case {
+  name: string;
+  config: Partial<BertConfig>;
+  heads: BertHeads;
+  /** Real-token count of each row; the rest of the row is padding (id 0, mask 0). */
+  lengths: number[];
+  seq: number;
+}
+
+const CASES: Case[] = [
+  {
+    name: "4 heads, 2 layers, classifier + MLM",
+    config: {
+      vocab_size: 60,
+      hidden_size: 32,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      intermediate_size: 48,
+      max_position_embeddings: 16,
+      id2label: { "0": "a", "1": "b", "2": "c" },
+    },
+    heads: { classifier: true, mlm: true },
+    lengths: [10, 7, 4, 10],
+    seq: 10,
+  },
+  {
+    name: "1 head, odd sizes, 3 layers, eps 1e-5, classifier only",
+    config: {
+      vocab_size: 37,
+      hidden_size: 19,
+      num_hidden_layers: 3,
+      num_attention_heads: 1,
+      intermediate_size: 29,
+      max_position_embeddings: 11,
+      type_vocab_size: 3,
+      layer_norm_eps: 1e-5,
+      id2label: { "0": "neg", "1": "pos" },
+    },
+    heads: { classifier: true, mlm: false },
+    lengths: [9, 3, 6],
+    seq: 9,
+  },
+];
+
+/** Dropout off: the classification objective runs forward with `training: true`. */
+function configOf(c: Case): BertConfig {
+  return makeConfig({ ...c.config, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 });
+}
+
+/**
+ * A model whose every parameter is random (LayerNorm weights 1 ± 0.2, everything else
+ * uniform ±0.3), so that biases and LayerNorm parameters matter and attention is far from
+ * uniform.
+ */
+function randomModel(config: BertConfig, heads: BertHeads, seed: number): Bert {
+  const tensors = new Map<string, tf.Tensor>();
+  let i = 0;
+  for (const [name, shape] of parameterShapes(config, heads)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const u = randomArray(n, seed * 1000 + ++i);
+    const values = name.includes("LayerNorm.weight")
+      ? u.map((x) => 1 + 0.2 * x)
+      : u.map((x) => 0.3 * x);
+    tensors.set(name, tf.tensor(values, shape));
+  }
+  return new Bert(config, heads, tensors);
+}
+
+function inputsOf(c: Case, config: BertConfig, seed: number): Inputs {
+  const r = rng(seed);
+  const V = config.vocab_size, T = config.type_vocab_size;
+  const numLabels = Object.keys(config.id2label!).length;
+  const input_ids: number[][] = [],
+    attention_mask: number[][] = [],
+    token_type_ids: number[][] = [];
+  for (const len of c.lengths) {
+    const split = Math.max(1, Math.floor(len / 2));
+    const ids = [], mask = [], types = [];
+    for (let j = 0; j < c.seq; j++) {
+      const real = j < len;
+      ids.push(real ? 1 + Math.floor(r() * (V - 1)) : 0);
+      mask.push(real ? 1 : 0);
+      // segment A then segment B (types 1.. up to type_vocab_size − 1); padding is type 0
+      types.push(real && j >= split ? 1 + (j % (T - 1)) : 0);
+    }
+    input_ids.push(ids);
+    attention_mask.push(mask);
+    token_type_ids.push(types);
+  }
+  const labels = c.lengths.map(() => Math.floor(r() * numLabels));
+  return { input_ids, attention_mask, token_type_ids, labels };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison bookkeeping.
+
+/** Worst error seen per category, for the report printed at the end of each test. */
+class Errors {
+  readonly worst = new Map<string, number>();
+  readonly failures: string[] = [];
+
+  check(category: string, what: string, err: number, tol: number): void {
+    this.worst.set(category, Math.max(this.worst.get(category) ?? 0, err));
+    if (!(err <= tol)) this.failures.push(`${what}: ${err.toExponential(3)} > ${tol}`);
+  }
+
+  rel(category: string, what: string, a: ArrayLike<number>, b: F64Tensor | undefined): void {
+    assert.ok(b, `torch output ${what} is missing`);
+    assert.equal(a.length, b.data.length, `${what}: size`);
+    this.check(category, what, relErr(a, b.data), TOL);
+  }
+}
+
+function expectShape(t: tf.Tensor, ref: F64Tensor | undefined, what: string): void {
+  assert.ok(ref, `torch output ${what} is missing`);
+  assert.deepEqual(t.shape, ref.shape, `${what}: shape`);
+}
+
+/** Scores of real key columns (relErr over them) and padded ones (absolute error). */
+function compareScores(
+  errs: Errors,
+  what: string,
+  got: Float32Array,
+  ref: F64Tensor,
+  mask: number[][],
+): void {
+  const [B, nh, S] = ref.shape;
+  let realNum = 0, realDen = 0, padNum = 0, padSeen = 0;
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < nh * S; i++) {
+      for (let j = 0; j < S; j++) {
+        const k = (b * nh * S + i) * S + j;
+        const d = Math.abs(got[k] - ref.data[k]);
+        if (mask[b][j]) {
+          realNum = Math.max(realNum, d);
+          realDen = Math.max(realDen, Math.abs(ref.data[k]));
+        } else {
+          padSeen++;
+          padNum = Math.max(padNum, d);
+          assert.ok(Math.abs(ref.data[k] - MASK_VALUE) < 100, `${what}: torch padded column`);
+        }
+      }
+    }
+  }
+  errs.rel("attention scores (whole tensor)", what, got, ref);
+  errs.check("attention scores (real keys)", `${what} real keys`, realNum / realDen, TOL);
+  if (padSeen > 0) {
+    errs.check("attention scores (padded keys, abs)", `${what} padded`, padNum, PADDED_ABS_TOL);
+  }
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+/**
+ * The largest torch gradient, and the parameters whose torch gradient is numerically zero
+ * (max|g| ≤ 1e-12 × the largest): a relative error means nothing there, so the test checks
+ * instead that tinystill's gradient is ≤ TOL × the largest gradient.
+ */
+function zeroGradients(ref: Map<string, F64Tensor>): { gradMax: number; zeroGrad: Set<string> } {
+  const grads = [...ref].filter(([n]) => n.startsWith("grad."));
+  const gradMax = Math.max(...grads.map(([, t]) => maxAbs(t.data)));
+  const zeroGrad = new Set(
+    grads.filter(([, t]) => maxAbs(t.data) <= 1e-12 * gradMax).map(([n]) => n.slice(5)),
+  );
+  return { gradMax, zeroGrad };
+}
+
+async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tinystill_torch_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+for (const [ci, c] of CASES.entries()) {
+  Deno.test({
+    name: `torch reference: ${c.name}: forward, loss, gradients, AdamW on cpu and wasm`,
+    ignore: !PYTHON,
+    fn: () =>
+      withTempDir(async (dir) => {
+        const config = configOf(c);
+        const ckpt = join(dir, "ckpt");
+        await setBackend("cpu");
+        const original = randomModel(config, c.heads, ci + 1);
+        const before = new Map(
+          [...original.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]),
+        );
+        await saveBert(original, ckpt);
+        original.dispose();
+        const inputs = inputsOf(c, config, 100 + ci);
+        const { tensors: ref, metadata } = await runTorch(ckpt, inputs, dir);
+        const noGrad = new Set(metadata.no_grad ? metadata.no_grad.split(",") : []);
+        // The classification loss does not reach the MLM head.
+        assert.deepEqual(
+          [...noGrad].sort(),
+          [...parameterShapes(config, c.heads).keys()]
+            .filter((n) => n.startsWith("cls.predictions.")).sort(),
+        );
+        const { gradMax, zeroGrad } = zeroGradients(ref);
+        // Only the key biases: softmax is invariant to adding q·b_k to a whole score row.
+        assert.deepEqual(
+          [...zeroGrad].sort(),
+          Array.from({ length: config.num_hidden_layers }, (_, l) =>
+            `encoder.layer.${l}.attention.self.key.bias`).sort(),
+        );
+        const gradNormRef = ref.get("grad_norm")!.data[0];
+        assert.ok(
+          gradNormRef > ADAMW.max_grad_norm,
+          `gradient norm ${gradNormRef} must exceed max_grad_norm to exercise clipping`,
+        );
+
+        const report: Record<string, Record<string, string>> = {};
+        for (const backend of BACKENDS) {
+          await setBackend(backend);
+          const errs = new Errors();
+          const model = await loadBert(ckpt);
+          assert.deepEqual(model.heads, c.heads);
+          const batch = {
+            inputIds: tf.tensor2d(inputs.input_ids, undefined, "int32"),
+            attentionMask: tf.tensor2d(inputs.attention_mask, undefined, "int32"),
+            tokenTypeIds: tf.tensor2d(inputs.token_type_ids, undefined, "int32"),
+            labels: tf.tensor1d(inputs.labels, "int32"),
+          };
+
+          // Forward (eval).
+          const out = model.forward(batch, { mlm: true });
+          assert.equal(out.hiddenStates.length, config.num_hidden_layers + 1);
+          assert.equal(out.attentionScores.length, config.num_hidden_layers);
+          out.hiddenStates.forEach((h, i) => {
+            expectShape(h, ref.get(`hidden_states.${i}`), `hidden_states.${i}`);
+            errs.rel(
+              "hidden states",
+              `hidden_states.${i}`,
+              h.dataSync(),
+              ref.get(`hidden_states.${i}`),
+            );
+          });
+          out.attentionScores.forEach((s, l) => {
+            const r = ref.get(`attention_scores.${l}`)!;
+            expectShape(s, r, `attention_scores.${l}`);
+            compareScores(
+              errs,
+              `attention_scores.${l}`,
+              s.dataSync() as Float32Array,
+              r,
+              inputs.attention_mask,
+            );
+          });
+          expectShape(out.pooled, ref.get("pooled"), "pooled");
+          errs.rel("pooled", "pooled", out.pooled.dataSync(), ref.get("pooled"));
+          expectShape(out.logits!, ref.get("logits"), "logits");
+          errs.rel("logits", "logits", out.logits!.dataSync(), ref.get("logits"));
+          if (c.heads.mlm) {
+            expectShape(out.mlmLogits!, ref.get("mlm_logits"), "mlm_logits");
+            errs.rel("mlm logits", "mlm_logits", out.mlmLogits!.dataSync(), ref.get("mlm_logits"));
+          } else {
+            assert.equal(out.mlmLogits, undefined);
+            assert.equal(ref.has("mlm_logits"), false);
+          }
+          tf.dispose([...out.hiddenStates, ...out.attentionScores, out.pooled, out.logits!]);
+          out.mlmLogits?.dispose();
+
+          // Loss and gradients (training mode, dropout 0).
+          const { loss, grads } = computeGradients(model, classification, batch);
+          errs.rel("loss", "loss", [loss], ref.get("loss"));
+          for (const [name, g] of grads) {
+            assert.ok(g instanceof tf.Tensor, `grads of ${name}`);
+          }
+          for (const name of model.params.keys()) {
+            const g = grads.get(name);
+            if (noGrad.has(name)) {
+              // The loss does not reach it (MLM head): no entry, as torch's `grad is None`.
+              assert.equal(g, undefined, `${name}: gradient off the loss's path`);
+              continue;
+            }
+            assert.ok(g, `${name}: no gradient from computeGradients`);
+            const r = ref.get(`grad.${name}`);
+            expectShape(g, r, `grad.${name}`);
+            if (zeroGrad.has(name)) {
+              // Exactly 0 in exact arithmetic: both sides hold rounding noise only.
+              const noise = maxAbs(g.dataSync() as Float32Array) / gradMax;
+              errs.check("zero gradients (max|g| / largest gradient)", `grad.${name}`, noise, TOL);
+              continue;
+            }
+            errs.rel("gradients", `grad.${name}`, g.dataSync(), r);
+          }
+
+          // One AdamW step, weight decay on, clipping on.
+          const opt = new AdamW(model.params, {
+            lr: ADAMW.lr,
+            beta1: ADAMW.betas[0],
+            beta2: ADAMW.betas[1],
+            eps: ADAMW.eps,
+            weightDecay: ADAMW.weight_decay,
+            maxGradNorm: ADAMW.max_grad_norm,
+          });
+          const { gradNorm } = opt.step(grads);
+          const clipCoef = Math.min(1, ADAMW.max_grad_norm / (gradNormRef + 1e-6));
+          const conditioned = { used: 0, total: 0 };
+          errs.rel("grad norm", "grad norm", [gradNorm], ref.get("grad_norm"));
+          for (const [name, p] of model.params) {
+            const after = p.dataSync() as Float32Array;
+            const r = ref.get(`updated.${name}`)!;
+            errs.rel("params after AdamW", `updated.${name}`, after, r);
+            const p0 = before.get(name)!;
+            if (noGrad.has(name)) {
+              assert.ok(
+                after.every((x, k) =>
+                  x === p0[k]
+                ),
+                `${name}: changed without a gradient`,
+              );
+              continue;
+            }
+            if (zeroGrad.has(name)) continue; // Δ ≈ lr·noise/eps on both sides: not comparable
+            // Δ = p_after − p_before on the well-conditioned elements (see DELTA_TOL).
+            const g = ref.get(`grad.${name}`)!.data;
+            const delta: number[] = [], deltaRef: number[] = [];
+            for (let k = 0; k < g.length; k++) {
+              if (g[k] !== 0 && Math.abs(g[k]) * clipCoef < 100 * ADAMW.eps) continue;
+              delta.push(after[k] - p0[k]);
+              deltaRef.push(r.data[k] - p0[k]);
+            }
+            conditioned.used += delta.length;
+            conditioned.total += g.length;
+            errs.check(
+              "AdamW update Δ (conditioned elements)",
+              `Δ${name}${isNoDecay(name) ? "" : " (decayed)"}`,
+              relErr(delta, deltaRef),
+              DELTA_TOL,
+            );
+          }
+          opt.dispose();
+          tf.dispose([...grads.values()]);
+          tf.dispose(Object.values(batch));
+          model.dispose();
+
+          for (const [category, err] of errs.worst) {
+            (report[category] ??= {})[backend] = err.toExponential(2);
+          }
+          (report["Δ elements compared"] ??= {})[backend] =
+            `${conditioned.used}/${conditioned.total}`;
+          assert.deepEqual(errs.failures, [], `${backend}: mismatches against torch`);
+        }
+        console.log(
+          `max errors vs torch float64 (${c.name}; grad norm ${gradNormRef.toFixed(3)}):`,
+        );
+        console.table(report);
+      }),
+  });
+}
