@@ -47,11 +47,14 @@ export class AdamW {
   /** Number of updates applied so far. */
   stepCount = 0;
   private readonly opts: Required<Omit<AdamWOptions, "maxGradNorm">> & { maxGradNorm?: number };
+  /** True when a custom `decay` rule was given (it cannot be sent to a worker replica). */
+  readonly hasCustomDecay: boolean;
   private readonly m = new Map<string, tf.Variable>();
   private readonly v = new Map<string, tf.Variable>();
 
   constructor(params: Map<string, tf.Variable>, opts: AdamWOptions) {
     this.params = params;
+    this.hasCustomDecay = opts.decay !== undefined;
     this.opts = {
       beta1: 0.9,
       beta2: 0.999,
@@ -66,6 +69,18 @@ export class AdamW {
     }
   }
 
+  /** The options that can cross to a worker (the schedule and decay rule stay here). */
+  hyperparameters(): {
+    beta1: number;
+    beta2: number;
+    eps: number;
+    weightDecay: number;
+    maxGradNorm?: number;
+  } {
+    const { beta1, beta2, eps, weightDecay, maxGradNorm } = this.opts;
+    return { beta1, beta2, eps, weightDecay, maxGradNorm };
+  }
+
   /** The learning rate the next {@link step} will use. */
   currentLr(): number {
     const lr = this.opts.lr;
@@ -74,11 +89,12 @@ export class AdamW {
 
   /**
    * Apply one update from `grads` (keyed like `params`; missing entries are skipped).
-   * Returns the global gradient norm before clipping. Does not dispose `grads`.
+   * Returns the global gradient norm before clipping. Does not dispose `grads`. `lrOverride`
+   * replaces the schedule for this step (replicas are told the lead's learning rate).
    */
-  step(grads: Map<string, tf.Tensor>): { gradNorm: number; lr: number } {
+  step(grads: Map<string, tf.Tensor>, lrOverride?: number): { gradNorm: number; lr: number } {
     const { beta1, beta2, eps, weightDecay, decay, maxGradNorm } = this.opts;
-    const lr = this.currentLr();
+    const lr = lrOverride ?? this.currentLr();
     this.stepCount++;
     const t = this.stepCount;
     const gradNorm = tf.tidy(() => {

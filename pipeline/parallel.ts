@@ -15,6 +15,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { Bert, BertHeads } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
 import { type Batch, getObjective, type Objective } from "./objectives.ts";
+import type { AdamW } from "./optim.ts";
 
 /** A host-side array with its shape: what crosses to a worker. */
 export interface HostArray {
@@ -147,6 +148,69 @@ function concatOutputs(parts: HostOutputs[]): HostOutputs {
   return res;
 }
 
+/**
+ * A gradient in host memory; when `rows` is set, `data` holds only those rows of a 2-D gradient
+ * (the others are zero) — an embedding gradient touches only the batch's tokens.
+ */
+export interface CompactGrad {
+  shape: number[];
+  data: Float32Array;
+  rows?: Int32Array;
+}
+
+/** Drop the all-zero rows of a large 2-D gradient when that saves at least half. */
+export function compactGrad(data: Float32Array, shape: number[]): CompactGrad {
+  if (shape.length !== 2 || shape[0] < 256) return { shape, data };
+  const [n, w] = shape;
+  const rows: number[] = [];
+  for (let r = 0; r < n; r++) {
+    const base = r * w;
+    for (let j = 0; j < w; j++) {
+      if (data[base + j] !== 0) {
+        rows.push(r);
+        break;
+      }
+    }
+  }
+  if (rows.length * 2 > n) return { shape, data };
+  const out = new Float32Array(rows.length * w);
+  rows.forEach((r, i) => out.set(data.subarray(r * w, r * w + w), i * w));
+  return { shape, data: out, rows: Int32Array.from(rows) };
+}
+
+/** `dst += scale · c` for a dense `dst` of `c`'s full shape. */
+export function addScaled(dst: Float32Array, c: CompactGrad, scale: number): void {
+  if (!c.rows) {
+    for (let j = 0; j < dst.length; j++) dst[j] += c.data[j] * scale;
+    return;
+  }
+  const w = c.shape[1];
+  c.rows.forEach((r, i) => {
+    const src = i * w, base = r * w;
+    for (let j = 0; j < w; j++) dst[base + j] += c.data[src + j] * scale;
+  });
+}
+
+/** The dense array a compact gradient stands for. */
+export function expandGrad(c: CompactGrad): Float32Array {
+  if (!c.rows) return c.data;
+  const out = new Float32Array(c.shape.reduce((a, b) => a * b, 1));
+  addScaled(out, c, 1);
+  return out;
+}
+
+/** FNV-1a over the bytes of every parameter, in name order. */
+export function digestWeights(model: Bert): string {
+  let h = 0x811c9dc5;
+  for (const name of [...model.params.keys()].sort()) {
+    const bytes = new Uint8Array(
+      (model.params.get(name)!.dataSync() as Float32Array).slice().buffer,
+    );
+    for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
+}
+
 /** Options of {@link DataParallel.create}. */
 export interface DataParallelOptions {
   /** Total replicas including this thread (default: `navigator.hardwareConcurrency`). */
@@ -214,6 +278,8 @@ function weightsOf(
 
 /** Replicas of one model across this thread and worker threads. */
 export class DataParallel {
+  private optimizer: AdamW | null = null;
+
   private constructor(
     readonly model: Bert,
     private readonly objective: Objective,
@@ -254,16 +320,85 @@ export class DataParallel {
 
   /**
    * Mean loss and gradients over `batch`, computed on all replicas at once; shard `i` gets
-   * dropout seed `seed * replicas + i`.
+   * dropout seed `seed * replicas + i`. Gradients are averaged on the host, weighted by shard size.
    */
   async gradients(batch: HostBatch, seed = 0): Promise<GradientResult> {
+    const { loss, grads } = await this.averagedGradients(batch, seed);
+    const out = new Map<string, tf.Tensor>();
+    for (const [name, g] of grads) out.set(name, tf.tensor(g.data, g.shape));
+    return { loss, grads: out };
+  }
+
+  /**
+   * One optimiser step on all replicas: averaged gradients are applied by `optimizer` here and
+   * by an identical AdamW in every worker (same inputs, same kernels, so the weights stay
+   * bit-identical). Only gradients cross threads, row-sparse where rows are untouched (the word
+   * embeddings). The first call copies the optimiser state to the workers.
+   */
+  async step(
+    batch: HostBatch,
+    optimizer: AdamW,
+    seed = 0,
+  ): Promise<{ loss: number; gradNorm: number; lr: number }> {
+    if (optimizer.params !== this.model.params) {
+      throw new Error("DataParallel.step: the optimiser must own this model's parameters");
+    }
+    if (this.optimizer !== optimizer) {
+      if (optimizer.hasCustomDecay) {
+        throw new Error("DataParallel.step: a custom decay rule cannot be replicated to workers");
+      }
+      const state = optimizer.getState();
+      await Promise.all(
+        this.workers.map((w) =>
+          w.request({ type: "optimizer", hyper: optimizer.hyperparameters(), state })
+        ),
+      );
+      this.optimizer = optimizer;
+    }
+    const { loss, grads } = await this.averagedGradients(batch, seed);
+    const lr = optimizer.currentLr();
+    // Tensors first: posting transfers (detaches) the host arrays.
+    const tensors = new Map<string, tf.Tensor>();
+    for (const [name, g] of grads) tensors.set(name, tf.tensor(g.data, g.shape));
+    const applied = this.workers.map((w, i) => {
+      const last = i === this.workers.length - 1;
+      const compact: Record<string, CompactGrad> = {};
+      const transfer: ArrayBuffer[] = [];
+      for (const [name, g] of grads) {
+        let c = compactGrad(g.data, g.shape);
+        if (!c.rows && !last) c = { shape: c.shape, data: c.data.slice() };
+        compact[name] = c;
+        transfer.push(c.data.buffer as ArrayBuffer);
+        if (c.rows) transfer.push(c.rows.buffer as ArrayBuffer);
+      }
+      return w.request<{ gradNorm: number }>({ type: "apply", grads: compact, lr }, transfer);
+    });
+    const res = optimizer.step(tensors, lr);
+    tf.dispose([...tensors.values()]);
+    await Promise.all(applied);
+    return { loss, gradNorm: res.gradNorm, lr };
+  }
+
+  /** A digest of each replica's weights (this thread first): equal digests, equal weights. */
+  async weightDigests(): Promise<string[]> {
+    const mine = digestWeights(this.model);
+    const theirs = await Promise.all(
+      this.workers.map((w) => w.request<string>({ type: "digest" })),
+    );
+    return [mine, ...theirs];
+  }
+
+  private async averagedGradients(
+    batch: HostBatch,
+    seed: number,
+  ): Promise<{ loss: number; grads: Map<string, HostArray & { data: Float32Array }> }> {
     const n = batchRows(batch);
     const r = Math.min(this.replicas, n);
     const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
     const remote = this.workers.slice(0, r - 1).map((w, i) => {
       const shard = sliceBatch(batch, bounds[i + 1], bounds[i + 2]);
       const transfer = Object.values(shard).map((v) => v.data.buffer as ArrayBuffer);
-      return w.request<{ loss: number; grads: Record<string, Float32Array> }>(
+      return w.request<{ loss: number; grads: Record<string, CompactGrad> }>(
         { type: "grads", batch: shard, seed: seed * this.replicas + i + 1 },
         transfer,
       );
@@ -276,27 +411,21 @@ export class DataParallel {
       tf.dispose(Object.values(localBatch));
     }
     const results = await Promise.all(remote);
-    if (results.length === 0) return local;
     const w0 = (bounds[1] - bounds[0]) / n;
     let loss = local.loss * w0;
-    const grads = new Map<string, tf.Tensor>();
+    results.forEach((res, i) => loss += (res.loss * (bounds[i + 2] - bounds[i + 1])) / n);
+    const grads = new Map<string, HostArray & { data: Float32Array }>();
     for (const [name, g] of local.grads) {
-      grads.set(
-        name,
-        tf.tidy(() => {
-          let sum = tf.mul(g, w0);
-          results.forEach((res, i) => {
-            const wi = (bounds[i + 2] - bounds[i + 1]) / n;
-            const data = res.grads[name];
-            if (!data) throw new Error(`replica ${i + 1} returned no gradient for ${name}`);
-            sum = tf.add(sum, tf.mul(tf.tensor(data, g.shape), wi));
-          });
-          return sum;
-        }),
-      );
+      const sum = (g.dataSync() as Float32Array).slice();
       g.dispose();
+      if (w0 !== 1) { for (let j = 0; j < sum.length; j++) sum[j] *= w0; }
+      results.forEach((res, i) => {
+        const c = res.grads[name];
+        if (!c) throw new Error(`replica ${i + 1} returned no gradient for ${name}`);
+        addScaled(sum, c, (bounds[i + 2] - bounds[i + 1]) / n);
+      });
+      grads.set(name, { data: sum, shape: g.shape });
     }
-    results.forEach((res, i) => loss += res.loss * (bounds[i + 2] - bounds[i + 1]) / n);
     return { loss, grads };
   }
 
@@ -326,6 +455,7 @@ export class DataParallel {
       const { weights, transfer } = weightsOf(this.model);
       return w.request({ type: "weights", weights }, transfer);
     }));
+    this.optimizer = null; // optimiser state is re-sent on the next step
   }
 
   /** Stop the workers. */

@@ -10,8 +10,13 @@ import { type BackendName, setBackend } from "./backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
 import { getObjective, type Objective } from "./objectives.ts";
+import { AdamW, type AdamWOptions, type AdamWState } from "./optim.ts";
 import {
+  type CompactGrad,
+  compactGrad,
   computeGradients,
+  digestWeights,
+  expandGrad,
   forwardToHost,
   type HostBatch,
   type OutputName,
@@ -21,6 +26,7 @@ import {
 
 let model: Bert | null = null;
 let objective: Objective | null = null;
+let optimizer: AdamW | null = null;
 
 function setWeights(weights: Record<string, Float32Array>): void {
   for (const [name, v] of model!.params) {
@@ -54,12 +60,13 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
       const batch = toTensors(msg.batch as HostBatch);
       try {
         const { loss, grads } = computeGradients(model!, objective!, batch, msg.seed as number);
-        const out: Record<string, Float32Array> = {};
+        const out: Record<string, CompactGrad> = {};
         const transfer: ArrayBuffer[] = [];
         for (const [name, g] of grads) {
-          const data = (g.dataSync() as Float32Array).slice();
-          out[name] = data;
-          transfer.push(data.buffer);
+          const c = compactGrad((g.dataSync() as Float32Array).slice(), g.shape);
+          out[name] = c;
+          transfer.push(c.data.buffer as ArrayBuffer);
+          if (c.rows) transfer.push(c.rows.buffer as ArrayBuffer);
           g.dispose();
         }
         return [{ loss, grads: out }, transfer];
@@ -67,6 +74,30 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
         tf.dispose(Object.values(batch));
       }
     }
+    case "optimizer": {
+      optimizer?.dispose();
+      optimizer = new AdamW(model!.params, {
+        ...(msg.hyper as Omit<AdamWOptions, "lr">),
+        lr: 0, // each step is told the lead's rate
+      });
+      optimizer.setState(msg.state as AdamWState);
+      return [null, []];
+    }
+    case "apply": {
+      if (!optimizer) throw new Error("apply before optimizer");
+      const grads = new Map<string, tf.Tensor>();
+      for (const [name, c] of Object.entries(msg.grads as Record<string, CompactGrad>)) {
+        grads.set(name, tf.tensor(expandGrad(c), c.shape));
+      }
+      try {
+        const { gradNorm } = optimizer.step(grads, msg.lr as number);
+        return [{ gradNorm }, []];
+      } finally {
+        tf.dispose([...grads.values()]);
+      }
+    }
+    case "digest":
+      return [digestWeights(model!), []];
     case "forward": {
       const batch = toTensors(msg.batch as HostBatch);
       try {

@@ -5,7 +5,16 @@ import { setBackend, tf } from "../pipeline/backend.ts";
 import { Bert } from "../pipeline/bert.ts";
 import { classification } from "../pipeline/objectives.ts";
 import { AdamW } from "../pipeline/optim.ts";
-import { computeGradients, DataParallel, type HostBatch, toTensors } from "../pipeline/parallel.ts";
+import {
+  addScaled,
+  compactGrad,
+  computeGradients,
+  DataParallel,
+  expandGrad,
+  forwardToHost,
+  type HostBatch,
+  toTensors,
+} from "../pipeline/parallel.ts";
 import { assertClose, rng } from "./_util.ts";
 
 const CONFIG = {
@@ -66,6 +75,88 @@ Deno.test("2 replicas give the mean loss and gradients of one replica on the who
     assert.ok(Math.abs(par2.loss - par.loss) > 1e-4, "the step changed the loss");
     tf.dispose([...after.grads.values(), ...par2.grads.values()]);
     opt.dispose();
+  } finally {
+    dp.close();
+    bert.dispose();
+  }
+});
+
+Deno.test("replicated optimiser steps keep every replica bit-identical to one-replica training", async () => {
+  await setBackend("wasm");
+  const single = Bert.create(CONFIG, {}, 6);
+  const bert = Bert.create(CONFIG, {}, 6);
+  const dp = await DataParallel.create(bert, { replicas: 2, objective: "classification" });
+  const optA = new AdamW(single.params, { lr: 0.01, maxGradNorm: 1 });
+  const optB = new AdamW(bert.params, { lr: 0.01, maxGradNorm: 1 });
+  try {
+    for (let s = 0; s < 3; s++) {
+      const batch = makeBatch(6, 8, 10 + s);
+      const g = gradsOn(single, batch);
+      optA.step(g.grads);
+      tf.dispose([...g.grads.values()]);
+      const res = await dp.step(batch, optB, s);
+      assert.ok(Math.abs(res.loss - g.loss) < 1e-5, `step ${s}: ${res.loss} vs ${g.loss}`);
+    }
+    const [lead, worker] = await dp.weightDigests();
+    assert.equal(worker, lead, "worker weights drifted from the lead's");
+    for (const [name, v] of single.params) {
+      // key biases have an exactly-zero gradient in exact arithmetic (softmax ignores a shift of
+      // a whole score row); Adam turns their float noise into ±lr steps, so skip them
+      if (name.endsWith("attention.self.key.bias")) continue;
+      assertClose(bert.params.get(name)!.dataSync(), v.dataSync(), 1e-4, name);
+    }
+    // a custom decay rule cannot be replicated: refused, not silently different
+    const custom = new AdamW(bert.params, { lr: 0.01, decay: () => true });
+    await assert.rejects(() => dp.step(makeBatch(2, 8, 1), custom), /custom decay rule/);
+    custom.dispose();
+  } finally {
+    dp.close();
+    optA.dispose();
+    optB.dispose();
+    single.dispose();
+    bert.dispose();
+  }
+});
+
+Deno.test("compact gradients keep only touched rows and expand back exactly", () => {
+  const w = 3, n = 300;
+  const dense = new Float32Array(n * w);
+  dense.set([1, 2, 3], 5 * w);
+  dense.set([0, -4, 0], 299 * w);
+  const c = compactGrad(dense, [n, w]);
+  assert.deepEqual(Array.from(c.rows!), [5, 299]);
+  assert.equal(c.data.length, 6);
+  assert.deepEqual(expandGrad(c), dense);
+  const acc = new Float32Array(n * w).fill(1);
+  addScaled(acc, c, 0.5);
+  assert.equal(acc[5 * w + 2], 2.5);
+  assert.equal(acc[299 * w + 1], -1);
+  assert.equal(acc[0], 1);
+  // small or dense gradients stay dense
+  assert.equal(compactGrad(new Float32Array(10).fill(1), [5, 2]).rows, undefined);
+  assert.equal(compactGrad(new Float32Array(n * w).fill(1), [n, w]).rows, undefined);
+});
+
+Deno.test("forward across replicas returns the same outputs, in batch order", async () => {
+  await setBackend("wasm");
+  const bert = Bert.create(CONFIG, {}, 4);
+  const dp = await DataParallel.create(bert, { replicas: 2, objective: "classification" });
+  try {
+    const batch = makeBatch(5, 8, 3);
+    const t = toTensors(batch);
+    const ref = forwardToHost(bert, t, ["logits", "hiddenStates", "attentionScores"]);
+    tf.dispose(Object.values(t));
+    const par = await dp.forward(batch, ["logits", "hiddenStates", "attentionScores"]);
+    assert.deepEqual(par.logits!.shape, [5, 2]);
+    assertClose(par.logits!.data, ref.logits!.data, 1e-5, "logits");
+    assert.equal(par.hiddenStates!.length, 3);
+    par.hiddenStates!.forEach((h, i) =>
+      assertClose(h.data, ref.hiddenStates![i].data, 1e-5, `h${i}`)
+    );
+    par.attentionScores!.forEach((a, i) => {
+      assert.deepEqual(a.shape, [5, 2, 8, 8]);
+      assertClose(a.data, ref.attentionScores![i].data, 1e-5, `scores ${i}`);
+    });
   } finally {
     dp.close();
     bert.dispose();
