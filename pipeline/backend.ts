@@ -143,7 +143,18 @@ async function tryBackend(name: Exclude<BackendName, "auto">): Promise<void> {
   }
   await tf.ready();
   // tfjs-cpu advertises tfjs-node on first use; the errors above say what to install instead.
-  if (name === "cpu") (tf.findBackend("cpu") as Any).firstUse = false;
+  if (name === "cpu") {
+    (tf.findBackend("cpu") as Any).firstUse = false;
+    if (!prepared.has("cpu") && !stockWasmRequested()) {
+      tf.unregisterKernel("UnsortedSegmentSum", "cpu");
+      tf.registerKernel({
+        kernelName: "UnsortedSegmentSum",
+        backendName: "cpu",
+        kernelFunc: cpuUnsortedSegmentSum as unknown as tf.KernelFunc,
+      });
+      prepared.add("cpu");
+    }
+  }
   const stock = stockWasmRequested();
   if (name === "wasm" && !prepared.has("wasm")) {
     installWasmKernels(stock);
@@ -186,6 +197,44 @@ export async function setBackend(name: BackendName = "auto"): Promise<BackendNam
 export function getBackend(): string {
   return tf.getBackend();
 }
+
+/**
+ * A host copy of a float tensor that the caller may keep and mutate. On wasm `dataSync` already
+ * returns a fresh copy (copying it again costs page faults on 10+ MB arrays); on cpu it returns
+ * the backend's own storage, so that is copied.
+ */
+export function hostCopy(t: tf.Tensor): Float32Array {
+  const data = t.dataSync() as Float32Array;
+  return tf.getBackend() === "wasm" ? data : data.slice();
+}
+
+/**
+ * A read-only view of a float tensor's values without a copy where possible (the wasm heap);
+ * valid only until the next tfjs operation (which may grow and move the heap).
+ */
+export function readView(t: tf.Tensor): Float32Array {
+  if (tf.getBackend() === "wasm") {
+    return (tf.backend() as unknown as WasmBackend).typedArrayFromHeap(t) as Float32Array;
+  }
+  return t.dataSync() as Float32Array;
+}
+
+/** A float32 tensor holding a copy of `data` (which the caller may then overwrite). */
+export function tensorFrom(data: Float32Array, shape: number[]): tf.Tensor {
+  // wasm copies into its heap at once; cpu would keep a reference to `data`
+  return tf.tensor(tf.getBackend() === "wasm" ? data : data.slice(), shape, "float32");
+}
+
+/**
+ * A scratch array of `n` floats for building a tensor that the backend copies at once (wasm),
+ * reused across calls; elsewhere (cpu keeps the array it is given) a fresh array.
+ */
+export function scratchFloats(n: number): Float32Array {
+  if (tf.getBackend() !== "wasm") return new Float32Array(n);
+  if (scratch.length < n) scratch = new Float32Array(n);
+  return scratch.subarray(0, n);
+}
+let scratch = new Float32Array(0);
 
 /** Bytes currently reserved by the wasm heap (it only grows), or 0 on other backends. */
 export function wasmHeapBytes(): number {
@@ -373,9 +422,25 @@ function unsortedSegmentSum(
   const row = rowShape.reduce((a, b) => a * b, 1);
   const out = backend.makeOutput([numSegments, ...rowShape], x.dtype);
   // Read views only after makeOutput: it may grow the heap and detach earlier views.
-  const xs = backend.typedArrayFromHeap(x) as Float32Array;
-  const ids = backend.typedArrayFromHeap(segmentIds) as Int32Array;
-  const o = backend.typedArrayFromHeap(out) as Float32Array;
+  segmentSumInto(
+    backend.typedArrayFromHeap(out) as Float32Array,
+    backend.typedArrayFromHeap(x) as Float32Array,
+    backend.typedArrayFromHeap(segmentIds) as Int32Array,
+    n,
+    row,
+    numSegments,
+  );
+  return out;
+}
+
+function segmentSumInto(
+  o: Float32Array | Int32Array,
+  xs: Float32Array | Int32Array,
+  ids: Int32Array,
+  n: number,
+  row: number,
+  numSegments: number,
+): void {
   o.fill(0);
   for (let i = 0; i < n; i++) {
     const s = ids[i];
@@ -383,7 +448,26 @@ function unsortedSegmentSum(
     const src = i * row, dst = s * row;
     for (let j = 0; j < row; j++) o[dst + j] += xs[src + j];
   }
-  return out;
+}
+
+/**
+ * tfjs-cpu's `UnsortedSegmentSum` builds a mask per segment — 30,522 passes for a BERT
+ * embedding gradient (minutes per step); the same one-pass loop as on wasm replaces it.
+ */
+function cpuUnsortedSegmentSum(
+  args: { inputs: { x: tf.TensorInfo; segmentIds: tf.TensorInfo }; backend: Any; attrs: Any },
+): tf.TensorInfo {
+  const { inputs: { x, segmentIds }, backend, attrs: { numSegments } } = args;
+  const n = segmentIds.shape.reduce((a: number, b: number) => a * b, 1);
+  const rowShape = x.shape.slice(segmentIds.shape.length);
+  const row = rowShape.reduce((a: number, b: number) => a * b, 1);
+  const out = x.dtype === "int32"
+    ? new Int32Array(numSegments * row)
+    : new Float32Array(numSegments * row);
+  const xs = backend.data.get(x.dataId).values;
+  const ids = Int32Array.from(backend.data.get(segmentIds.dataId).values);
+  segmentSumInto(out, xs, ids, n, row, numSegments);
+  return backend.makeTensorInfo([numSegments, ...rowShape], x.dtype, out);
 }
 
 /** A tensor info aliasing `count` floats of another tensor's memory, starting at `offset`. */

@@ -6,27 +6,30 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { type BackendName, setBackend } from "./backend.ts";
+import { type BackendName, setBackend, wasmHeapBytes } from "./backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
 import { getObjective, type Objective } from "./objectives.ts";
 import { AdamW, type AdamWOptions, type AdamWState } from "./optim.ts";
 import {
-  type CompactGrad,
-  compactGrad,
   computeGradients,
   digestWeights,
-  expandGrad,
   forwardToHost,
+  GradLayout,
   type HostBatch,
   type OutputName,
+  readGradients,
   toTensors,
   transferables,
+  writeGradients,
 } from "./parallel.ts";
 
 let model: Bert | null = null;
 let objective: Objective | null = null;
 let optimizer: AdamW | null = null;
+let layout: GradLayout | null = null;
+/** Where this replica writes its gradients, and where it reads the averaged ones. */
+let gradsOut: Float32Array | null = null, gradsIn: Float32Array | null = null;
 
 function setWeights(weights: Record<string, Float32Array>): void {
   for (const [name, v] of model!.params) {
@@ -50,6 +53,9 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
         tensors.set(name, tf.tensor(weights[name], shape));
       }
       model = new Bert(config, heads, tensors);
+      layout = new GradLayout(model.params);
+      gradsOut = new Float32Array(msg.gradsOut as SharedArrayBuffer);
+      gradsIn = new Float32Array(msg.gradsIn as SharedArrayBuffer);
       objective = getObjective(msg.objective as string);
       return [null, []];
     }
@@ -60,16 +66,9 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
       const batch = toTensors(msg.batch as HostBatch);
       try {
         const { loss, grads } = computeGradients(model!, objective!, batch, msg.seed as number);
-        const out: Record<string, CompactGrad> = {};
-        const transfer: ArrayBuffer[] = [];
-        for (const [name, g] of grads) {
-          const c = compactGrad((g.dataSync() as Float32Array).slice(), g.shape);
-          out[name] = c;
-          transfer.push(c.data.buffer as ArrayBuffer);
-          if (c.rows) transfer.push(c.rows.buffer as ArrayBuffer);
-          g.dispose();
-        }
-        return [{ loss, grads: out }, transfer];
+        const names = writeGradients(layout!, gradsOut!, grads);
+        tf.dispose([...grads.values()]);
+        return [{ loss, names }, []];
       } finally {
         tf.dispose(Object.values(batch));
       }
@@ -85,10 +84,7 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
     }
     case "apply": {
       if (!optimizer) throw new Error("apply before optimizer");
-      const grads = new Map<string, tf.Tensor>();
-      for (const [name, c] of Object.entries(msg.grads as Record<string, CompactGrad>)) {
-        grads.set(name, tf.tensor(expandGrad(c), c.shape));
-      }
+      const grads = readGradients(layout!, gradsIn!, msg.names as string[]);
       try {
         const { gradNorm } = optimizer.step(grads, msg.lr as number);
         return [{ gradNorm }, []];
@@ -96,6 +92,8 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
         tf.dispose([...grads.values()]);
       }
     }
+    case "heap":
+      return [wasmHeapBytes(), []];
     case "digest":
       return [digestWeights(model!), []];
     case "forward": {

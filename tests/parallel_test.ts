@@ -6,14 +6,14 @@ import { Bert } from "../pipeline/bert.ts";
 import { classification } from "../pipeline/objectives.ts";
 import { AdamW } from "../pipeline/optim.ts";
 import {
-  addScaled,
-  compactGrad,
   computeGradients,
   DataParallel,
-  expandGrad,
   forwardToHost,
+  GradLayout,
   type HostBatch,
+  readGradients,
   toTensors,
+  writeGradients,
 } from "../pipeline/parallel.ts";
 import { assertClose, rng } from "./_util.ts";
 
@@ -118,23 +118,22 @@ Deno.test("replicated optimiser steps keep every replica bit-identical to one-re
   }
 });
 
-Deno.test("compact gradients keep only touched rows and expand back exactly", () => {
-  const w = 3, n = 300;
-  const dense = new Float32Array(n * w);
-  dense.set([1, 2, 3], 5 * w);
-  dense.set([0, -4, 0], 299 * w);
-  const c = compactGrad(dense, [n, w]);
-  assert.deepEqual(Array.from(c.rows!), [5, 299]);
-  assert.equal(c.data.length, 6);
-  assert.deepEqual(expandGrad(c), dense);
-  const acc = new Float32Array(n * w).fill(1);
-  addScaled(acc, c, 0.5);
-  assert.equal(acc[5 * w + 2], 2.5);
-  assert.equal(acc[299 * w + 1], -1);
-  assert.equal(acc[0], 1);
-  // small or dense gradients stay dense
-  assert.equal(compactGrad(new Float32Array(10).fill(1), [5, 2]).rows, undefined);
-  assert.equal(compactGrad(new Float32Array(n * w).fill(1), [n, w]).rows, undefined);
+Deno.test("gradient layout: slots tile one flat buffer; tensors copy out of it", async () => {
+  await setBackend("wasm");
+  const params = new Map([
+    ["a", { shape: [2, 3], size: 6 }],
+    ["b", { shape: [4], size: 4 }],
+  ]);
+  const layout = new GradLayout(params);
+  assert.equal(layout.total, 10);
+  const buf = new Float32Array(new SharedArrayBuffer(40));
+  const grads = new Map([["b", tf.tensor1d([1, 2, 3, 4])]]);
+  assert.deepEqual(writeGradients(layout, buf, grads), ["b"]);
+  assert.deepEqual(Array.from(buf), [0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+  const back = readGradients(layout, buf, ["b"]);
+  buf.fill(9); // the tensor owns a copy
+  assert.deepEqual(Array.from(back.get("b")!.dataSync()), [1, 2, 3, 4]);
+  tf.dispose([...grads.values(), ...back.values()]);
 });
 
 Deno.test("forward across replicas returns the same outputs, in batch order", async () => {

@@ -69,6 +69,10 @@ async function findTorchPython(): Promise<string | undefined> {
 }
 
 const PYTHON = await findTorchPython();
+if (!PYTHON && Deno.env.get("TINYSTILL_REQUIRE_TORCH") === "1") {
+  // CI installs torch: there a missing interpreter is a failure, not a skip
+  throw new Error("TINYSTILL_REQUIRE_TORCH=1 but no python3 can `import torch, numpy`");
+}
 if (!PYTHON) {
   console.warn(
     "torch_reference_test: SKIPPED — no python3 that can `import torch, numpy`. Install them " +

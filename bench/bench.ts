@@ -1,0 +1,310 @@
+/**
+ * `deno task bench [--quick]`: tokens/s of a TinyBERT4-shaped model (4 layers, 312 wide,
+ * 12 heads, FFN 1200, vocab 30,522) at seq 128 on every backend that runs here — forward and a
+ * full train step (forward + backward + AdamW) — with peak memory, all measured in one run, and
+ * the ratio of tinystill's wasm path to stock tfjs-wasm.
+ *
+ * Every workload runs in its own process (the wasm heap never shrinks, so a fresh process is
+ * the only honest peak-memory figure). Figures are medians over the measured steps.
+ * @module
+ */
+
+import { type BackendName, setBackend, tf, wasmHeapBytes } from "../pipeline/backend.ts";
+import { Bert } from "../pipeline/bert.ts";
+import type { BertConfig } from "../pipeline/config.ts";
+import { classification } from "../pipeline/objectives.ts";
+import { AdamW } from "../pipeline/optim.ts";
+import {
+  computeGradients,
+  DataParallel,
+  forwardToHost,
+  type HostBatch,
+  toTensors,
+} from "../pipeline/parallel.ts";
+
+/** TinyBERT4 (General_TinyBERT_4L_312D) with a 2-label classifier. */
+export const TINYBERT4: Partial<BertConfig> = {
+  vocab_size: 30522,
+  hidden_size: 312,
+  num_hidden_layers: 4,
+  num_attention_heads: 12,
+  intermediate_size: 1200,
+  max_position_embeddings: 512,
+  id2label: { "0": "neg", "1": "pos" },
+};
+const SEQ = 128;
+
+interface Workload {
+  id: string;
+  engine: string;
+  kind: "forward" | "forward+outputs" | "train";
+  backend: BackendName;
+  batch: number;
+  replicas: number;
+  stock?: boolean;
+}
+
+const WORKLOADS: Workload[] = [
+  {
+    id: "stock-fwd",
+    engine: "tfjs-wasm (stock)",
+    kind: "forward",
+    backend: "wasm",
+    batch: 32,
+    replicas: 1,
+    stock: true,
+  },
+  {
+    id: "stock-train",
+    engine: "tfjs-wasm (stock)",
+    kind: "train",
+    backend: "wasm",
+    batch: 8,
+    replicas: 1,
+    stock: true,
+  },
+  {
+    id: "wasm-fwd",
+    engine: "tinystill wasm",
+    kind: "forward",
+    backend: "wasm",
+    batch: 32,
+    replicas: 1,
+  },
+  {
+    id: "wasm-fwd-all",
+    engine: "tinystill wasm",
+    kind: "forward+outputs",
+    backend: "wasm",
+    batch: 32,
+    replicas: 1,
+  },
+  {
+    id: "wasm-train",
+    engine: "tinystill wasm",
+    kind: "train",
+    backend: "wasm",
+    batch: 32,
+    replicas: 1,
+  },
+  {
+    id: "wasm2-fwd",
+    engine: "tinystill wasm ×2 replicas",
+    kind: "forward",
+    backend: "wasm",
+    batch: 32,
+    replicas: 2,
+  },
+  {
+    id: "wasm2-train",
+    engine: "tinystill wasm ×2 replicas",
+    kind: "train",
+    backend: "wasm",
+    batch: 32,
+    replicas: 2,
+  },
+  {
+    id: "cpu-fwd",
+    engine: "tfjs-cpu (reference)",
+    kind: "forward",
+    backend: "cpu",
+    batch: 4,
+    replicas: 1,
+  },
+  {
+    id: "cpu-train",
+    engine: "tfjs-cpu (reference)",
+    kind: "train",
+    backend: "cpu",
+    batch: 2,
+    replicas: 1,
+  },
+];
+
+interface Result {
+  id: string;
+  tokensPerSec?: number;
+  msPerStep?: number;
+  heapGiB?: number[];
+  rssGiB?: number;
+  error?: string;
+}
+
+function randomBatch(batch: number, seed: number): HostBatch {
+  let s = seed >>> 0;
+  const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  return {
+    inputIds: {
+      data: Int32Array.from({ length: batch * SEQ }, () => 1000 + Math.floor(next() * 29000)),
+      shape: [batch, SEQ],
+    },
+    attentionMask: { data: new Int32Array(batch * SEQ).fill(1), shape: [batch, SEQ] },
+    labels: { data: Int32Array.from({ length: batch }, (_, i) => i % 2), shape: [batch] },
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function measure(w: Workload, warmup: number, steps: number): Promise<Result> {
+  await setBackend(w.backend);
+  const bert = Bert.create(TINYBERT4, {}, 1);
+  const dp = w.replicas > 1
+    ? await DataParallel.create(bert, { replicas: w.replicas, objective: "classification" })
+    : null;
+  const opt = new AdamW(bert.params, { lr: 5e-5, maxGradNorm: 1 });
+  const times: number[] = [];
+  let rss = 0;
+  for (let i = 0; i < warmup + steps; i++) {
+    const host = randomBatch(w.batch, i);
+    const t0 = performance.now();
+    if (w.kind === "train") {
+      if (dp) {
+        await dp.step(host, opt, i);
+      } else {
+        const batch = toTensors(host);
+        const { grads } = computeGradients(bert, classification, batch, i);
+        opt.step(grads);
+        tf.dispose([...grads.values(), ...Object.values(batch)]);
+      }
+    } else {
+      const outputs = w.kind === "forward" ? ["logits" as const] : [
+        "logits" as const,
+        "hiddenStates" as const,
+        "attentionScores" as const,
+      ];
+      if (dp) {
+        await dp.forward(host, outputs);
+      } else {
+        const batch = toTensors(host);
+        forwardToHost(bert, batch, outputs);
+        tf.dispose(Object.values(batch));
+      }
+    }
+    const dt = performance.now() - t0;
+    if (i >= warmup) times.push(dt);
+    rss = Math.max(rss, Deno.memoryUsage().rss);
+  }
+  const heaps = dp ? await dp.heapBytes() : [wasmHeapBytes()];
+  dp?.close();
+  const ms = median(times);
+  return {
+    id: w.id,
+    msPerStep: ms,
+    tokensPerSec: (w.batch * SEQ * 1000) / ms,
+    heapGiB: heaps.map((h) => h / 2 ** 30),
+    rssGiB: rss / 2 ** 30,
+  };
+}
+
+async function child(id: string, quick: boolean): Promise<void> {
+  const w = WORKLOADS.find((x) => x.id === id)!;
+  const slow = w.backend === "cpu" || w.stock;
+  const [warmup, steps] = quick || slow ? [1, 2] : [2, 3];
+  let result: Result;
+  try {
+    result = await measure(w, warmup, steps);
+  } catch (e) {
+    result = { id, error: (e as Error).message.split("\n")[0] };
+  }
+  console.log(JSON.stringify(result));
+}
+
+async function runChild(w: Workload, quick: boolean): Promise<Result> {
+  const env: Record<string, string> = w.stock ? { TINYSTILL_WASM_FILLS: "0" } : {};
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", import.meta.filename!, "--child", w.id, ...(quick ? ["--quick"] : [])],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  try {
+    return JSON.parse(lines[lines.length - 1]);
+  } catch {
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
+    return { id: w.id, error: `exit ${out.code}: ${err}` };
+  }
+}
+
+async function availability(name: BackendName): Promise<string> {
+  try {
+    await setBackend(name);
+    return "available (not benchmarked by default)";
+  } catch (e) {
+    return (e as Error).message.split(". ")[0];
+  }
+}
+
+function cpuModel(): string {
+  try {
+    const info = Deno.readTextFileSync("/proc/cpuinfo");
+    return info.match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
+  } catch {
+    return "unknown CPU";
+  }
+}
+
+async function main(): Promise<void> {
+  const quick = Deno.args.includes("--quick");
+  const ci = Deno.args.indexOf("--child");
+  if (ci >= 0) return await child(Deno.args[ci + 1], quick);
+
+  console.log(
+    `tinystill bench — ${cpuModel()}, ${navigator.hardwareConcurrency} cores, ` +
+      `deno ${Deno.version.deno}, tfjs ${tf.version.tfjs}`,
+  );
+  const params = (() => {
+    const b = Bert.create(TINYBERT4, {}, 1);
+    const n = b.numParameters();
+    b.dispose();
+    return n;
+  })();
+  console.log(
+    `model: TinyBERT4 shape (4×312, 12 heads, FFN 1200, vocab 30,522, ` +
+      `${(params / 1e6).toFixed(2)}M params), seq ${SEQ}; medians over measured steps\n`,
+  );
+  const results = new Map<string, Result>();
+  for (const w of WORKLOADS) {
+    const r = await runChild(w, quick);
+    results.set(w.id, r);
+    const fig = r.error ? `error: ${r.error}` : `${r.tokensPerSec!.toFixed(0)} tokens/s`;
+    console.error(`  measured ${w.engine} ${w.kind} ×${w.batch}: ${fig}`);
+  }
+  const stock = (kind: string) => results.get(kind === "train" ? "stock-train" : "stock-fwd");
+  const header =
+    "| engine | workload | batch × seq | tokens/s | ms/step | ×stock wasm | wasm heap GiB | RSS GiB |";
+  console.log(header);
+  console.log("|---|---|---|---:|---:|---:|---:|---:|");
+  for (const w of WORKLOADS) {
+    const r = results.get(w.id)!;
+    if (r.error) {
+      console.log(`| ${w.engine} | ${w.kind} | ${w.batch} × ${SEQ} | — | — | — | — | ${r.error} |`);
+      continue;
+    }
+    const s = stock(w.kind);
+    const ratio = s?.tokensPerSec && w.backend === "wasm"
+      ? `${(r.tokensPerSec! / s.tokensPerSec).toFixed(2)}×`
+      : "—";
+    const heap = w.backend === "wasm" ? r.heapGiB!.map((h) => h.toFixed(2)).join(" + ") : "—";
+    console.log(
+      `| ${w.engine} | ${w.kind} | ${w.batch} × ${SEQ} | ${r.tokensPerSec!.toFixed(0)} | ` +
+        `${r.msPerStep!.toFixed(0)} | ${ratio} | ${heap} | ${r.rssGiB!.toFixed(2)} |`,
+    );
+  }
+  console.log();
+  for (const name of ["tensorflow-gpu", "tensorflow", "webgpu"] as BackendName[]) {
+    console.log(`${name}: ${await availability(name)}`);
+  }
+  const best = (ids: string[]) => Math.max(...ids.map((id) => results.get(id)?.tokensPerSec ?? 0));
+  const train = best(["wasm-train", "wasm2-train"]), fwd = best(["wasm-fwd", "wasm2-fwd"]);
+  console.log(
+    `\ntargets on wasm: train step ≥ 1,000 tokens/s: ${train.toFixed(0)} ` +
+      `(${train >= 1000 ? "met" : "NOT met"}); forward ≥ 3,000: ${fwd.toFixed(0)} ` +
+      `(${fwd >= 3000 ? "met" : "NOT met"})`,
+  );
+}
+
+if (import.meta.main) await main();
