@@ -1,0 +1,17 @@
+/** The README's example runs as documented and prints what it promises. */
+
+import assert from "node:assert/strict";
+
+Deno.test("examples/quickstart.ts runs: save, load, encode, forward, one AdamW step", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "examples/quickstart.ts"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert.match(text, /hidden states: 3 × \[2,7,64\], attention scores: 2 × \[2,4,7,7\]/);
+  assert.match(text, /logits: \[2,2\]/);
+  const loss = Number(text.match(/loss (\d+\.\d+)/)![1]);
+  assert.ok(Math.abs(loss - Math.log(2)) < 0.1, `fresh 2-class loss ≈ ln 2, got ${loss}`);
+});
