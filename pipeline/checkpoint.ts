@@ -55,6 +55,17 @@ export async function loadBert(dir: string, opts: LoadBertOptions = {}): Promise
     config = { ...config, id2label: opts.id2label, label2id };
   }
   const { tensors, file } = await readCheckpointTensors(dir);
+  // A classifier in the weights but no labels in config.json: name them LABEL_i from its width,
+  // as transformers does, rather than silently dropping the head.
+  const classifier = tensors.get("classifier.weight");
+  if (classifier && numLabels(config) === 0 && opts.heads?.classifier !== false) {
+    const names = Array.from({ length: classifier.shape[0] }, (_, i) => `LABEL_${i}`);
+    config = {
+      ...config,
+      id2label: Object.fromEntries(names.map((n, i) => [String(i), n])),
+      label2id: Object.fromEntries(names.map((n, i) => [n, i])),
+    };
+  }
   // Newer checkpoints store the MLM bias as decoder.bias (tied to cls.predictions.bias).
   if (!tensors.has("cls.predictions.bias") && tensors.has("cls.predictions.decoder.bias")) {
     tensors.set("cls.predictions.bias", tensors.get("cls.predictions.decoder.bias")!);

@@ -221,6 +221,8 @@ function validateLabels(
         });
       }
     }
+    // transformers writes both maps; derive the inverse when only id2label is given
+    cfg.label2id ??= Object.fromEntries(Object.entries(m).map(([id, name]) => [name, Number(id)]));
   }
   if (cfg.label2id !== undefined) {
     const m = cfg.label2id;

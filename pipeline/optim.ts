@@ -101,9 +101,8 @@ export class AdamW {
       const squares = [...grads.values()].map((g) => tf.sum(tf.square(g)));
       return squares.length ? tf.sqrt(tf.addN(squares)).dataSync()[0] : 0;
     });
-    const clip = maxGradNorm && maxGradNorm > 0 && gradNorm > maxGradNorm
-      ? maxGradNorm / (gradNorm + 1e-6)
-      : 1;
+    // as torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6))
+    const clip = maxGradNorm && maxGradNorm > 0 ? Math.min(1, maxGradNorm / (gradNorm + 1e-6)) : 1;
     const bc1 = 1 - beta1 ** t, bc2 = 1 - beta2 ** t;
     for (const [name, p] of this.params) {
       const g0 = grads.get(name);

@@ -681,3 +681,30 @@ Deno.test("loadBert errors name the file and the tensor, with expected vs got", 
     (await loadBert(good)).dispose();
   });
 });
+
+Deno.test("a classifier in the weights but no labels in config.json gets LABEL_i names", async () => {
+  await setBackend("cpu");
+  await withTempDir(async (dir) => {
+    const bert = Bert.create({ ...BASE, id2label: LABELS }, { classifier: true, mlm: false }, 7);
+    await saveBert(bert, dir);
+    const cfgPath = join(dir, "config.json");
+    const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
+    delete cfg.id2label;
+    delete cfg.label2id;
+    await Deno.writeTextFile(cfgPath, JSON.stringify(cfg));
+    const loaded = await loadBert(dir);
+    assert.equal(loaded.heads.classifier, true);
+    assert.deepEqual(loaded.config.id2label, { "0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2" });
+    assert.deepEqual(loaded.config.label2id, { LABEL_0: 0, LABEL_1: 1, LABEL_2: 2 });
+    assert.deepEqual(
+      Array.from(loaded.p("classifier.weight").dataSync()),
+      Array.from(bert.p("classifier.weight").dataSync()),
+    );
+    // and saveBert writes both label maps
+    await saveBert(bert, dir);
+    const written = JSON.parse(await Deno.readTextFile(cfgPath));
+    assert.deepEqual(written.label2id, { neg: 0, neu: 1, pos: 2 });
+    bert.dispose();
+    loaded.dispose();
+  });
+});
