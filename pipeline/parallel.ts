@@ -212,6 +212,14 @@ export function digestWeights(model: Bert): string {
   return h.toString(16).padStart(8, "0");
 }
 
+/** What {@link DataParallel} gets back from one scattered request. */
+interface Scattered<L, R> {
+  local: L;
+  remote: R[];
+  bounds: number[];
+  n: number;
+}
+
 /** Options of {@link DataParallel.create}. */
 export interface DataParallelOptions {
   /** Total replicas including this thread (default: `navigator.hardwareConcurrency`). */
@@ -396,30 +404,46 @@ export class DataParallel {
     return [mine, ...theirs];
   }
 
+  /**
+   * Split `batch` into one shard per replica: post `message(shard, i)` to worker `i` and run
+   * `local` on shard 0 here meanwhile. Shard `k` holds rows `[bounds[k], bounds[k + 1])`.
+   */
+  private async scatter<L, R>(
+    batch: HostBatch,
+    message: (shard: HostBatch, worker: number) => Record<string, unknown>,
+    local: (batch: Batch) => L,
+  ): Promise<Scattered<L, R>> {
+    const n = batchRows(batch);
+    const r = Math.min(this.replicas, n);
+    const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
+    const pending = this.workers.slice(0, r - 1).map((w, i) => {
+      const shard = sliceBatch(batch, bounds[i + 1], bounds[i + 2]);
+      const transfer = Object.values(shard).map((v) => v.data.buffer as ArrayBuffer);
+      return w.request<R>(message(shard, i), transfer);
+    });
+    const localBatch = toTensors(sliceBatch(batch, bounds[0], bounds[1]));
+    let mine: L;
+    try {
+      mine = local(localBatch);
+    } finally {
+      tf.dispose(Object.values(localBatch));
+    }
+    return { local: mine, remote: await Promise.all(pending), bounds, n };
+  }
+
   /** Average the shards' gradients into `this.averaged`; returns the names that have one. */
   private async averagedGradients(
     batch: HostBatch,
     seed: number,
   ): Promise<{ loss: number; names: string[] }> {
-    const n = batchRows(batch);
-    const r = Math.min(this.replicas, n);
-    const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
-    const remote = this.workers.slice(0, r - 1).map((w, i) => {
-      const shard = sliceBatch(batch, bounds[i + 1], bounds[i + 2]);
-      const transfer = Object.values(shard).map((v) => v.data.buffer as ArrayBuffer);
-      return w.request<{ loss: number; names: string[] }>(
-        { type: "grads", batch: shard, seed: seed * this.replicas + i + 1 },
-        transfer,
-      );
-    });
-    const localBatch = toTensors(sliceBatch(batch, bounds[0], bounds[1]));
-    let local: GradientResult;
-    try {
-      local = computeGradients(this.model, this.objective, localBatch, seed * this.replicas);
-    } finally {
-      tf.dispose(Object.values(localBatch));
-    }
-    const results = await Promise.all(remote);
+    const { local, remote: results, bounds, n } = await this.scatter<
+      GradientResult,
+      { loss: number; names: string[] }
+    >(
+      batch,
+      (shard, i) => ({ type: "grads", batch: shard, seed: seed * this.replicas + i + 1 }),
+      (b) => computeGradients(this.model, this.objective, b, seed * this.replicas),
+    );
     const weight = (i: number) => (bounds[i + 1] - bounds[i]) / n;
     let loss = local.loss * weight(0);
     results.forEach((res, i) => loss += res.loss * weight(i + 1));
@@ -443,22 +467,12 @@ export class DataParallel {
 
   /** Inference forward pass over `batch`, split across all replicas; outputs in batch order. */
   async forward(batch: HostBatch, outputs: OutputName[] = ["logits"]): Promise<HostOutputs> {
-    const n = batchRows(batch);
-    const r = Math.min(this.replicas, n);
-    const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
-    const remote = this.workers.slice(0, r - 1).map((w, i) => {
-      const shard = sliceBatch(batch, bounds[i + 1], bounds[i + 2]);
-      const transfer = Object.values(shard).map((v) => v.data.buffer as ArrayBuffer);
-      return w.request<HostOutputs>({ type: "forward", batch: shard, outputs }, transfer);
-    });
-    const localBatch = toTensors(sliceBatch(batch, bounds[0], bounds[1]));
-    let local: HostOutputs;
-    try {
-      local = forwardToHost(this.model, localBatch, outputs);
-    } finally {
-      tf.dispose(Object.values(localBatch));
-    }
-    return concatOutputs([local, ...(await Promise.all(remote))]);
+    const { local, remote } = await this.scatter<HostOutputs, HostOutputs>(
+      batch,
+      (shard) => ({ type: "forward", batch: shard, outputs }),
+      (b) => forwardToHost(this.model, b, outputs),
+    );
+    return concatOutputs([local, ...remote]);
   }
 
   /** Copy this thread's weights to every worker (call after each optimiser step). */

@@ -1,6 +1,8 @@
 /** Shared test helpers: relative-error comparison and running a computation on two backends. */
 
+import assert from "node:assert/strict";
 import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
+import { InputError } from "../pipeline/errors.ts";
 
 /** max |a − b| / max(1e-6, max |b|): the relative error used throughout the tests. */
 export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -59,4 +61,29 @@ export function rng(seed: number): () => number {
 export function randomArray(n: number, seed: number): Float32Array {
   const r = rng(seed);
   return Float32Array.from({ length: n }, () => r() * 2 - 1);
+}
+
+/** Run `fn` with a fresh temporary directory, removed afterwards. */
+export async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tinystill_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Assert that `fn` throws (or rejects with) an InputError whose message contains every part. */
+export async function assertInputError(fn: () => unknown, parts: string[]): Promise<InputError> {
+  let err: unknown;
+  try {
+    await fn();
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof InputError, `expected InputError, got ${err}`);
+  for (const p of parts) {
+    assert.ok(err.message.includes(p), `message ${JSON.stringify(err.message)} lacks "${p}"`);
+  }
+  return err;
 }

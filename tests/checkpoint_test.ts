@@ -11,9 +11,8 @@ import { setBackend, tf } from "../pipeline/backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "../pipeline/bert.ts";
 import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
 import { type BertConfig, makeConfig } from "../pipeline/config.ts";
-import { InputError } from "../pipeline/errors.ts";
 import { readSafetensors, writeSafetensors } from "../pipeline/safetensors.ts";
-import { randomArray, relErr } from "./_util.ts";
+import { assertInputError, randomArray, relErr, withTempDir } from "./_util.ts";
 
 await setBackend("cpu");
 
@@ -31,30 +30,6 @@ const NO_HEADS: BertHeads = { classifier: false, mlm: false };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_ckpt_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Assert that `fn` rejects with an InputError whose message contains every part. */
-async function assertInputError(fn: () => Promise<unknown>, parts: string[]): Promise<InputError> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err instanceof InputError, `expected InputError, got ${err}`);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message ${JSON.stringify(err.message)} lacks "${p}"`);
-  }
-  return err;
-}
 
 /** Every parameter random (LayerNorm weights 1 ± 0.2, the rest ±0.3) so each one matters. */
 function randomModel(partial: Partial<BertConfig>, heads: BertHeads, seed = 1): Bert {

@@ -1,8 +1,8 @@
 /** config.json reading, validation, defaults and writing. */
 
 import assert from "node:assert/strict";
+import { assertInputError, withTempDir } from "./_util.ts";
 import { join } from "node:path";
-import { InputError } from "../pipeline/errors.ts";
 import {
   BERT_DEFAULTS,
   type BertConfig,
@@ -11,29 +11,6 @@ import {
   readConfig,
   writeConfig,
 } from "../pipeline/config.ts";
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_cfg_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Assert that `fn` throws (or rejects with) an InputError containing every substring. */
-async function assertInputError(fn: () => unknown, parts: string[]): Promise<void> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err instanceof InputError, `expected InputError, got ${err}`);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message ${JSON.stringify(err.message)} lacks "${p}"`);
-  }
-}
 
 /** bert-base-uncased's config.json as published (legacy keys included). */
 const BERT_BASE = {

@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
+import { assertInputError, withTempDir } from "./_util.ts";
 import { join } from "node:path";
-import { InputError } from "../pipeline/errors.ts";
 import {
   encodeSafetensors,
   f16BitsToNumber,
@@ -18,29 +18,6 @@ import { readCheckpointTensors, writeCheckpointTensors } from "../pipeline/check
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_st_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Assert that `fn` rejects with an InputError whose message contains every substring. */
-async function assertInputError(fn: () => Promise<unknown>, parts: string[]): Promise<void> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err instanceof InputError, `expected InputError, got ${err}`);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message ${JSON.stringify(err.message)} lacks "${p}"`);
-  }
-}
 
 /** Build a safetensors file by hand: u64 LE length, header text as given, raw data bytes. */
 function buildFile(header: unknown, data: Uint8Array, headerLen?: bigint): Uint8Array {

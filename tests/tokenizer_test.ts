@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { rng as prng } from "./_util.ts";
 import * as tf from "@tensorflow/tfjs";
 import { bertNormalizer, bertPreTokenizer, Tokenizer as RustTokenizer } from "tokenizers";
 import { join } from "node:path";
@@ -39,18 +40,6 @@ function rustTokenizer(jsonText: string): RustTokenizer {
 // ---------------------------------------------------------------------------------------------
 // A seeded generator of varied text
 // ---------------------------------------------------------------------------------------------
-
-/** mulberry32: a small seeded PRNG, so the corpus is the same on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const WORDS = vocab.filter((t) => /^[a-z]{2,}$/.test(t));
 const PIECES = vocab.filter((t) => /^##[a-z]+$/.test(t)).map((t) => t.slice(2));
