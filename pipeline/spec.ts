@@ -1,0 +1,287 @@
+/**
+ * The pipeline file: a YAML document naming the data, the teacher, the student and an ordered
+ * list of stages with their params, validated by a zod schema. Every problem is reported as
+ * `file:line:col: path: expected …, got …`, e.g.
+ * `tasks/spam.yaml:14:22: stages[2].teacher-forward.layers[1]: expected integer ≥ 0, got "x"`.
+ *
+ * Stage params are validated by the schema each stage registers with {@link registerStage}, so
+ * the stage modules own their params (TextBrewer/torchdistill style: the experiment is the file).
+ * @module
+ */
+
+import { LineCounter, parseDocument, stringify } from "yaml";
+import { z } from "zod";
+import { InputError } from "./errors.ts";
+
+/** Backends a pipeline may ask for (see `backend.ts`). */
+export const BACKENDS = ["auto", "wasm", "cpu", "tensorflow", "tensorflow-gpu", "webgpu"] as const;
+
+/** Where a dataset comes from and which columns hold what (see `pipeline/data/`). */
+export const DatasetSchema = z.strictObject({
+  format: z.enum([
+    "csv",
+    "tsv",
+    "jsonl",
+    "parquet",
+    "spam-assassin",
+    "brown",
+    "sotu",
+    "moby-dick",
+  ]),
+  /** One file holding every split (split by `split`), relative to the pipeline file. */
+  path: z.string().min(1).optional(),
+  train: z.string().min(1).optional(),
+  dev: z.string().min(1).optional(),
+  test: z.string().min(1).optional(),
+  text_column: z.string().min(1).optional(),
+  text_pair_column: z.string().min(1).optional(),
+  label_column: z.string().min(1).optional(),
+  /** The label order; must match the teacher's id2label. Inferred (sorted) when absent. */
+  labels: z.array(z.string().min(1)).min(1).optional(),
+  split: z.strictObject({
+    dev: z.number().min(0).max(0.5).default(0.1),
+    test: z.number().min(0).max(0.5).default(0.1),
+    seed: z.number().int().default(42),
+  }).optional(),
+  /** Use only the first `limit` examples (after shuffling by seed). */
+  limit: z.number().int().positive().optional(),
+});
+
+/** A model the pipeline reads (`checkpoint`) or builds from a Hugging Face `config`. */
+export const ModelSchema = z.strictObject({
+  /** A Hugging Face checkpoint directory (config.json + model.safetensors). */
+  checkpoint: z.string().min(1).optional(),
+  /** BertConfig keys for a model built by the pipeline (validated again when built). */
+  config: z.record(z.string(), z.unknown()).optional(),
+  /** Tokenizer directory (vocab.txt or tokenizer.json); default: the checkpoint's. */
+  tokenizer: z.string().min(1).optional(),
+  /** How a student starts: random, from chosen teacher layers, or from `checkpoint`. */
+  init: z.enum(["random", "teacher-layers", "checkpoint"]).optional(),
+}).refine((m) => m.checkpoint !== undefined || m.config !== undefined, {
+  message: "expected `checkpoint` or `config`",
+});
+
+const stageSchemas = new Map<string, z.ZodType>();
+
+/** Make a stage name valid in pipeline files, with the schema of its params. */
+export function registerStage(name: string, params: z.ZodType): void {
+  stageSchemas.set(name, params);
+}
+
+/** Names of the stages a pipeline file may use. */
+export function knownStages(): string[] {
+  return [...stageSchemas.keys()];
+}
+
+/** The schema of the whole file (built from the registered stages). */
+export function pipelineSchema() {
+  const stage = z.record(z.string(), z.unknown()).superRefine((entry, ctx) => {
+    const keys = Object.keys(entry);
+    if (keys.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        message: `expected one stage name as the only key, got ${
+          keys.length ? keys.map((k) => JSON.stringify(k)).join(", ") : "none"
+        }`,
+      });
+      return;
+    }
+    const name = keys[0];
+    const schema = stageSchemas.get(name);
+    if (!schema) {
+      ctx.addIssue({
+        code: "custom",
+        path: [name],
+        message: `unknown stage "${name}" (known: ${knownStages().join(", ")})`,
+        params: { atKey: true },
+      });
+      return;
+    }
+    const res = schema.safeParse(entry[name] ?? {}, { reportInput: true });
+    if (!res.success) {
+      for (const issue of res.error.issues) {
+        ctx.addIssue({ ...issue, path: [name, ...issue.path] } as z.core.$ZodRawIssue);
+      }
+    } else {
+      entry[name] = res.data;
+    }
+  });
+  return z.strictObject({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "a name of letters, digits, . _ -"),
+    seed: z.number().int().default(42),
+    backend: z.enum(BACKENDS).default("auto"),
+    /** Root of the stage outputs: `<output_dir>/<name>/<stage>-<hash>/`. */
+    output_dir: z.string().min(1).default("runs"),
+    datasets: z.record(z.string(), DatasetSchema).default({}),
+    teacher: ModelSchema.optional(),
+    student: ModelSchema.optional(),
+    stages: z.array(stage).min(1),
+  });
+}
+
+/** A validated pipeline file with every default filled in. */
+export interface Pipeline {
+  name: string;
+  seed: number;
+  backend: (typeof BACKENDS)[number];
+  output_dir: string;
+  datasets: Record<string, z.infer<typeof DatasetSchema>>;
+  teacher?: z.infer<typeof ModelSchema>;
+  student?: z.infer<typeof ModelSchema>;
+  /** Each entry is `{ stageName: params }` with the stage's defaults applied. */
+  stages: Record<string, Record<string, unknown>>[];
+  /** The file it was read from (for relative paths and messages). */
+  file: string;
+}
+
+function pathString(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) {
+    if (typeof p === "number") out += `[${p}]`;
+    else out += out ? `.${String(p)}` : String(p);
+  }
+  return out || "(top level)";
+}
+
+function show(v: unknown): string {
+  if (v === undefined) return "nothing";
+  const s = JSON.stringify(v);
+  return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
+}
+
+/** "expected …, got …" for one zod issue, in plain words. */
+function describe(issue: z.core.$ZodIssue): string {
+  const got = "input" in issue ? show(issue.input) : undefined;
+  switch (issue.code) {
+    case "invalid_type": {
+      const expected = issue.expected === "number" && issue.message.includes("int")
+        ? "integer"
+        : issue.expected;
+      return `expected ${expected}, got ${got}`;
+    }
+    case "too_big":
+      return `expected ${issue.origin === "number" ? "number" : `${issue.origin} length`} ` +
+        `${issue.inclusive ? "≤" : "<"} ${issue.maximum}, got ${got}`;
+    case "too_small":
+      return `expected ${issue.origin === "number" ? "number" : `${issue.origin} length`} ` +
+        `${issue.inclusive ? "≥" : ">"} ${issue.minimum}, got ${
+          issue.origin === "number" ? got : show((issue.input as { length?: number })?.length)
+        }`;
+    case "unrecognized_keys":
+      return `unknown key${issue.keys.length > 1 ? "s" : ""} ${
+        issue.keys.map((k) => JSON.stringify(k)).join(", ")
+      }`;
+    case "invalid_value":
+      return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${got}`;
+    case "invalid_format":
+      return `expected ${issue.format}, got ${got}`;
+    case "custom":
+      return issue.params?.atKey ? issue.message : `${issue.message}${got ? `, got ${got}` : ""}`;
+    default:
+      return got !== undefined && !issue.message.includes("got")
+        ? `${issue.message}, got ${got}`
+        : issue.message;
+  }
+}
+
+/**
+ * Parse and validate a pipeline file's text. Throws one {@link InputError} listing every problem
+ * (`file:line:col: path: expected …, got …`), the first also in `field`/`expected`/`got`.
+ */
+export function parsePipeline(text: string, file: string): Pipeline {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    const pos = lineCounter.linePos(e.pos[0]);
+    throw new InputError(`invalid YAML at line ${pos.line} column ${pos.col}: ${e.message}`, {
+      file,
+    });
+  }
+  const raw = doc.toJS();
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new InputError("a pipeline file must be a YAML mapping", {
+      file,
+      expected: "keys name, stages, …",
+      got: show(raw),
+    });
+  }
+  const res = pipelineSchema().safeParse(raw, { reportInput: true });
+  if (!res.success) {
+    // an unknown key is reported at the key itself, with the key in the path
+    const issues = res.error.issues.map((issue) =>
+      issue.code === "unrecognized_keys" && issue.keys.length === 1
+        ? { ...issue, path: [...issue.path, issue.keys[0]] }
+        : issue
+    );
+    const lines = issues.map((issue) => {
+      const node = doc.getIn(issue.path as (string | number)[], true) as
+        | { range?: number[] }
+        | undefined;
+      const atKey = issue.code === "unrecognized_keys" ||
+        (issue.code === "custom" && issue.params?.atKey === true);
+      const keyNode = atKey ? keyOf(doc, issue.path) : undefined;
+      const range = keyNode?.range ?? node?.range;
+      const at = range ? lineCounter.linePos(range[0]) : undefined;
+      const where = at ? `${file}:${at.line}:${at.col}` : file;
+      return `${where}: ${pathString(issue.path)}: ${describe(issue)}`;
+    });
+    const first = issues[0];
+    const err = new InputError(
+      lines.length === 1 ? lines[0] : `${lines.length} problems:\n  ${lines.join("\n  ")}`,
+    );
+    Object.assign(err, { file, field: pathString(first.path) });
+    throw err;
+  }
+  const p = res.data as Omit<Pipeline, "file">;
+  crossCheck(p, file);
+  return { ...p, file };
+}
+
+/** The key node of the entry at `path` (for pointing at an unknown key). */
+function keyOf(
+  doc: ReturnType<typeof parseDocument>,
+  path: readonly PropertyKey[],
+): { range?: number[] } | undefined {
+  const parent = doc.getIn(path.slice(0, -1) as (string | number)[], true) as
+    | { items?: { key?: { value?: unknown; range?: number[] } }[] }
+    | undefined;
+  const last = path[path.length - 1];
+  return parent?.items?.find((it) => it.key?.value === last)?.key;
+}
+
+/** Read and validate a pipeline file. */
+export async function loadPipeline(file: string): Promise<Pipeline> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new InputError("pipeline file not found", { file, hint: "See tasks/ for examples." });
+    }
+    throw e;
+  }
+  return parsePipeline(text, file);
+}
+
+/** Checks that span sections: every dataset a stage names exists. */
+function crossCheck(p: Omit<Pipeline, "file">, file: string): void {
+  p.stages.forEach((entry, i) => {
+    const [name, params] = Object.entries(entry)[0];
+    const ds = (params as { dataset?: unknown }).dataset;
+    if (typeof ds === "string" && !(ds in p.datasets)) {
+      throw new InputError("unknown dataset", {
+        file,
+        field: `stages[${i}].${name}.dataset`,
+        expected: `one of ${Object.keys(p.datasets).map((k) => JSON.stringify(k)).join(", ")}`,
+        got: JSON.stringify(ds),
+      });
+    }
+  });
+}
+
+/** The resolved pipeline (defaults filled in) as YAML, to be written next to the outputs. */
+export function resolvedYaml(p: Pipeline): string {
+  const { file: _file, ...rest } = p;
+  return `# resolved from ${p.file} by tinystill\n` + stringify(rest);
+}
