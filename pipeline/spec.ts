@@ -68,6 +68,14 @@ export function registerStage(name: string, params: z.ZodType): void {
   stageSchemas.set(name, params);
 }
 
+/**
+ * The stage kind of a stage key: a pipeline may run one kind twice as `kind@label`
+ * (e.g. `distill@general`, `distill@task`); the key names its outputs, the kind its code.
+ */
+export function stageKind(key: string): string {
+  return key.split("@")[0];
+}
+
 /** Names of the stages a pipeline file may use. */
 export function knownStages(): string[] {
   return [...stageSchemas.keys()];
@@ -87,12 +95,12 @@ export function pipelineSchema() {
       return;
     }
     const name = keys[0];
-    const schema = stageSchemas.get(name);
+    const schema = stageSchemas.get(stageKind(name));
     if (!schema) {
       ctx.addIssue({
         code: "custom",
         path: [name],
-        message: `unknown stage "${name}" (known: ${knownStages().join(", ")})`,
+        message: `unknown stage "${stageKind(name)}" (known: ${knownStages().join(", ")})`,
         params: { atKey: true },
       });
       return;

@@ -69,7 +69,7 @@ Deno.test("unknown keys, unknown stages and malformed stage entries are rejected
   );
   await assertInputError(
     () => parsePipeline(GOOD + "  - distil: {}\n", "f.yaml"),
-    ['f.yaml:12:5: stages[2].distil: unknown stage "distil" (known: tokenize, distill'],
+    ['f.yaml:12:5: stages[2].distil: unknown stage "distil" (known: ', "tokenize", "distill"],
   );
   await assertInputError(
     () => parsePipeline(GOOD + "  - { tokenize: {dataset: spam}, distill: {} }\n", "f.yaml"),

@@ -1,0 +1,298 @@
+/**
+ * The runner: executes a pipeline's stages in order, each into its own content-addressed
+ * directory `<output_dir>/<pipeline>/<stage>-<hash>/`, where the hash covers the stage's code
+ * version, its params, the hashes of the stages it reads and a fingerprint of its external inputs
+ * (data files, checkpoints). So a re-run skips finished stages and a changed param reruns exactly
+ * the stages downstream of it.
+ *
+ * A stage writes into `.<stage>-<hash>.partial/`, which is renamed into place only after it
+ * returns and its `manifest.json` is written: a crash leaves earlier outputs intact, and a stage
+ * that writes its work in durable pieces (teacher-forward's row groups) resumes from them.
+ * Stages never read each other's files directly: the runner hands each the directories of the
+ * stages it declared it needs.
+ * @module
+ */
+
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import type { z } from "zod";
+import { InputError } from "./errors.ts";
+import { writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
+import { Progress } from "./progress.ts";
+import { type Pipeline, registerStage, resolvedYaml, stageKind } from "./spec.ts";
+
+/** What a stage gets when it runs. */
+export interface StageContext<P> {
+  pipeline: Pipeline;
+  /** The stage key in the pipeline file (`tokenize`, `distill@task`, …). */
+  key: string;
+  params: P;
+  /** The directory to write into (renamed into place when `run` returns). */
+  out: string;
+  /** Output directories of the stages this one needs, by stage key. */
+  inputs: Record<string, string>;
+  /** A path from the pipeline file, made absolute (relative to the file's directory). */
+  resolve(path: string): string;
+  /** A progress reporter labelled with this stage. */
+  progress(total: number, unit: string): Progress;
+  log(message: string): void;
+}
+
+/** What a stage reports back; it goes into `manifest.json`. */
+export interface StageResult {
+  counts?: Record<string, number>;
+  metrics?: Record<string, number | string>;
+}
+
+/** A stage: a typed params schema and a `run` that writes only into `ctx.out`. */
+export interface Stage<P> {
+  /** The stage kind, as written in pipeline files. */
+  name: string;
+  /** Bump when the stage's output for the same inputs changes (invalidates old outputs). */
+  version: number;
+  params: z.ZodType<P>;
+  /** Keys of earlier stages whose outputs this stage reads, from its params. */
+  needs?(params: P): string[];
+  /** A digest of external inputs (files, checkpoints) that the hash must cover. */
+  fingerprint?(
+    params: P,
+    ctx: { pipeline: Pipeline; resolve(path: string): string },
+  ): Promise<string>;
+  run(ctx: StageContext<P>): Promise<StageResult>;
+}
+
+// deno-lint-ignore no-explicit-any
+const stages = new Map<string, Stage<any>>();
+
+/** Register a stage kind (its params schema becomes part of the pipeline-file schema). */
+export function defineStage<P>(stage: Stage<P>): Stage<P> {
+  stages.set(stage.name, stage);
+  registerStage(stage.name, stage.params);
+  return stage;
+}
+
+/** Options of {@link runPipeline} (the CLI's `--force`, `--from`, `--only`). */
+export interface RunOptions {
+  /** Rerun every stage. */
+  force?: boolean;
+  /** Rerun this stage and every stage after it. */
+  from?: string;
+  /** Run only this stage (the stages it needs must have run). */
+  only?: string;
+  /** No progress or log output. */
+  quiet?: boolean;
+}
+
+/** What happened to one stage. */
+export interface StageReport {
+  key: string;
+  hash: string;
+  dir: string;
+  status: "ran" | "skipped";
+  seconds: number;
+  result?: StageResult;
+}
+
+/** JSON with object keys sorted at every level: the input to content hashes. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v && typeof v === "object") {
+    const entries = Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
+}
+
+/** Hex SHA-256 of a string. */
+export async function sha256Hex(text: string | Uint8Array): Promise<string> {
+  const bytes = typeof text === "string" ? new TextEncoder().encode(text) : text;
+  const d = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+interface Planned {
+  index: number;
+  key: string;
+  // deno-lint-ignore no-explicit-any
+  stage: Stage<any>;
+  params: Record<string, unknown>;
+  needs: string[];
+  hash: string;
+  dir: string;
+}
+
+/** Resolve stage order, check inputs, and compute every stage's hash and directory. */
+export async function planPipeline(p: Pipeline): Promise<Planned[]> {
+  const keys = p.stages.map((entry) => Object.keys(entry)[0]);
+  const resolvePath = (path: string) => isAbsolute(path) ? path : resolve(dirname(p.file), path);
+  const root = resolve(p.output_dir, p.name);
+  const plan: Planned[] = [];
+  const hashes = new Map<string, string>();
+  for (let i = 0; i < p.stages.length; i++) {
+    const key = keys[i];
+    const params = p.stages[i][key];
+    const stage = stages.get(stageKind(key));
+    if (!stage) {
+      throw new InputError(`no stage implementation for "${stageKind(key)}"`, {
+        file: p.file,
+        field: `stages[${i}]`,
+      });
+    }
+    if (keys.indexOf(key) !== i) {
+      throw new InputError(`stage "${key}" appears twice; name repeats as kind@label`, {
+        file: p.file,
+        field: `stages[${i}]`,
+      });
+    }
+    const needs = stage.needs?.(params) ?? [];
+    for (const need of needs) {
+      const at = keys.indexOf(need);
+      if (at < 0) {
+        throw new InputError(`stage "${key}" needs "${need}", which the pipeline does not run`, {
+          file: p.file,
+          field: `stages[${i}].${key}`,
+          expected: `one of the earlier stages: ${keys.slice(0, i).join(", ") || "(none)"}`,
+          got: JSON.stringify(need),
+        });
+      }
+      if (at >= i) {
+        throw new InputError(
+          `stage "${key}" needs "${need}", which runs ${at === i ? "as itself" : "after it"} ` +
+            `(a cycle or wrong order)`,
+          { file: p.file, field: `stages[${i}].${key}`, hint: `Move "${need}" before "${key}".` },
+        );
+      }
+    }
+    const fingerprint = stage.fingerprint
+      ? await stage.fingerprint(params, { pipeline: p, resolve: resolvePath })
+      : "";
+    const hash = (await sha256Hex(canonicalJson({
+      kind: stage.name,
+      version: stage.version,
+      params,
+      seed: p.seed,
+      inputs: Object.fromEntries(needs.map((n) => [n, hashes.get(n)])),
+      fingerprint,
+    }))).slice(0, 16);
+    hashes.set(key, hash);
+    plan.push({ index: i, key, stage, params, needs, hash, dir: join(root, `${key}-${hash}`) });
+  }
+  return plan;
+}
+
+/** Run (or skip) every stage of `p`; returns what happened to each. */
+export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<StageReport[]> {
+  const plan = await planPipeline(p);
+  const keys = plan.map((s) => s.key);
+  for (const flag of ["from", "only"] as const) {
+    const k = opts[flag];
+    if (k !== undefined && !keys.includes(k)) {
+      throw new InputError(`--${flag}: no stage "${k}"`, {
+        file: p.file,
+        expected: keys.join(", "),
+        got: k,
+      });
+    }
+  }
+  const root = resolve(p.output_dir, p.name);
+  await Deno.mkdir(root, { recursive: true });
+  await writeFileAtomic(join(root, "pipeline.resolved.yaml"), resolvedYaml(p));
+  const log = (m: string) => {
+    if (!opts.quiet) console.error(m);
+  };
+  const resolvePath = (path: string) => isAbsolute(path) ? path : resolve(dirname(p.file), path);
+  const fromIndex = opts.from ? keys.indexOf(opts.from) : Infinity;
+  const reports: StageReport[] = [];
+  const byKey = new Map(plan.map((s) => [s.key, s]));
+  for (const s of plan) {
+    const done = await exists(join(s.dir, "manifest.json"));
+    if (opts.only && s.key !== opts.only) {
+      // not selected; but what the selected stage reads must already exist
+      if (!done && byKey.get(opts.only)!.needs.includes(s.key)) {
+        throw new InputError(`--only ${opts.only}: its input "${s.key}" has not run yet`, {
+          file: p.file,
+          hint: `Run without --only first (or with --only ${s.key}).`,
+        });
+      }
+      reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "skipped", seconds: 0 });
+      continue;
+    }
+    const mustRun = !done || opts.force || s.index >= fromIndex || opts.only === s.key;
+    if (!mustRun) {
+      log(`${s.key}: up to date (${s.dir})`);
+      reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "skipped", seconds: 0 });
+      continue;
+    }
+    reports.push(await runStage(p, s, byKey, resolvePath, log, opts.quiet ?? false));
+  }
+  return reports;
+}
+
+async function runStage(
+  p: Pipeline,
+  s: Planned,
+  byKey: Map<string, Planned>,
+  resolvePath: (path: string) => string,
+  log: (m: string) => void,
+  quiet: boolean,
+): Promise<StageReport> {
+  const partial = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
+  await Deno.mkdir(partial, { recursive: true }); // kept across crashes: stages may resume
+  const inputs: Record<string, string> = {};
+  for (const need of s.needs) {
+    const dir = byKey.get(need)!.dir;
+    if (!(await exists(join(dir, "manifest.json")))) {
+      throw new InputError(`stage "${s.key}": input "${need}" is missing (${dir})`, {
+        file: p.file,
+      });
+    }
+    inputs[need] = dir;
+  }
+  const started = new Date();
+  const t0 = performance.now();
+  log(`${s.key}: running → ${s.dir}`);
+  const sink = { writeSync: (b: Uint8Array) => b.length, isTerminal: () => false };
+  const result: StageResult = await s.stage.run({
+    pipeline: p,
+    key: s.key,
+    params: s.params,
+    out: partial,
+    inputs,
+    resolve: resolvePath,
+    progress: (total, unit) => new Progress(s.key, total, quiet ? { unit, out: sink } : { unit }),
+    log: (m) => log(`${s.key}: ${m}`),
+  }) ?? {};
+  const seconds = (performance.now() - t0) / 1000;
+  await writeJsonAtomic(join(partial, "manifest.json"), {
+    stage: s.stage.name,
+    key: s.key,
+    version: s.stage.version,
+    hash: s.hash,
+    params: s.params,
+    inputs: Object.fromEntries(s.needs.map((n) => [n, byKey.get(n)!.hash])),
+    started: started.toISOString(),
+    seconds,
+    ...result,
+  });
+  // Swap into place; an older copy (a forced rerun) is removed only after the rename.
+  let old: string | null = null;
+  if (await exists(s.dir)) {
+    old = `${s.dir}.old-${Date.now()}`;
+    await Deno.rename(s.dir, old);
+  }
+  await Deno.rename(partial, s.dir);
+  if (old) await Deno.remove(old, { recursive: true });
+  log(`${s.key}: done in ${seconds.toFixed(1)}s`);
+  return { key: s.key, hash: s.hash, dir: s.dir, status: "ran", seconds, result };
+}
