@@ -61,7 +61,7 @@ function pipeline(dir: string, emit: string, sum = "{ input: emit }") {
   );
 }
 
-async function readSum(dir: string, reports: { key: string; dir: string }[]) {
+async function readSum(reports: { key: string; dir: string }[]) {
   return Number(
     await Deno.readTextFile(join(reports.find((r) => r.key === "sum")!.dir, "sum.txt")),
   );
@@ -72,7 +72,7 @@ Deno.test("finished stages are skipped; a changed param reruns exactly what is d
     runs.length = 0;
     const r1 = await runPipeline(pipeline(dir, "{ n: 4 }"), { quiet: true });
     assert.deepEqual(runs, ["emit", "sum"]);
-    assert.equal(await readSum(dir, r1), 0 + 1 + 4 + 9);
+    assert.equal(await readSum(r1), 0 + 1 + 4 + 9);
     assert.match(r1[0].dir, /runs\/toy\/emit-[0-9a-f]{16}$/);
 
     runs.length = 0;
@@ -85,13 +85,13 @@ Deno.test("finished stages are skipped; a changed param reruns exactly what is d
       quiet: true,
     });
     assert.deepEqual(runs, ["sum"]);
-    assert.equal(await readSum(dir, r3), 28);
+    assert.equal(await readSum(r3), 28);
 
     runs.length = 0; // upstream param: both, and the sum's hash changes with its input's
     const r4 = await runPipeline(pipeline(dir, "{ n: 5 }"), { quiet: true });
     assert.deepEqual(runs, ["emit", "sum"]);
     assert.notEqual(r4[1].hash, r1[1].hash);
-    assert.equal(await readSum(dir, r4), 30);
+    assert.equal(await readSum(r4), 30);
 
     const manifest = JSON.parse(await Deno.readTextFile(join(r4[1].dir, "manifest.json")));
     assert.equal(manifest.stage, "sum");
@@ -155,7 +155,7 @@ Deno.test("a crash leaves earlier outputs intact and the partial work for the re
     runs.length = 0;
     const r = await runPipeline(pipeline(dir, "{ n: 6 }"), { quiet: true });
     assert.deepEqual(runs, ["emit", "sum"]);
-    assert.equal(await readSum(dir, r), 0 + 100 + 4 + 9 + 16 + 25);
+    assert.equal(await readSum(r), 0 + 100 + 4 + 9 + 16 + 25);
     assert.ok(![...Deno.readDirSync(root)].some((e) => e.name.endsWith(".partial")));
   });
 });
@@ -196,7 +196,7 @@ Deno.test("two runs of one stage kind as kind@label get separate outputs", async
     );
     const r = await runPipeline(p, { quiet: true });
     assert.deepEqual(r.map((x) => x.key), ["emit@a", "emit@b", "sum"]);
-    assert.equal(await readSum(dir, r), 5);
+    assert.equal(await readSum(r), 5);
   });
 });
 
