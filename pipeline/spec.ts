@@ -11,6 +11,7 @@
 
 import { LineCounter, parseDocument, stringify } from "yaml";
 import { z } from "zod";
+import type { DatasetSpec } from "./data/types.ts";
 import { InputError } from "./errors.ts";
 
 /** Backends a pipeline may ask for (see `backend.ts`). */
@@ -43,9 +44,11 @@ export const DatasetSchema = z.strictObject({
     test: z.number().min(0).max(0.5).default(0.1),
     seed: z.number().int().default(42),
   }).optional(),
-  /** Use only the first `limit` examples (after shuffling by seed). */
+  /** Keep at most this many examples per source, sampled by the split seed. */
   limit: z.number().int().positive().optional(),
-});
+  /** TSV only: honour double quotes like CSV (GLUE TSVs are unquoted). */
+  quote: z.boolean().optional(),
+}) satisfies z.ZodType<Omit<DatasetSpec, "name">>;
 
 /** A model the pipeline reads (`checkpoint`) or builds from a Hugging Face `config`. */
 export const ModelSchema = z.strictObject({

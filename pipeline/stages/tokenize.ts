@@ -1,0 +1,154 @@
+/**
+ * `tokenize`: dataset → WordPiece token shards, one part store per split (`train/`, `dev/`,
+ * `test/`), columns `input_ids`, `attention_mask`, `token_type_ids` (int32 blobs, unpadded: the
+ * mask is all ones over the stored length, and batches are padded to their own longest example
+ * when read), `length` and `label` (−1 when unlabeled). `labels.json` records the label order.
+ *
+ * The manifest counts examples, tokens and how many examples `max_seq_length` truncated.
+ * @module
+ */
+
+import { dirname, join } from "node:path";
+import { z } from "zod";
+import { datasetHash, loadDataset } from "../data/mod.ts";
+import type { Dataset, DatasetSpec } from "../data/types.ts";
+import { InputError } from "../errors.ts";
+import { writeJsonAtomic } from "../fsutil.ts";
+import { finalize, PartReader, PartWriter } from "../parquet_store.ts";
+import { defineStage, sha256Hex } from "../runner.ts";
+import type { Pipeline } from "../spec.ts";
+import { type BertTokenizer, loadTokenizer } from "../tokenizer.ts";
+
+/** Params of the tokenize stage. */
+export const TokenizeParams = z.strictObject({
+  /** A dataset named under `datasets:`. */
+  dataset: z.string().min(1),
+  /** Tokens per example, [CLS]/[SEP] included. */
+  max_seq_length: z.number().int().min(3).max(4096).default(128),
+  /** Tokenizer directory; default: the teacher's tokenizer or checkpoint. */
+  tokenizer: z.string().min(1).optional(),
+  /** Examples per Parquet part (row group). */
+  rows_per_part: z.number().int().positive().default(2048),
+});
+/** Validated tokenize params. */
+export type TokenizeParams = z.infer<typeof TokenizeParams>;
+
+/** The splits a dataset has, in the order they are written. */
+export const SPLITS = ["train", "dev", "test"] as const;
+
+/** The store columns of a token shard. */
+export const TOKEN_COLUMNS = [
+  { name: "input_ids", kind: "int32-blob" as const },
+  { name: "attention_mask", kind: "int32-blob" as const },
+  { name: "token_type_ids", kind: "int32-blob" as const },
+  { name: "length", kind: "int32" as const },
+  { name: "label", kind: "int32" as const },
+  /** 1 when `max_seq_length` cut the example. */
+  { name: "truncated", kind: "int32" as const },
+];
+
+function tokenizerDir(p: Pipeline, params: TokenizeParams, resolve: (s: string) => string): string {
+  const dir = params.tokenizer ?? p.teacher?.tokenizer ?? p.teacher?.checkpoint;
+  if (!dir) {
+    throw new InputError("no tokenizer", {
+      file: p.file,
+      field: "tokenize.tokenizer",
+      hint: "Set tokenize.tokenizer, teacher.tokenizer or teacher.checkpoint.",
+    });
+  }
+  return resolve(dir);
+}
+
+const loaded = new Map<string, Promise<Dataset>>();
+/** Load a pipeline dataset once per process (fingerprint and run both need it). */
+function dataset(p: Pipeline, name: string): Promise<Dataset> {
+  const spec = p.datasets[name] as DatasetSpec;
+  const key = `${dirname(p.file)}\n${JSON.stringify(spec)}`;
+  if (!loaded.has(key)) loaded.set(key, loadDataset({ name, ...spec }, dirname(p.file)));
+  return loaded.get(key)!;
+}
+
+/** Encode one example; reports whether `max_seq_length` cut it. */
+export function encodeExample(
+  tok: BertTokenizer,
+  text: string,
+  pair: string | undefined,
+  maxLength: number,
+): { ids: number[]; types: number[]; truncated: boolean } {
+  const full = tok.encode(text, pair, { truncation: false, padding: false });
+  if (full.inputIds.length <= maxLength) {
+    return { ids: full.inputIds, types: full.tokenTypeIds, truncated: false };
+  }
+  const cut = tok.encode(text, pair, { maxLength, truncation: true, padding: false });
+  return { ids: cut.inputIds, types: cut.tokenTypeIds, truncated: true };
+}
+
+/** The tokenize stage. */
+export const tokenize = defineStage({
+  name: "tokenize",
+  version: 1,
+  params: TokenizeParams,
+  async fingerprint(params, { pipeline, resolve }) {
+    const data = await dataset(pipeline, params.dataset);
+    const tok = await loadTokenizer(tokenizerDir(pipeline, params, resolve));
+    return `${datasetHash(data)}:${await sha256Hex(JSON.stringify(tok.toJSON()))}`;
+  },
+  async run(ctx) {
+    const { params, pipeline } = ctx;
+    const data = await dataset(pipeline, params.dataset);
+    const tok = await loadTokenizer(tokenizerDir(pipeline, params, ctx.resolve));
+    const total = SPLITS.reduce((n, s) => n + data[s].length, 0);
+    const bar = ctx.progress(total, "examples");
+    const counts: Record<string, number> = { truncated: 0, tokens: 0 };
+    // (resumable: parts finished before a crash are kept; the counts are read back at the end)
+    for (const split of SPLITS) {
+      const examples = data[split];
+      counts[split] = examples.length;
+      if (examples.length === 0) continue;
+      const dir = join(ctx.out, split);
+      const writer = await PartWriter.open(dir, {
+        columns: TOKEN_COLUMNS,
+        rowsPerPart: params.rows_per_part,
+        totalRows: examples.length,
+        metadata: { dataset: params.dataset, split, labels: data.labels ?? null },
+      });
+      for (const range of writer.pendingParts()) {
+        const ids: Int32Array[] = [], masks: Int32Array[] = [], types: Int32Array[] = [];
+        const lengths = new Int32Array(range.end - range.start);
+        const labels = new Int32Array(range.end - range.start);
+        const cut = new Int32Array(range.end - range.start);
+        for (let i = range.start; i < range.end; i++) {
+          const ex = examples[i];
+          const enc = encodeExample(tok, ex.text, ex.textPair, params.max_seq_length);
+          cut[i - range.start] = enc.truncated ? 1 : 0;
+          ids.push(Int32Array.from(enc.ids));
+          types.push(Int32Array.from(enc.types));
+          masks.push(new Int32Array(enc.ids.length).fill(1));
+          lengths[i - range.start] = enc.ids.length;
+          labels[i - range.start] = ex.label ?? -1;
+        }
+        await writer.writePart(range.start, {
+          input_ids: ids,
+          attention_mask: masks,
+          token_type_ids: types,
+          length: lengths,
+          label: labels,
+          truncated: cut,
+        });
+        bar.tick(range.end - range.start);
+      }
+      await finalize(dir, { totalRows: examples.length });
+      const reader = await PartReader.open(dir);
+      for await (const part of reader.parts(["length", "truncated"])) {
+        for (const n of part.columns.length as Int32Array) counts.tokens += n;
+        for (const t of part.columns.truncated as Int32Array) counts.truncated += t;
+      }
+    }
+    bar.finish();
+    await writeJsonAtomic(join(ctx.out, "labels.json"), {
+      labels: data.labels ?? null,
+      source: data.source,
+    });
+    return { counts };
+  },
+});
