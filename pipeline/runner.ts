@@ -15,6 +15,7 @@
 
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import type { z } from "zod";
+import { setBackend } from "./backend.ts";
 import { InputError } from "./errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
 import { Progress } from "./progress.ts";
@@ -35,6 +36,8 @@ export interface StageContext<P> {
   /** A progress reporter labelled with this stage. */
   progress(total: number, unit: string): Progress;
   log(message: string): void;
+  /** Set when this process runs one share of a shardable stage. */
+  shard?: { index: number; count: number };
 }
 
 /** What a stage reports back; it goes into `manifest.json`. */
@@ -52,6 +55,8 @@ export interface Stage<P> {
   params: z.ZodType<P>;
   /** Keys of earlier stages whose outputs this stage reads, from its params. */
   needs?(params: P): string[];
+  /** The stage can split its work among processes (`--shard i/n`). */
+  shardable?: boolean;
   /** A digest of external inputs (files, checkpoints) that the hash must cover. */
   fingerprint?(
     params: P,
@@ -80,6 +85,11 @@ export interface RunOptions {
   only?: string;
   /** No progress or log output. */
   quiet?: boolean;
+  /**
+   * Run only this share of the shardable stage (`--shard i/n`): it writes its parts and stops
+   * without finalising; a later run without `--shard` checks every part is there and finishes.
+   */
+  shard?: { index: number; count: number };
 }
 
 /** What happened to one stage. */
@@ -208,6 +218,8 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
   const root = resolve(p.output_dir, p.name);
   await Deno.mkdir(root, { recursive: true });
   await writeFileAtomic(join(root, "pipeline.resolved.yaml"), resolvedYaml(p));
+  // one backend for the whole run: outputs (and resumed parts) must not depend on the process
+  await setBackend(p.backend);
   const log = (m: string) => {
     if (!opts.quiet) console.error(m);
   };
@@ -229,6 +241,17 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
       continue;
     }
     const mustRun = !done || opts.force || s.index >= fromIndex || opts.only === s.key;
+    if (opts.shard && mustRun) {
+      if (!s.stage.shardable) {
+        throw new InputError(`--shard: stage "${s.key}" has not run and cannot be sharded`, {
+          file: p.file,
+          hint: `Run the pipeline up to "${s.key}" without --shard first.`,
+        });
+      }
+      await runShard(p, s, byKey, resolvePath, log, opts);
+      reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "ran", seconds: 0 });
+      break; // later stages need the finished output
+    }
     if (!mustRun) {
       log(`${s.key}: up to date (${s.dir})`);
       reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "skipped", seconds: 0 });
@@ -237,6 +260,67 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
     reports.push(await runStage(p, s, byKey, resolvePath, log, opts.quiet ?? false));
   }
   return reports;
+}
+
+/** Build a stage's context (shared by whole and sharded runs). */
+async function contextFor(
+  p: Pipeline,
+  s: Planned,
+  byKey: Map<string, Planned>,
+  resolvePath: (path: string) => string,
+  log: (m: string) => void,
+  quiet: boolean,
+  out: string,
+  shard?: { index: number; count: number },
+  // deno-lint-ignore no-explicit-any
+): Promise<StageContext<any>> {
+  const inputs: Record<string, string> = {};
+  for (const need of s.needs) {
+    const dir = byKey.get(need)!.dir;
+    if (!(await exists(join(dir, "manifest.json")))) {
+      throw new InputError(`stage "${s.key}": input "${need}" is missing (${dir})`, {
+        file: p.file,
+      });
+    }
+    inputs[need] = dir;
+  }
+  const sink = { writeSync: (b: Uint8Array) => b.length, isTerminal: () => false };
+  return {
+    pipeline: p,
+    key: s.key,
+    params: s.params,
+    out,
+    inputs,
+    resolve: resolvePath,
+    progress: (total, unit) => new Progress(s.key, total, quiet ? { unit, out: sink } : { unit }),
+    log: (m) => log(`${s.key}: ${m}`),
+    shard,
+  };
+}
+
+async function runShard(
+  p: Pipeline,
+  s: Planned,
+  byKey: Map<string, Planned>,
+  resolvePath: (path: string) => string,
+  log: (m: string) => void,
+  opts: RunOptions,
+): Promise<void> {
+  const partial = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
+  await Deno.mkdir(partial, { recursive: true });
+  const ctx = await contextFor(
+    p,
+    s,
+    byKey,
+    resolvePath,
+    log,
+    opts.quiet ?? false,
+    partial,
+    opts.shard,
+  );
+  log(`${s.key}: shard ${opts.shard!.index}/${opts.shard!.count} → ${partial}`);
+  await s.stage.run(ctx);
+  log(`${s.key}: shard done; run again without --shard once every shard has finished`);
 }
 
 async function runStage(
@@ -249,30 +333,11 @@ async function runStage(
 ): Promise<StageReport> {
   const partial = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
   await Deno.mkdir(partial, { recursive: true }); // kept across crashes: stages may resume
-  const inputs: Record<string, string> = {};
-  for (const need of s.needs) {
-    const dir = byKey.get(need)!.dir;
-    if (!(await exists(join(dir, "manifest.json")))) {
-      throw new InputError(`stage "${s.key}": input "${need}" is missing (${dir})`, {
-        file: p.file,
-      });
-    }
-    inputs[need] = dir;
-  }
+  const ctx = await contextFor(p, s, byKey, resolvePath, log, quiet, partial);
   const started = new Date();
   const t0 = performance.now();
   log(`${s.key}: running → ${s.dir}`);
-  const sink = { writeSync: (b: Uint8Array) => b.length, isTerminal: () => false };
-  const result: StageResult = await s.stage.run({
-    pipeline: p,
-    key: s.key,
-    params: s.params,
-    out: partial,
-    inputs,
-    resolve: resolvePath,
-    progress: (total, unit) => new Progress(s.key, total, quiet ? { unit, out: sink } : { unit }),
-    log: (m) => log(`${s.key}: ${m}`),
-  }) ?? {};
+  const result: StageResult = await s.stage.run(ctx) ?? {};
   const seconds = (performance.now() - t0) / 1000;
   await writeJsonAtomic(join(partial, "manifest.json"), {
     stage: s.stage.name,

@@ -148,6 +148,7 @@ export const tokenize = defineStage({
     await writeJsonAtomic(join(ctx.out, "labels.json"), {
       labels: data.labels ?? null,
       source: data.source,
+      vocab_size: tok.vocabSize,
     });
     return { counts };
   },

@@ -1,0 +1,298 @@
+/**
+ * `teacher-forward`: run the teacher over the token shards and cache what the distillation
+ * losses need — logits, and the hidden states and pre-softmax attention scores of only the
+ * layers the student maps to, cropped to each example's length — as Parquet parts (F16 or F32
+ * blobs), written part by part so memory stays flat and a killed run resumes from its finished
+ * parts. `--shard i/n` splits the parts among processes; the run without `--shard` finalises.
+ *
+ * The output directory is keyed by the teacher's weights, the token shards, the layer
+ * selection and the dtype (the runner's hash), so a second student with the same mapping reuses
+ * it. Before computing anything the stage prints the cache size and refuses above
+ * `max_cache_bytes`.
+ *
+ * Per split, columns: `length`, `label`, `logits` (when the teacher has a classifier),
+ * `hidden_<i>` (teacher hidden-state index i, `[length, H]`) and `scores_<l>` (teacher layer l,
+ * `[heads, length, length]`).
+ * @module
+ */
+
+import { join } from "node:path";
+import { z } from "zod";
+import { tf } from "../backend.ts";
+import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../cache_size.ts";
+import { loadBert } from "../checkpoint.ts";
+import { numLabels } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { writeJsonAtomic } from "../fsutil.ts";
+import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
+import {
+  DataParallel,
+  forwardToHost,
+  type HostBatch,
+  type HostOutputs,
+  toTensors,
+} from "../parallel.ts";
+import { type ColumnSpec, finalize, PartReader, PartWriter } from "../parquet_store.ts";
+import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import type { Pipeline } from "../spec.ts";
+import { type TeacherRecord, toRecords } from "../teacher_records.ts";
+import { SPLITS } from "./tokenize.ts";
+
+/** Params of the teacher-forward stage. */
+export const TeacherForwardParams = z.strictObject({
+  /** The tokenize stage whose shards to run. */
+  input: z.string().min(1).default("tokenize"),
+  batch_size: z.number().int().positive().default(32),
+  /** Which teacher layers to keep: the student's mapping (see `layer_map.ts`). */
+  layer_map: z.union([z.enum(["uniform", "last"]), z.array(z.number().int().min(1))])
+    .default("uniform"),
+  /** Student layer count; default `student.config.num_hidden_layers`. */
+  student_layers: z.number().int().positive().optional(),
+  dtype: z.enum(["F16", "F32"]).default("F16"),
+  rows_per_part: z.number().int().positive().default(256),
+  /** Refuse to build a cache larger than this many bytes. */
+  max_cache_bytes: z.number().positive().default(20e9),
+  /** Model replicas (cores) for the forward passes. */
+  replicas: z.number().int().positive().optional(),
+});
+/** Validated teacher-forward params. */
+export type TeacherForwardParams = z.infer<typeof TeacherForwardParams>;
+
+function teacherDir(p: Pipeline, resolve: (s: string) => string): string {
+  if (!p.teacher?.checkpoint) {
+    throw new InputError("teacher-forward needs a teacher checkpoint", {
+      file: p.file,
+      field: "teacher.checkpoint",
+    });
+  }
+  return resolve(p.teacher.checkpoint);
+}
+
+function studentLayers(p: Pipeline, params: TeacherForwardParams): number {
+  const n = params.student_layers ?? p.student?.config?.num_hidden_layers;
+  if (typeof n !== "number") {
+    throw new InputError("the student's layer count is needed to choose the teacher layers", {
+      file: p.file,
+      field: "teacher-forward.student_layers",
+      hint: "Set it, or student.config.num_hidden_layers.",
+    });
+  }
+  return n;
+}
+
+async function readJson(path: string): Promise<Record<string, unknown>> {
+  return JSON.parse(await Deno.readTextFile(path));
+}
+
+/** Rows `[start, end)` of a token store as a padded host batch (padded to their longest). */
+function padBatch(
+  ids: Int32Array[],
+  types: Int32Array[],
+  lengths: Int32Array,
+  start: number,
+  end: number,
+): HostBatch {
+  const b = end - start;
+  let S = 1;
+  for (let i = start; i < end; i++) S = Math.max(S, lengths[i]);
+  const inputIds = new Int32Array(b * S), mask = new Int32Array(b * S), tt = new Int32Array(b * S);
+  for (let i = start; i < end; i++) {
+    const row = (i - start) * S;
+    inputIds.set(ids[i], row);
+    tt.set(types[i], row);
+    mask.fill(1, row, row + lengths[i]);
+  }
+  return {
+    inputIds: { data: inputIds, shape: [b, S] },
+    attentionMask: { data: mask, shape: [b, S] },
+    tokenTypeIds: { data: tt, shape: [b, S] },
+  };
+}
+
+/** The teacher-forward stage. */
+export const teacherForward = defineStage({
+  name: "teacher-forward",
+  version: 1,
+  params: TeacherForwardParams,
+  shardable: true,
+  needs: (params) => [params.input],
+  async fingerprint(params, { pipeline, resolve }) {
+    const dir = teacherDir(pipeline, resolve);
+    const weights = await Deno.readFile(join(dir, "model.safetensors")).catch(() =>
+      new Uint8Array()
+    );
+    const config = await Deno.readTextFile(join(dir, "config.json")).catch(() => "");
+    const layers = studentLayers(pipeline, params);
+    return `${await sha256Hex(weights)}:${await sha256Hex(config)}:student-layers=${layers}`;
+  },
+  async run(ctx): Promise<StageResult> {
+    const { params, pipeline } = ctx;
+    const tokens = ctx.inputs[params.input];
+    const meta = await readJson(join(tokens, "labels.json"));
+    const teacher = await loadBert(teacherDir(pipeline, ctx.resolve));
+    const cfg = teacher.config;
+    // the pitfalls TinyBERT users hit, checked before any compute
+    if (meta.vocab_size !== undefined && meta.vocab_size !== cfg.vocab_size) {
+      throw new InputError("the teacher's vocabulary does not match the tokenizer's", {
+        file: join(teacherDir(pipeline, ctx.resolve), "config.json"),
+        field: "vocab_size",
+        expected: `${meta.vocab_size} (the tokenizer's)`,
+        got: String(cfg.vocab_size),
+      });
+    }
+    const dataLabels = meta.labels as string[] | null;
+    if (teacher.heads.classifier && dataLabels) {
+      const teacherLabels = Array.from({ length: numLabels(cfg) }, (_, i) => cfg.id2label![i]);
+      if (teacherLabels.join("\u0000") !== dataLabels.join("\u0000")) {
+        throw new InputError("the teacher's label order differs from the data's", {
+          file: join(teacherDir(pipeline, ctx.resolve), "config.json"),
+          field: "id2label",
+          expected: JSON.stringify(dataLabels),
+          got: JSON.stringify(teacherLabels),
+          hint: "Reorder the dataset's labels: list to match the teacher (or retrain the head).",
+        });
+      }
+    }
+    const M = studentLayers(pipeline, params);
+    const map = resolveLayerMap(
+      params.layer_map,
+      cfg.num_hidden_layers,
+      M,
+      "teacher-forward.layer_map",
+    );
+    const hiddenIdx = teacherHiddenIndices(map), attLayers = teacherAttentionLayers(map);
+    const C = teacher.heads.classifier ? numLabels(cfg) : 0;
+
+    // size check over every split, before computing anything
+    const stores: { split: string; reader: PartReader }[] = [];
+    const lengthsAll: number[] = [];
+    for (const split of SPLITS) {
+      const dir = join(tokens, split);
+      if (!(await Deno.stat(dir).then(() => true, () => false))) continue; // empty split
+      const reader = await PartReader.open(dir);
+      stores.push({ split, reader });
+      for await (const part of reader.parts(["length"])) {
+        for (const n of part.columns.length as Int32Array) lengthsAll.push(n);
+      }
+    }
+    const bytes = estimateCacheBytes(lengthsAll, {
+      numLabels: C,
+      hiddenSize: cfg.hidden_size,
+      heads: cfg.num_attention_heads,
+      hiddenLayers: hiddenIdx.length,
+      attentionLayers: attLayers.length,
+      dtype: params.dtype,
+    });
+    ctx.log(
+      `cache estimate ${formatBytes(bytes)} for ${lengthsAll.length} examples ` +
+        `(hidden states ${hiddenIdx.join(",")}; attention layers ${
+          attLayers.join(",")
+        }; ${params.dtype})`,
+    );
+    checkCacheLimit(bytes, params.max_cache_bytes, `${ctx.key}.max_cache_bytes`);
+
+    const columns: ColumnSpec[] = [
+      { name: "length", kind: "int32" },
+      { name: "label", kind: "int32" },
+      ...(C
+        ? [{ name: "logits", kind: "float-blob" as const, shape: [C], dtype: "F32" as const }]
+        : []),
+      ...hiddenIdx.map((i) => ({
+        name: `hidden_${i}`,
+        kind: "float-blob" as const,
+        dtype: params.dtype,
+      })),
+      ...attLayers.map((l) => ({
+        name: `scores_${l}`,
+        kind: "float-blob" as const,
+        dtype: params.dtype,
+      })),
+    ];
+    const replicas = params.replicas ?? 1;
+    const dp = replicas > 1
+      ? await DataParallel.create(teacher, { replicas, objective: "classification" })
+      : null;
+    const outputs = [
+      ...(C ? ["logits" as const] : []),
+      "hiddenStates" as const,
+      "attentionScores" as const,
+    ];
+    const bar = ctx.progress(lengthsAll.reduce((a, b) => a + b, 0), "tokens");
+    let examples = 0;
+    try {
+      for (const { split, reader } of stores) {
+        const dir = join(ctx.out, split);
+        const writer = await PartWriter.open(dir, {
+          columns,
+          rowsPerPart: params.rows_per_part,
+          totalRows: reader.totalRows,
+          metadata: { hidden_indices: hiddenIdx, attention_layers: attLayers, layer_map: map },
+          shard: ctx.shard,
+        });
+        // token rows by index, read part by part as needed
+        const pending = writer.pendingParts();
+        if (pending.length === 0) continue;
+        const tokenRows = await readTokenRows(reader);
+        for (const range of pending) {
+          const recs: TeacherRecord[] = [];
+          for (let s = range.start; s < range.end; s += params.batch_size) {
+            const e = Math.min(range.end, s + params.batch_size);
+            const host = padBatch(tokenRows.ids, tokenRows.types, tokenRows.lengths, s, e);
+            let out: HostOutputs;
+            if (dp) out = await dp.forward(host, outputs);
+            else {
+              const t = toTensors(host);
+              out = forwardToHost(teacher, t, outputs);
+              tf.dispose(Object.values(t));
+            }
+            recs.push(...toRecords(out, tokenRows.lengths.subarray(s, e), hiddenIdx, attLayers));
+            bar.tick(tokenRows.lengths.subarray(s, e).reduce((a, b) => a + b, 0));
+          }
+          const cols: Record<string, Int32Array | Float32Array[]> = {
+            length: tokenRows.lengths.slice(range.start, range.end),
+            label: tokenRows.labels.slice(range.start, range.end),
+          };
+          if (C) cols.logits = recs.map((r) => r.logits!);
+          hiddenIdx.forEach((i, k) => cols[`hidden_${i}`] = recs.map((r) => r.hidden[k]));
+          attLayers.forEach((l, k) => cols[`scores_${l}`] = recs.map((r) => r.scores[k]));
+          await writer.writePart(range.start, cols);
+          examples += range.end - range.start;
+        }
+      }
+    } finally {
+      dp?.close();
+      teacher.dispose();
+    }
+    bar.finish();
+    if (ctx.shard) return { counts: { examples } };
+    let cached = 0;
+    for (const { split, reader } of stores) {
+      const index = await finalize(join(ctx.out, split), { totalRows: reader.totalRows });
+      cached += index.parts.reduce((n, part) => n + part.bytes, 0);
+    }
+    await writeJsonAtomic(join(ctx.out, "cache.json"), {
+      layer_map: map,
+      hidden_indices: hiddenIdx,
+      attention_layers: attLayers,
+      dtype: params.dtype,
+      labels: dataLabels,
+    });
+    return {
+      counts: { examples: lengthsAll.length, tokens: lengthsAll.reduce((a, b) => a + b, 0) },
+      metrics: { cache_bytes: cached, estimated_bytes: bytes },
+    };
+  },
+});
+
+/** Every row of a token store (ids, types, lengths, labels), in row order. */
+async function readTokenRows(reader: PartReader) {
+  const ids: Int32Array[] = [], types: Int32Array[] = [];
+  const lengths = new Int32Array(reader.totalRows), labels = new Int32Array(reader.totalRows);
+  for await (const part of reader.parts(["input_ids", "token_type_ids", "length", "label"])) {
+    ids.push(...(part.columns.input_ids as Int32Array[]));
+    types.push(...(part.columns.token_type_ids as Int32Array[]));
+    lengths.set(part.columns.length as Int32Array, part.firstRow);
+    labels.set(part.columns.label as Int32Array, part.firstRow);
+  }
+  return { ids, types, lengths, labels };
+}

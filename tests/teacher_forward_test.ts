@@ -1,0 +1,217 @@
+/**
+ * teacher-forward through the runner: cached values equal a direct unpadded forward pass, the
+ * pitfalls are refused, the size limit holds, and a kill -9 mid-run resumes to identical parts.
+ */
+
+import assert from "node:assert/strict";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { setBackend, tf } from "../pipeline/backend.ts";
+import { Bert } from "../pipeline/bert.ts";
+import { saveBert } from "../pipeline/checkpoint.ts";
+import { PartReader } from "../pipeline/parquet_store.ts";
+import { runPipeline } from "../pipeline/runner.ts";
+import { parsePipeline } from "../pipeline/spec.ts";
+import "../pipeline/stages/teacher_forward.ts";
+import "../pipeline/stages/tokenize.ts";
+import { assertClose, assertInputError, withTempDir } from "./_util.ts";
+
+const FIXTURES = resolve("fixtures");
+const VOCAB = 30522;
+
+async function makeTeacher(dir: string, labels = { "0": "neg", "1": "pos" }, vocab = VOCAB) {
+  await setBackend("wasm");
+  const bert = Bert.create(
+    {
+      vocab_size: vocab,
+      hidden_size: 32,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      intermediate_size: 48,
+      max_position_embeddings: 64,
+      id2label: labels,
+    },
+    {},
+    11,
+  );
+  await saveBert(bert, dir);
+  // the tokenizer travels with the teacher, as in a Hugging Face folder
+  await Deno.copyFile(`${FIXTURES}/bert-base-uncased/vocab.txt`, join(dir, "vocab.txt"));
+  await Deno.copyFile(`${FIXTURES}/bert-base-uncased/tokenizer.json`, join(dir, "tokenizer.json"));
+  return bert;
+}
+
+function yaml(out: string, teacher: string, extra = "", labels = "[neg, pos]") {
+  return `name: tf
+output_dir: ${out}
+datasets:
+  tiny:
+    format: csv
+    path: ${FIXTURES}/tiny/sentiment.csv
+    labels: ${labels}
+    split: { dev: 0.2, test: 0.2, seed: 3 }
+teacher:
+  checkpoint: ${teacher}
+student:
+  config: { num_hidden_layers: 2 }
+stages:
+  - tokenize: { dataset: tiny, max_seq_length: 16, rows_per_part: 8 }
+  - teacher-forward: { batch_size: 5, rows_per_part: 4, replicas: 1${extra} }
+`;
+}
+
+Deno.test("cached teacher outputs equal a direct, unpadded forward pass of each example", async () => {
+  await withTempDir(async (dir) => {
+    const teacher = await makeTeacher(join(dir, "teacher"));
+    const p = parsePipeline(yaml(dir, join(dir, "teacher"), ", dtype: F32"), join(dir, "p.yaml"));
+    const reports = await runPipeline(p, { quiet: true });
+    const cacheDir = reports[1].dir;
+    const cache = JSON.parse(await Deno.readTextFile(join(cacheDir, "cache.json")));
+    assert.deepEqual(cache.layer_map, [0, 2, 4]); // uniform, 4 teacher layers → 2 student
+    assert.deepEqual(cache.attention_layers, [1, 3]);
+    const tokens = await PartReader.open(join(reports[0].dir, "train"));
+    const cached = await PartReader.open(join(cacheDir, "train"));
+    assert.equal(cached.totalRows, tokens.totalRows);
+    const tokRows = [];
+    for await (const r of tokens.rows(["input_ids", "token_type_ids"])) tokRows.push(r.values);
+    let n = 0;
+    for await (const { row, values } of cached.rows()) {
+      const ids = tokRows[row].input_ids as Int32Array,
+        types = tokRows[row].token_type_ids as Int32Array;
+      const len = ids.length;
+      assert.equal(values.length, len);
+      tf.tidy(() => {
+        const out = teacher.forward({
+          inputIds: tf.tensor2d(ids, [1, len], "int32"),
+          tokenTypeIds: tf.tensor2d(types, [1, len], "int32"),
+        });
+        assertClose(values.logits as Float32Array, out.logits!.dataSync(), 1e-4, `logits ${row}`);
+        for (const i of [0, 2, 4]) {
+          assertClose(
+            values[`hidden_${i}`] as Float32Array,
+            out.hiddenStates[i].dataSync(),
+            1e-4,
+            `h${i}`,
+          );
+        }
+        for (const l of [1, 3]) {
+          assertClose(
+            values[`scores_${l}`] as Float32Array,
+            out.attentionScores[l].dataSync(),
+            1e-4,
+            `s${l}`,
+          );
+        }
+      });
+      n++;
+    }
+    assert.equal(n, 18);
+    const manifest = JSON.parse(await Deno.readTextFile(join(cacheDir, "manifest.json")));
+    assert.equal(manifest.counts.examples, 30);
+    assert.ok(manifest.metrics.cache_bytes > 0);
+    teacher.dispose();
+  });
+});
+
+Deno.test("label order, vocabulary and cache size are checked before any compute", async () => {
+  await withTempDir(async (dir) => {
+    (await makeTeacher(join(dir, "t1"), { "0": "pos", "1": "neg" })).dispose();
+    await assertInputError(
+      () =>
+        runPipeline(parsePipeline(yaml(dir, join(dir, "t1")), join(dir, "p.yaml")), {
+          quiet: true,
+        }),
+      ["label order differs", 'expected ["neg","pos"]', 'got ["pos","neg"]'],
+    );
+    (await makeTeacher(join(dir, "t2"), undefined, 1000)).dispose();
+    await assertInputError(
+      () =>
+        runPipeline(parsePipeline(yaml(dir, join(dir, "t2")), join(dir, "p.yaml")), {
+          quiet: true,
+        }),
+      ["vocabulary does not match", "expected 30522 (the tokenizer's), got 1000"],
+    );
+    (await makeTeacher(join(dir, "t3"))).dispose();
+    await assertInputError(
+      () =>
+        runPipeline(
+          parsePipeline(yaml(dir, join(dir, "t3"), ", max_cache_bytes: 1000"), join(dir, "p.yaml")),
+          { quiet: true },
+        ),
+      [
+        "teacher-forward.max_cache_bytes: the teacher-output cache would exceed",
+        "expected ≤ 1.00 kB",
+      ],
+    );
+  });
+});
+
+Deno.test("kill -9 during teacher-forward: the rerun resumes to the same parts as a clean run", async () => {
+  await withTempDir(async (dir) => {
+    (await makeTeacher(join(dir, "teacher"))).dispose();
+    const text = yaml(join(dir, "killed"), join(dir, "teacher"))
+      .replace("batch_size: 5, rows_per_part: 4", "batch_size: 1, rows_per_part: 1");
+    await Deno.writeTextFile(join(dir, "killed.yaml"), text);
+    const script = join(dir, "run.ts");
+    const root = pathToFileURL(resolve("pipeline")).href;
+    await Deno.writeTextFile(
+      script,
+      `import { runPipeline } from "${root}/runner.ts";
+import { loadPipeline } from "${root}/spec.ts";
+import "${root}/stages/tokenize.ts";
+import "${root}/stages/teacher_forward.ts";
+await runPipeline(await loadPipeline(Deno.args[0]), { quiet: true });
+`,
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--config", resolve("deno.json"), script, join(dir, "killed.yaml")],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    // wait until a few parts of teacher-forward exist, then SIGKILL
+    const partsDone = () => {
+      try {
+        const root = join(dir, "killed/tf");
+        const partial = [...Deno.readDirSync(root)].find((e) =>
+          e.name.startsWith(".teacher-forward")
+        );
+        if (!partial) return 0;
+        return [...Deno.readDirSync(join(root, partial.name, "train"))]
+          .filter((e) => e.name.startsWith("part-")).length;
+      } catch {
+        return 0;
+      }
+    };
+    const deadline = Date.now() + 60_000;
+    while (partsDone() < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone: the assertion below reports why
+    }
+    const status = await child.status;
+    if (status.signal !== "SIGKILL") {
+      const err = new TextDecoder().decode((await child.output()).stderr);
+      throw new Error(`the child ended by itself (code ${status.code}): ${err.slice(-1500)}`);
+    }
+    assert.equal(status.signal, "SIGKILL");
+    assert.ok(partsDone() >= 3 && partsDone() < 18, `killed after ${partsDone()} parts`);
+    // resume in this process, and compare with an uninterrupted run elsewhere
+    const resumed = await runPipeline(parsePipeline(text, join(dir, "killed.yaml")), {
+      quiet: true,
+    });
+    const clean = await runPipeline(
+      parsePipeline(text.replace(join(dir, "killed"), join(dir, "clean")), join(dir, "c.yaml")),
+      { quiet: true },
+    );
+    for (const split of ["train", "dev", "test"]) {
+      const a = JSON.parse(await Deno.readTextFile(join(resumed[1].dir, split, "index.json")));
+      const b = JSON.parse(await Deno.readTextFile(join(clean[1].dir, split, "index.json")));
+      assert.equal(a.totalRows, b.totalRows);
+      assert.deepEqual(
+        a.parts.map((x: { sha256: string }) => x.sha256),
+        b.parts.map((x: { sha256: string }) => x.sha256),
+      );
+    }
+  });
+});
