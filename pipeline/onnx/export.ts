@@ -1,0 +1,335 @@
+/**
+ * ONNX export of a {@link Bert}: one self-contained `ModelProto` (ir_version 8, default-domain
+ * opset 17) whose graph reproduces `Bert.forward` in inference mode, and the folder layout that
+ * transformers.js loads (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
+ * `onnx/model.onnx`, `onnx/model_fp16.onnx`).
+ *
+ * Graph inputs: int64 `input_ids`, `attention_mask`, `token_type_ids`, each `[batch, sequence]`
+ * with symbolic dims. Outputs (all float32):
+ * - `logits` `[batch, num_labels]` when the model has a classifier;
+ * - `mlm_logits` `[batch, sequence, vocab]` when it has a masked-LM head (unless `mlm: false`);
+ * - `last_hidden_state` `[batch, sequence, hidden]` when it has neither;
+ * - with `outputs: "all"`, also `hidden_state_{i}` (i = 0..L, 0 = embedding output) and the
+ *   pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]` (l = 0..L−1), which
+ *   include the additive mask `(1 − mask)·(−10000)` exactly as `Bert.forward` returns them.
+ *
+ * Weights: `Linear` weights used by `MatMul` are stored transposed (`[in, out]`, name suffix
+ * `.T`); the pooler, classifier and the tied MLM decoder use `Gemm` with `transB = 1` on the
+ * original `[out, in]` tensors, so the word embedding is stored once. With `dtype: "fp16"` every
+ * float weight is stored as float16 and `Cast` to float32 where it is used: the file is half the
+ * size, the arithmetic stays float32 (ONNX Runtime folds the casts when it loads the model), and
+ * inputs and outputs keep the same types as the fp32 export.
+ * @module
+ */
+
+import { join } from "node:path";
+import type { Bert } from "../bert.ts";
+import { architectureOf } from "../checkpoint.ts";
+import { numLabels, writeConfig } from "../config.ts";
+import { writeFileAtomic } from "../fsutil.ts";
+import { type BertTokenizer, saveTokenizer } from "../tokenizer.ts";
+import { DataType, GraphBuilder } from "./graph.ts";
+import { littleEndianBytes } from "./protobuf.ts";
+
+/** The default-domain opset of the exported graphs (17: `LayerNormalization`). */
+export const ONNX_OPSET = 17;
+/** The ONNX IR version written (8, readable by onnxruntime ≥ 1.10 and onnxruntime-web). */
+export const ONNX_IR_VERSION = 8;
+/** The additive attention-mask value on padded keys (as `MASK_VALUE` in bert.ts). */
+const MASK_VALUE = -10000;
+
+/** Options of {@link exportOnnx}. */
+export interface ExportOnnxOptions {
+  /** `"logits"` (default): the head outputs only; `"all"`: also every hidden state and score. */
+  outputs?: "logits" | "all";
+  /** Weight storage: `"fp32"` (default) or `"fp16"` (cast to float32 at use). */
+  dtype?: "fp32" | "fp16";
+  /** Emit `mlm_logits` when the model has an MLM head (default true). */
+  mlm?: boolean;
+}
+
+/** float32 → IEEE binary16 bits, rounding to nearest even (overflow → ±inf, NaN kept). */
+export function toFloat16Bits(src: Float32Array): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    const x = bits[i];
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    let mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    const e = exp - 127 + 15;
+    if (e >= 0x1f) {
+      out[i] = sign | 0x7c00;
+      continue;
+    }
+    if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      mant |= 0x800000;
+      const shift = 14 - e;
+      let half = mant >>> shift;
+      const rem = mant & ((1 << shift) - 1), halfway = 1 << (shift - 1);
+      if (rem > halfway || (rem === halfway && (half & 1))) half++;
+      out[i] = sign | half;
+      continue;
+    }
+    let half = (e << 10) | (mant >>> 13);
+    const rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++;
+    out[i] = sign | half;
+  }
+  return out;
+}
+
+function transpose2d(a: Float32Array, rows: number, cols: number): Float32Array {
+  const t = new Float32Array(a.length);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) t[c * rows + r] = a[base + c];
+  }
+  return t;
+}
+
+/**
+ * The ONNX `ModelProto` bytes of `bert` in inference mode (no dropout). See the module doc for
+ * the inputs, outputs and weight layout.
+ */
+export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array {
+  const cfg = bert.config;
+  const all = (opts.outputs ?? "logits") === "all";
+  const fp16 = (opts.dtype ?? "fp32") === "fp16";
+  if (opts.outputs !== undefined && opts.outputs !== "logits" && opts.outputs !== "all") {
+    throw new Error(`exportOnnx: outputs must be "logits" or "all", got ${opts.outputs}`);
+  }
+  if (opts.dtype !== undefined && opts.dtype !== "fp32" && opts.dtype !== "fp16") {
+    throw new Error(`exportOnnx: dtype must be "fp32" or "fp16", got ${opts.dtype}`);
+  }
+  const wantMlm = bert.heads.mlm && (opts.mlm ?? true);
+  const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh, L = cfg.num_hidden_layers;
+  const V = cfg.vocab_size;
+  const g = new GraphBuilder();
+
+  // --- weights -------------------------------------------------------------------------------
+  const cache = new Map<string, string>();
+  const store = (name: string, dims: number[], data: Float32Array): string => {
+    if (!fp16) return g.initializer(name, DataType.FLOAT, dims, littleEndianBytes(data));
+    const stored = g.initializer(
+      `${name}.fp16`,
+      DataType.FLOAT16,
+      dims,
+      littleEndianBytes(toFloat16Bits(data)),
+    );
+    return g.node("Cast", [stored], { to: DataType.FLOAT }, name);
+  };
+  /** A parameter as stored (`[out, in]` for Linear weights). */
+  const W = (name: string): string => {
+    let v = cache.get(name);
+    if (v === undefined) {
+      const p = bert.p(name);
+      v = store(name, p.shape, Float32Array.from(p.dataSync()));
+      cache.set(name, v);
+    }
+    return v;
+  };
+  /** A `[out, in]` Linear weight stored transposed as `[in, out]`. */
+  const WT = (name: string): string => {
+    const key = `${name}.T`;
+    let v = cache.get(key);
+    if (v === undefined) {
+      const p = bert.p(name);
+      const [rows, cols] = p.shape;
+      v = store(key, [cols, rows], transpose2d(p.dataSync() as Float32Array, rows, cols));
+      cache.set(key, v);
+    }
+    return v;
+  };
+
+  // --- constants -----------------------------------------------------------------------------
+  const one = g.scalar("one", 1);
+  const maskValue = g.scalar("mask_value", MASK_VALUE);
+  const sqrtD = g.scalar("sqrt_d", Math.sqrt(d));
+  const shapeHeads = g.int64s("shape_heads", [0, 0, nh, d]);
+  const shapeHidden = g.int64s("shape_hidden", [0, 0, H]);
+  const zero1 = g.int64s("zero", [0]);
+  const axes0 = g.int64s("axes0", [0]);
+  const axes12 = g.int64s("axes12", [1, 2]);
+
+  const linear = (x: string, prefix: string): string =>
+    g.node("Add", [g.node("MatMul", [x, WT(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+  const gemm = (x: string, weight: string, bias: string): string =>
+    g.node("Gemm", [x, W(weight), W(bias)], { transB: 1 });
+  const norm = (x: string, prefix: string): string =>
+    g.node("LayerNormalization", [x, W(`${prefix}.weight`), W(`${prefix}.bias`)], {
+      axis: -1,
+      epsilon: { f: cfg.layer_norm_eps },
+    });
+  const act = (x: string): string => {
+    switch (cfg.hidden_act) {
+      case "gelu": {
+        const half = g.scalar("half", 0.5);
+        // x · ½ · (1 + erf(x/√2)), in the order bert.ts computes it
+        const invSqrt2 = g.scalar("inv_sqrt2", Math.SQRT1_2);
+        const erf = g.node("Erf", [g.node("Mul", [x, invSqrt2])]);
+        return g.node("Mul", [g.node("Mul", [x, half]), g.node("Add", [erf, one])]);
+      }
+      case "gelu_new": {
+        const half = g.scalar("half", 0.5);
+        const c = g.scalar("sqrt_2_over_pi", Math.sqrt(2 / Math.PI));
+        const k = g.scalar("gelu_k", 0.044715);
+        const three = g.scalar("three", 3);
+        const cube = g.node("Mul", [g.node("Pow", [x, three]), k]);
+        const inner = g.node("Mul", [g.node("Add", [x, cube]), c]);
+        const t = g.node("Add", [g.node("Tanh", [inner]), one]);
+        return g.node("Mul", [g.node("Mul", [x, half]), t]);
+      }
+      case "relu":
+        return g.node("Relu", [x]);
+      default:
+        throw new Error(`exportOnnx: unsupported hidden_act '${cfg.hidden_act}'`);
+    }
+  };
+
+  // --- inputs --------------------------------------------------------------------------------
+  const dims = ["batch", "sequence"];
+  const ids = g.input({ name: "input_ids", elemType: DataType.INT64, dims });
+  const mask = g.input({ name: "attention_mask", elemType: DataType.INT64, dims });
+  const types = g.input({ name: "token_type_ids", elemType: DataType.INT64, dims });
+  const hiddenDims = ["batch", "sequence", H];
+
+  // Additive mask (1 − mask)·(−10000) as [B, 1, 1, S].
+  const maskF = g.node("Cast", [mask], { to: DataType.FLOAT });
+  const maskAdd = g.node("Unsqueeze", [
+    g.node("Mul", [g.node("Sub", [one, maskF]), maskValue]),
+    axes12,
+  ]);
+
+  // Embeddings: word + position[0:S] + token type, LayerNorm.
+  const words = g.node("Gather", [W("embeddings.word_embeddings.weight"), ids], { axis: 0 });
+  const seqLen = g.node("Shape", [ids], { start: 1, end: 2 });
+  const pos = g.node("Slice", [W("embeddings.position_embeddings.weight"), zero1, seqLen, axes0]);
+  const tt = g.node("Gather", [W("embeddings.token_type_embeddings.weight"), types], { axis: 0 });
+  let h = norm(g.node("Add", [g.node("Add", [words, pos]), tt]), "embeddings.LayerNorm");
+  if (all) g.output(h, { name: "hidden_state_0", elemType: DataType.FLOAT, dims: hiddenDims });
+
+  // Encoder layers (post-LayerNorm).
+  for (let l = 0; l < L; l++) {
+    const p = `encoder.layer.${l}`;
+    const heads = (x: string, perm: number[]): string =>
+      g.node("Transpose", [g.node("Reshape", [x, shapeHeads])], { perm });
+    const q = heads(linear(h, `${p}.attention.self.query`), [0, 2, 1, 3]); // [B, nh, S, d]
+    const kT = heads(linear(h, `${p}.attention.self.key`), [0, 2, 3, 1]); // [B, nh, d, S]
+    const v = heads(linear(h, `${p}.attention.self.value`), [0, 2, 1, 3]);
+    const scores = g.node("Add", [g.node("Div", [g.node("MatMul", [q, kT]), sqrtD]), maskAdd]);
+    if (all) {
+      g.output(scores, {
+        name: `attention_scores_${l}`,
+        elemType: DataType.FLOAT,
+        dims: ["batch", nh, "sequence", "sequence"],
+      });
+    }
+    const probs = g.node("Softmax", [scores], { axis: -1 });
+    const ctx = g.node("Reshape", [
+      g.node("Transpose", [g.node("MatMul", [probs, v])], { perm: [0, 2, 1, 3] }),
+      shapeHidden,
+    ]);
+    const attnOut = norm(
+      g.node("Add", [linear(ctx, `${p}.attention.output.dense`), h]),
+      `${p}.attention.output.LayerNorm`,
+    );
+    const inter = act(linear(attnOut, `${p}.intermediate.dense`));
+    h = norm(g.node("Add", [linear(inter, `${p}.output.dense`), attnOut]), `${p}.output.LayerNorm`);
+    if (all) {
+      g.output(h, { name: `hidden_state_${l + 1}`, elemType: DataType.FLOAT, dims: hiddenDims });
+    }
+  }
+
+  // Heads.
+  if (bert.heads.classifier) {
+    const cls = g.node("Gather", [h, g.int64s("cls_index", [0], [])], { axis: 1 }); // [B, H]
+    const pooled = g.node("Tanh", [gemm(cls, "pooler.dense.weight", "pooler.dense.bias")]);
+    const logits = gemm(pooled, "classifier.weight", "classifier.bias");
+    g.output(logits, { name: "logits", elemType: DataType.FLOAT, dims: ["batch", numLabels(cfg)] });
+  }
+  if (wantMlm) {
+    const t = norm(
+      act(linear(h, "cls.predictions.transform.dense")),
+      "cls.predictions.transform.LayerNorm",
+    );
+    const rows = g.node("Reshape", [t, g.int64s("shape_rows", [-1, H])]);
+    const logits = gemm(rows, "embeddings.word_embeddings.weight", "cls.predictions.bias");
+    const outShape = g.node("Concat", [g.node("Shape", [ids]), g.int64s("vocab", [V])], {
+      axis: 0,
+    });
+    g.output(g.node("Reshape", [logits, outShape]), {
+      name: "mlm_logits",
+      elemType: DataType.FLOAT,
+      dims: ["batch", "sequence", V],
+    });
+  }
+  if (!bert.heads.classifier && !wantMlm) {
+    g.output(h, { name: "last_hidden_state", elemType: DataType.FLOAT, dims: hiddenDims });
+  }
+
+  return g.toModel({
+    name: "tinystill_bert",
+    opset: ONNX_OPSET,
+    irVersion: ONNX_IR_VERSION,
+    producer: "tinystill",
+  });
+}
+
+/** Options of {@link saveOnnxFolder}. */
+export interface SaveOnnxFolderOptions {
+  /** Also write `tokenizer.json`, `tokenizer_config.json` (and `vocab.txt`). */
+  tokenizer?: BertTokenizer;
+  /** Outputs of both exports (default `"logits"`). */
+  outputs?: "logits" | "all";
+  /** Write `onnx/model_fp16.onnx` too (default true). */
+  fp16?: boolean;
+  /** Quantized variant: not implemented; `true` throws. */
+  quantize?: false;
+}
+
+/**
+ * Write the transformers.js layout under `dir`: `config.json`, the tokenizer files when a
+ * tokenizer is given, `onnx/model.onnx` and (unless `fp16: false`) `onnx/model_fp16.onnx`.
+ * Every file is written atomically. Returns the paths written.
+ */
+export async function saveOnnxFolder(
+  bert: Bert,
+  dir: string,
+  opts: SaveOnnxFolderOptions = {},
+): Promise<string[]> {
+  if (opts.quantize) throw new Error("saveOnnxFolder: quantized export is not implemented");
+  const written: string[] = [];
+  await Deno.mkdir(join(dir, "onnx"), { recursive: true });
+  written.push(
+    await writeConfig(dir, {
+      ...bert.config,
+      architectures: [architectureOf(bert.heads)],
+      torch_dtype: "float32",
+    }),
+  );
+  if (opts.tokenizer) {
+    await saveTokenizer(opts.tokenizer, dir);
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]) {
+      written.push(join(dir, f));
+    }
+  }
+  const outputs = opts.outputs ?? "logits";
+  const fp32Path = join(dir, "onnx", "model.onnx");
+  await writeFileAtomic(fp32Path, exportOnnx(bert, { outputs, dtype: "fp32" }));
+  written.push(fp32Path);
+  if (opts.fp16 ?? true) {
+    const fp16Path = join(dir, "onnx", "model_fp16.onnx");
+    await writeFileAtomic(fp16Path, exportOnnx(bert, { outputs, dtype: "fp16" }));
+    written.push(fp16Path);
+  }
+  return written;
+}

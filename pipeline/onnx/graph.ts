@@ -1,0 +1,184 @@
+/**
+ * A small ONNX graph builder that encodes a `ModelProto` with {@link ProtoWriter}.
+ *
+ * Field numbers are those of `onnx.proto` (ModelProto: ir_version 1, producer_name 2,
+ * producer_version 3, graph 7, opset_import 8; GraphProto: node 1, name 2, initializer 5,
+ * input 11, output 12; NodeProto: input 1, output 2, name 3, op_type 4, attribute 5;
+ * AttributeProto: name 1, f 2, i 3, s 4, ints 8, type 20; TensorProto: dims 1, data_type 2,
+ * name 8, raw_data 9; ValueInfoProto: name 1, type 2; TypeProto.tensor_type 1;
+ * TypeProto.Tensor: elem_type 1, shape 2; TensorShapeProto.dim 1; Dimension: dim_value 1,
+ * dim_param 2; OperatorSetIdProto: domain 1, version 2).
+ * @module
+ */
+
+import { littleEndianBytes, ProtoWriter } from "./protobuf.ts";
+
+/** ONNX `TensorProto.DataType` values used here. */
+export const DataType = { FLOAT: 1, INT32: 6, INT64: 7, FLOAT16: 10 } as const;
+
+/** ONNX `AttributeProto.AttributeType` values used here. */
+const AttrType = { FLOAT: 1, INT: 2, STRING: 3, INTS: 7 } as const;
+
+/** A node attribute value: a float (`{ f }`), an int, an int list or a string. */
+export type AttrValue = { f: number } | number | number[] | string;
+
+/** A graph input or output: element type and dims (a string is a symbolic `dim_param`). */
+export interface ValueInfo {
+  name: string;
+  elemType: number;
+  dims: (number | string)[];
+}
+
+interface Node {
+  op: string;
+  inputs: string[];
+  outputs: string[];
+  name: string;
+  attrs: Record<string, AttrValue>;
+}
+
+interface Initializer {
+  name: string;
+  dataType: number;
+  dims: number[];
+  raw: Uint8Array;
+}
+
+/** Builds one ONNX graph: nodes in topological order, initializers, inputs and outputs. */
+export class GraphBuilder {
+  private nodes: Node[] = [];
+  private inits: Initializer[] = [];
+  private inputs: ValueInfo[] = [];
+  private outputs: ValueInfo[] = [];
+  private names = new Set<string>();
+  private counter = 0;
+
+  /** An unused value name starting with `hint` (registered when a value takes it). */
+  fresh(hint: string): string {
+    let n = `${hint}_${this.counter++}`;
+    while (this.names.has(n)) n = `${hint}_${this.counter++}`;
+    return n;
+  }
+
+  /** Declare a graph input. */
+  input(info: ValueInfo): string {
+    this.names.add(info.name);
+    this.inputs.push(info);
+    return info.name;
+  }
+
+  /** Declare a graph output (an existing value, renamed to `info.name` by an Identity). */
+  output(value: string, info: ValueInfo): void {
+    if (value !== info.name) this.node("Identity", [value], {}, info.name);
+    this.outputs.push(info);
+  }
+
+  /** Add an initializer from raw little-endian bytes. */
+  initializer(name: string, dataType: number, dims: number[], raw: Uint8Array): string {
+    if (this.names.has(name)) throw new Error(`onnx: duplicate value name ${name}`);
+    this.names.add(name);
+    this.inits.push({ name, dataType, dims, raw });
+    return name;
+  }
+
+  /** A float32 constant initializer. */
+  floats(hint: string, values: number[] | Float32Array, dims: number[] = [values.length]): string {
+    return this.initializer(
+      this.fresh(hint),
+      DataType.FLOAT,
+      dims,
+      littleEndianBytes(Float32Array.from(values)),
+    );
+  }
+
+  /** An int64 constant initializer. */
+  int64s(hint: string, values: number[], dims: number[] = [values.length]): string {
+    return this.initializer(
+      this.fresh(hint),
+      DataType.INT64,
+      dims,
+      littleEndianBytes(BigInt64Array.from(values.map(BigInt))),
+    );
+  }
+
+  private scalars = new Map<number, string>();
+
+  /** A scalar float32 constant (one initializer per distinct value). */
+  scalar(hint: string, v: number): string {
+    let name = this.scalars.get(v);
+    if (name === undefined) {
+      name = this.floats(hint, [v], []);
+      this.scalars.set(v, name);
+    }
+    return name;
+  }
+
+  /**
+   * Append a node; returns its (first) output name. `out` names the output, else a fresh name
+   * derived from the op type is used.
+   */
+  node(op: string, inputs: string[], attrs: Record<string, AttrValue> = {}, out?: string): string {
+    const o = out ?? this.fresh(op);
+    if (this.names.has(o)) throw new Error(`onnx: duplicate value name ${o}`);
+    this.names.add(o);
+    this.nodes.push({ op, inputs, outputs: [o], name: `${op}_${this.nodes.length}`, attrs });
+    return o;
+  }
+
+  /** Encode the graph as a `ModelProto`. */
+  toModel(opts: { name: string; opset: number; irVersion: number; producer: string }): Uint8Array {
+    const g = new ProtoWriter();
+    for (const n of this.nodes) g.message(1, encodeNode(n));
+    g.string(2, opts.name);
+    for (const t of this.inits) g.message(5, encodeTensor(t));
+    for (const v of this.inputs) g.message(11, encodeValueInfo(v));
+    for (const v of this.outputs) g.message(12, encodeValueInfo(v));
+
+    const m = new ProtoWriter();
+    m.int(1, opts.irVersion);
+    m.string(2, opts.producer);
+    m.string(3, "0.1.0");
+    m.message(7, g);
+    m.message(8, new ProtoWriter().string(1, "").int(2, opts.opset));
+    return m.finish();
+  }
+}
+
+function encodeNode(n: Node): ProtoWriter {
+  const w = new ProtoWriter();
+  for (const i of n.inputs) w.string(1, i);
+  for (const o of n.outputs) w.string(2, o);
+  w.string(3, n.name);
+  w.string(4, n.op);
+  for (const [name, v] of Object.entries(n.attrs)) {
+    const a = new ProtoWriter().string(1, name);
+    if (typeof v === "number") a.int(3, v).int(20, AttrType.INT);
+    else if (typeof v === "string") a.string(4, v).int(20, AttrType.STRING);
+    else if (Array.isArray(v)) a.packedInts(8, v).int(20, AttrType.INTS);
+    else a.float(2, v.f).int(20, AttrType.FLOAT);
+    w.message(5, a);
+  }
+  return w;
+}
+
+function encodeTensor(t: Initializer): ProtoWriter {
+  const w = new ProtoWriter();
+  if (t.dims.length > 0) w.packedInts(1, t.dims);
+  w.int(2, t.dataType);
+  w.string(8, t.name);
+  w.bytes(9, t.raw);
+  return w;
+}
+
+function encodeValueInfo(v: ValueInfo): ProtoWriter {
+  const shape = new ProtoWriter();
+  for (const d of v.dims) {
+    const dim = new ProtoWriter();
+    if (typeof d === "number") dim.int(1, d);
+    else dim.string(2, d);
+    shape.message(1, dim);
+  }
+  const tensorType = new ProtoWriter().int(1, v.elemType).message(2, shape);
+  const type = new ProtoWriter().message(1, tensorType);
+  return new ProtoWriter().string(1, v.name).message(2, type);
+}
