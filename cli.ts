@@ -1,15 +1,66 @@
 /**
- * `deno task distill [pipeline.yaml]`: run a distillation pipeline file.
+ * `deno task distill [pipeline.yaml] [--force] [--from STAGE] [--only STAGE] [--shard i/n]`
  *
- * The pipeline runner and its stages (tokenize → teacher-forward → cache → distill → finetune →
- * evaluate) are not built yet; until they are, this says so instead of pretending.
+ * Runs a pipeline file (see `tasks/` and `pipeline/spec.ts`). Stages implemented so far:
+ * tokenize and teacher-forward (which writes the teacher-output cache). The default job —
+ * `tasks/spam.yaml`: train a teacher, distill a student, evaluate both — needs the distill,
+ * finetune and evaluate stages (issue #4); until they exist, running without a file says so.
  * @module
  */
 
-const file = Deno.args[0] ?? "tasks/spam.yaml";
-console.error(
-  `tinystill distill ${file}: the pipeline runner and its stages are not implemented yet ` +
-    `(issues #3 and #4).\nAvailable now from mod.ts: loadBert/saveBert (Hugging Face ` +
-    `checkpoints), loadTokenizer, Bert.forward, AdamW, DataParallel; see README.md.`,
-);
-Deno.exit(2);
+import { InputError } from "./pipeline/errors.ts";
+import { parseShard } from "./pipeline/parquet_store.ts";
+import { type RunOptions, runPipeline } from "./pipeline/runner.ts";
+import { loadPipeline } from "./pipeline/spec.ts";
+import "./pipeline/stages/mod.ts";
+
+const USAGE = "usage: deno task distill [pipeline.yaml] [--force] [--from STAGE] " +
+  "[--only STAGE] [--shard i/n] [--quiet]";
+
+function parseArgs(args: string[]): { file?: string; opts: RunOptions } {
+  const opts: RunOptions = {};
+  let file: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    const value = () => {
+      const v = args[++i];
+      if (v === undefined) throw new InputError(`${a} needs a value`, { hint: USAGE });
+      return v;
+    };
+    if (a === "--force") opts.force = true;
+    else if (a === "--quiet") opts.quiet = true;
+    else if (a === "--from") opts.from = value();
+    else if (a === "--only") opts.only = value();
+    else if (a === "--shard") opts.shard = parseShard(value());
+    else if (a === "--help" || a === "-h") {
+      console.log(USAGE);
+      Deno.exit(0);
+    } else if (a.startsWith("--")) throw new InputError(`unknown option ${a}`, { hint: USAGE });
+    else if (file === undefined) file = a;
+    else throw new InputError(`unexpected argument ${a}`, { hint: USAGE });
+  }
+  return { file, opts };
+}
+
+try {
+  const { file, opts } = parseArgs(Deno.args);
+  if (file === undefined) {
+    console.error(
+      "tinystill distill: the default job (tasks/spam.yaml: train a teacher, distill a student, " +
+        "evaluate both) needs the distill/finetune/evaluate stages, which are not built yet " +
+        "(issue #4).\nPipelines using tokenize and teacher-forward run today: " +
+        "deno task distill path/to/pipeline.yaml",
+    );
+    Deno.exit(2);
+  }
+  const reports = await runPipeline(await loadPipeline(file), opts);
+  for (const r of reports) {
+    console.log(`${r.key.padEnd(20)} ${r.status.padEnd(8)} ${r.seconds.toFixed(1)}s  ${r.dir}`);
+  }
+} catch (e) {
+  if (e instanceof InputError) {
+    console.error(`error: ${e.message}`);
+    Deno.exit(1);
+  }
+  throw e;
+}

@@ -268,7 +268,10 @@ export async function loadPipeline(file: string): Promise<Pipeline> {
     text = await Deno.readTextFile(file);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
-      throw new InputError("pipeline file not found", { file, hint: "See tasks/ for examples." });
+      throw new InputError("pipeline file not found", {
+        file,
+        hint: "README.md shows a pipeline file; tests/*_stage_test.ts run more.",
+      });
     }
     throw e;
   }
