@@ -215,3 +215,31 @@ await runPipeline(await loadPipeline(Deno.args[0]), { quiet: true });
     }
   });
 });
+
+Deno.test("--shard i/n splits teacher-forward; the plain run finalises to a clean run's parts", async () => {
+  await withTempDir(async (dir) => {
+    (await makeTeacher(join(dir, "teacher"))).dispose();
+    const text = (out: string) =>
+      yaml(join(dir, out), join(dir, "teacher"))
+        .replace("batch_size: 5, rows_per_part: 4", "batch_size: 2, rows_per_part: 2");
+    const p = parsePipeline(text("sharded"), join(dir, "s.yaml"));
+    await runPipeline(p, { quiet: true, only: "tokenize" });
+    const s0 = await runPipeline(p, { quiet: true, shard: { index: 0, count: 2 } });
+    assert.equal(s0.length, 2); // stops after the sharded stage
+    // not finished yet: no manifest, so a later stage would not see it
+    await assert.rejects(() => Deno.stat(join(s0[1].dir, "manifest.json")));
+    await runPipeline(p, { quiet: true, shard: { index: 1, count: 2 } });
+    const done = await runPipeline(p, { quiet: true });
+    const clean = await runPipeline(parsePipeline(text("clean"), join(dir, "c.yaml")), {
+      quiet: true,
+    });
+    for (const split of ["train", "dev", "test"]) {
+      const a = JSON.parse(await Deno.readTextFile(join(done[1].dir, split, "index.json")));
+      const b = JSON.parse(await Deno.readTextFile(join(clean[1].dir, split, "index.json")));
+      assert.deepEqual(
+        a.parts.map((x: { sha256: string }) => x.sha256),
+        b.parts.map((x: { sha256: string }) => x.sha256),
+      );
+    }
+  });
+});
