@@ -86,5 +86,42 @@ export {
   toTensors,
 } from "./pipeline/parallel.ts";
 
+/** The declarative pipeline: file schema, runner, stages, datasets, Parquet part stores. */
+export {
+  knownStages,
+  loadPipeline,
+  parsePipeline,
+  type Pipeline,
+  registerStage,
+  resolvedYaml,
+} from "./pipeline/spec.ts";
+export {
+  defineStage,
+  planPipeline,
+  type RunOptions,
+  runPipeline,
+  type Stage,
+  type StageContext,
+  type StageReport,
+  type StageResult,
+} from "./pipeline/runner.ts";
+export * as stages from "./pipeline/stages/mod.ts";
+export { datasetHash, loadDataset } from "./pipeline/data/mod.ts";
+export type { Dataset, DatasetSpec, Example } from "./pipeline/data/types.ts";
+export {
+  type ColumnSpec,
+  finalize,
+  PartReader,
+  PartWriter,
+  type StoreIndex,
+} from "./pipeline/parquet_store.ts";
+export { type LayerMapSpec, resolveLayerMap } from "./pipeline/layer_map.ts";
+export { estimateCacheBytes } from "./pipeline/cache_size.ts";
+export { Progress } from "./pipeline/progress.ts";
+
+/** ONNX export (transformers.js layout) and ONNX Runtime inference. */
+export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
+export { OnnxEngine, OnnxLoadError } from "./pipeline/onnx/engine.ts";
+
 /** Errors about bad input name the file, the field, and what was expected. */
 export { InputError, type InputErrorDetails } from "./pipeline/errors.ts";
