@@ -14,6 +14,12 @@ import { Bert, parameterShapes } from "../pipeline/bert.ts";
 import { type BertConfig, makeConfig } from "../pipeline/config.ts";
 import { classification } from "../pipeline/objectives.ts";
 import { AdamW } from "../pipeline/optim.ts";
+import { loadDataset } from "../pipeline/data/mod.ts";
+import { OnnxEngine } from "../pipeline/onnx/engine.ts";
+import { exportOnnx } from "../pipeline/onnx/export.ts";
+import { measureThroughput } from "../pipeline/parquet_store.ts";
+import { encodeExample } from "../pipeline/stages/tokenize.ts";
+import { loadTokenizer } from "../pipeline/tokenizer.ts";
 import {
   computeGradients,
   DataParallel,
@@ -229,6 +235,85 @@ async function child(id: string, quick: boolean): Promise<void> {
   console.log(JSON.stringify(result));
 }
 
+/** Pipeline workloads: tokenize, ONNX Runtime teacher-forward, cache I/O. One JSON line each. */
+async function extra(id: string, quick: boolean): Promise<Record<string, unknown>> {
+  if (id === "tokenize") {
+    const data = await loadDataset({ format: "brown", limit: quick ? 5000 : 20000 });
+    const tok = await loadTokenizer("fixtures/bert-base-uncased");
+    const examples = [...data.train, ...data.dev, ...data.test];
+    const t0 = performance.now();
+    let tokens = 0;
+    for (const ex of examples) tokens += encodeExample(tok, ex.text, undefined, 128).ids.length;
+    const s = (performance.now() - t0) / 1000;
+    return {
+      examplesPerSec: examples.length / s,
+      tokensPerSec: tokens / s,
+      examples: examples.length,
+    };
+  }
+  if (id === "ort-fwd" || id === "ort-fwd-all") {
+    await setBackend("wasm");
+    const bert = Bert.create(TINYBERT4, {}, 1);
+    const all = id === "ort-fwd-all";
+    const engine = await OnnxEngine.load(exportOnnx(bert, { outputs: all ? "all" : "logits" }), {
+      threads: navigator.hardwareConcurrency,
+    });
+    bert.dispose();
+    const host = randomBatch(32, 1);
+    const times: number[] = [];
+    for (let i = 0; i < (quick ? 3 : 5); i++) {
+      const t0 = performance.now();
+      await engine.run({
+        inputIds: host.inputIds.data as Int32Array,
+        attentionMask: host.attentionMask.data as Int32Array,
+        batch: 32,
+        seq: SEQ,
+      });
+      if (i > 0) times.push(performance.now() - t0);
+    }
+    engine.close();
+    return { tokensPerSec: (32 * SEQ * 1000) / median(times), msPerStep: median(times) };
+  }
+  if (id === "cache-f32" || id === "cache-f16") {
+    const t = await measureThroughput({
+      payloadMB: quick ? 40 : 100,
+      dtype: id === "cache-f16" ? "F16" : "F32",
+    });
+    return { ...t };
+  }
+  throw new Error(`unknown extra workload ${id}`);
+}
+
+async function runExtra(id: string, quick: boolean): Promise<Record<string, unknown>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", import.meta.filename!, "--extra", id, ...(quick ? ["--quick"] : [])],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  try {
+    return JSON.parse(lines[lines.length - 1]);
+  } catch {
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
+    return { error: `exit ${out.code}: ${err}` };
+  }
+}
+
+/** The PyTorch peer (Debian python3-torch), or why it is missing. */
+async function torchPeer(args: string[]): Promise<Record<string, unknown>> {
+  try {
+    const out = await new Deno.Command("/usr/bin/python3", {
+      args: ["bench/torch_peer.py", ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+    return JSON.parse(lines[lines.length - 1]);
+  } catch (e) {
+    return { error: `cannot run /usr/bin/python3 bench/torch_peer.py (${(e as Error).message})` };
+  }
+}
+
 async function runChild(w: Workload, quick: boolean): Promise<Result> {
   const env: Record<string, string> = w.stock ? { TINYSTILL_WASM_FILLS: "0" } : {};
   const out = await new Deno.Command(Deno.execPath(), {
@@ -277,6 +362,17 @@ async function main(): Promise<void> {
   const quick = Deno.args.includes("--quick");
   const ci = Deno.args.indexOf("--child");
   if (ci >= 0) return await child(Deno.args[ci + 1], quick);
+  const ei = Deno.args.indexOf("--extra");
+  if (ei >= 0) {
+    let res: Record<string, unknown>;
+    try {
+      res = await extra(Deno.args[ei + 1], quick);
+    } catch (e) {
+      res = { error: (e as Error).message.split("\n")[0] };
+    }
+    console.log(JSON.stringify(res));
+    return;
+  }
 
   console.log(
     `tinystill bench — ${cpuModel()}, ${navigator.hardwareConcurrency} cores, ` +
@@ -326,6 +422,96 @@ async function main(): Promise<void> {
     `webgpu: adapter ${await gpuAdapter()}; train step not measured: tfjs-webgpu ` +
       `reads synchronously only through a canvas, which Deno lacks, and training reads the loss`,
   );
+  // --- the pipeline's own workloads and the PyTorch peer, measured in this same run ---
+  const fig = (r: Record<string, unknown>, key: string, digits = 0) =>
+    r.error ? `error: ${r.error}` : Number(r[key]).toFixed(digits);
+  const tokenizeRes = await runExtra("tokenize", quick);
+  const ortFwd = await runExtra("ort-fwd", quick), ortAll = await runExtra("ort-fwd-all", quick);
+  const c32 = await runExtra("cache-f32", quick), c16 = await runExtra("cache-f16", quick);
+  const peerArgs = (wl: string, shape: string[]) => [
+    "--workload",
+    wl,
+    ...shape,
+    "--batch",
+    "32",
+    "--seq",
+    String(SEQ),
+    "--threads",
+    String(navigator.hardwareConcurrency),
+    ...(quick ? ["--warmup", "1", "--steps", "2"] : []),
+  ];
+  const tiny = ["--layers", "4", "--hidden", "312", "--heads", "12", "--ffn", "1200"];
+  const torchFwd = await torchPeer(peerArgs("forward", tiny));
+  const torchTrain = await torchPeer(peerArgs("train", tiny));
+  console.log("\npipeline workloads (same run):");
+  console.log("| workload | figure |\n|---|---:|");
+  console.log(
+    `| tokenize (Brown sentences, max 128) | ${fig(tokenizeRes, "examplesPerSec")} examples/s, ` +
+      `${fig(tokenizeRes, "tokensPerSec")} tokens/s |`,
+  );
+  console.log(
+    `| teacher-forward, ONNX Runtime, logits, 32×128 | ${fig(ortFwd, "tokensPerSec")} tokens/s |`,
+  );
+  console.log(
+    `| teacher-forward, ONNX Runtime, all hidden + scores, 32×128 | ${
+      fig(ortAll, "tokensPerSec")
+    } tokens/s |`,
+  );
+  console.log(
+    `| teacher-forward, tfjs wasm, all hidden + scores, 32×128 | ${
+      fig(results.get("wasm-fwd-all") as unknown as Record<string, unknown>, "tokensPerSec")
+    } tokens/s |`,
+  );
+  for (const [name, c] of [["F32", c32], ["F16", c16]] as const) {
+    console.log(
+      `| cache ${name} write / read (float blobs, incl. sha-256) | ${fig(c, "writeMBps")} / ${
+        fig(c, "readMBps")
+      } MB/s |`,
+    );
+  }
+  console.log("\nPyTorch peer (Debian python3-torch, same threads):");
+  const wasmTrain = Math.max(
+    results.get("wasm-train")?.tokensPerSec ?? 0,
+    results.get("wasm2-train")?.tokensPerSec ?? 0,
+  );
+  const ortTok = Number(ortFwd.tokensPerSec ?? 0),
+    wasmFwd = Math.max(
+      results.get("wasm-fwd")?.tokensPerSec ?? 0,
+      results.get("wasm2-fwd")?.tokensPerSec ?? 0,
+    );
+  if (torchFwd.error || torchTrain.error) {
+    console.log(
+      `  ${
+        torchFwd.error ?? torchTrain.error
+      }. Install: apt-get install python3-torch libopenblas0-pthread`,
+    );
+  } else {
+    const tf_ = Number(torchFwd.tokens_per_sec), tt = Number(torchTrain.tokens_per_sec);
+    console.log(
+      `  torch ${torchFwd.torch}, BLAS ${torchFwd.blas}, sgemm ${
+        Number(torchFwd.gflops_sgemm).toFixed(0)
+      } GFLOP/s`,
+    );
+    console.log(
+      `| workload | tinystill tokens/s | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|`,
+    );
+    console.log(
+      `| TinyBERT4 forward (ONNX Runtime) | ${ortTok.toFixed(0)} | ${tf_.toFixed(0)} | ${
+        (ortTok / tf_).toFixed(2)
+      }× |`,
+    );
+    console.log(
+      `| TinyBERT4 forward (tfjs wasm) | ${wasmFwd.toFixed(0)} | ${tf_.toFixed(0)} | ${
+        (wasmFwd / tf_).toFixed(2)
+      }× |`,
+    );
+    console.log(
+      `| TinyBERT4 train step (tfjs wasm) | ${wasmTrain.toFixed(0)} | ${tt.toFixed(0)} | ${
+        (wasmTrain / tt).toFixed(2)
+      }× |`,
+    );
+  }
+
   const best = (ids: string[]) => Math.max(...ids.map((id) => results.get(id)?.tokensPerSec ?? 0));
   const train = best(["wasm-train", "wasm2-train"]), fwd = best(["wasm-fwd", "wasm2-fwd"]);
   console.log(
