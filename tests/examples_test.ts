@@ -15,3 +15,13 @@ Deno.test("examples/quickstart.ts runs: save, load, encode, forward, one AdamW s
   const loss = Number(text.match(/loss (\d+\.\d+)/)![1]);
   assert.ok(Math.abs(loss - Math.log(2)) < 0.1, `fresh 2-class loss ≈ ln 2, got ${loss}`);
 });
+
+Deno.test("the README's pipeline file is valid", async () => {
+  await import("../pipeline/stages/mod.ts");
+  const { parsePipeline } = await import("../pipeline/spec.ts");
+  const readme = await Deno.readTextFile("README.md");
+  const yaml = readme.match(/```yaml\n([\s\S]*?)```/)![1];
+  const p = parsePipeline(yaml, "README.md");
+  assert.deepEqual(p.stages.map((s) => Object.keys(s)[0]), ["tokenize", "teacher-forward"]);
+  assert.equal((p.stages[1]["teacher-forward"] as { dtype: string }).dtype, "F16");
+});
