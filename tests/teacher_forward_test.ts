@@ -4,6 +4,7 @@
  */
 
 import assert from "node:assert/strict";
+import { DuckDBInstance } from "@duckdb/node-api";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { setBackend, tf } from "../pipeline/backend.ts";
@@ -60,10 +61,19 @@ stages:
 `;
 }
 
-Deno.test("cached teacher outputs equal a direct, unpadded forward pass of each example", async () => {
+for (const engine of ["onnx", "tfjs"]) {
+  Deno.test(`cached teacher outputs equal a direct, unpadded forward pass (${engine} engine)`, async () => {
+    await cachedOutputsMatch(engine);
+  });
+}
+
+async function cachedOutputsMatch(engine: string) {
   await withTempDir(async (dir) => {
     const teacher = await makeTeacher(join(dir, "teacher"));
-    const p = parsePipeline(yaml(dir, join(dir, "teacher"), ", dtype: F32"), join(dir, "p.yaml"));
+    const p = parsePipeline(
+      yaml(dir, join(dir, "teacher"), `, dtype: F32, engine: ${engine}`),
+      join(dir, "p.yaml"),
+    );
     const reports = await runPipeline(p, { quiet: true });
     const cacheDir = reports[1].dir;
     const cache = JSON.parse(await Deno.readTextFile(join(cacheDir, "cache.json")));
@@ -72,7 +82,7 @@ Deno.test("cached teacher outputs equal a direct, unpadded forward pass of each 
     const tokens = await PartReader.open(join(reports[0].dir, "train"));
     const cached = await PartReader.open(join(cacheDir, "train"));
     assert.equal(cached.totalRows, tokens.totalRows);
-    const tokRows = [];
+    const tokRows: Record<string, unknown>[] = [];
     for await (const r of tokens.rows(["input_ids", "token_type_ids"])) tokRows.push(r.values);
     let n = 0;
     for await (const { row, values } of cached.rows()) {
@@ -106,12 +116,34 @@ Deno.test("cached teacher outputs equal a direct, unpadded forward pass of each 
       n++;
     }
     assert.equal(n, 18);
+    // an independent engine reads the pipeline's cache: DuckDB, row count and values
+    const db = await DuckDBInstance.create(":memory:");
+    const con = await db.connect();
+    try {
+      const glob = join(cacheDir, "train", "part-*.parquet").replaceAll("'", "''");
+      const res = await con.runAndReadAll(
+        `SELECT length, octet_length(scores_1) AS sb, octet_length(logits) AS lb
+         FROM read_parquet('${glob}', file_row_number = true, filename = true)
+         ORDER BY filename, file_row_number`,
+      );
+      const rows = res.getRowObjects();
+      assert.equal(rows.length, 18);
+      rows.forEach((r, i) => {
+        const len = (tokRows[i].input_ids as Int32Array).length;
+        assert.equal(Number(r.length), len);
+        assert.equal(Number(r.sb), 4 * len * len * 4); // 4 heads × len² float32
+        assert.equal(Number(r.lb), 2 * 4);
+      });
+    } finally {
+      con.closeSync();
+      db.closeSync();
+    }
     const manifest = JSON.parse(await Deno.readTextFile(join(cacheDir, "manifest.json")));
     assert.equal(manifest.counts.examples, 30);
     assert.ok(manifest.metrics.cache_bytes > 0);
     teacher.dispose();
   });
-});
+}
 
 Deno.test("label order, vocabulary and cache size are checked before any compute", async () => {
   await withTempDir(async (dir) => {

@@ -35,6 +35,8 @@ import {
 import { type ColumnSpec, finalize, PartReader, PartWriter } from "../parquet_store.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import type { Pipeline } from "../spec.ts";
+import { OnnxEngine } from "../onnx/engine.ts";
+import { exportOnnx } from "../onnx/export.ts";
 import { type TeacherRecord, toRecords } from "../teacher_records.ts";
 import { SPLITS } from "./tokenize.ts";
 
@@ -52,7 +54,12 @@ export const TeacherForwardParams = z.strictObject({
   rows_per_part: z.number().int().positive().default(256),
   /** Refuse to build a cache larger than this many bytes. */
   max_cache_bytes: z.number().positive().default(20e9),
-  /** Model replicas (cores) for the forward passes. */
+  /**
+   * `onnx`: export the teacher to ONNX and run it on onnxruntime-node (≈7× tfjs-wasm here);
+   * `tfjs`: run it on the tfjs backend (with `replicas` worker replicas).
+   */
+  engine: z.enum(["onnx", "tfjs"]).default("onnx"),
+  /** Model replicas (cores) for the tfjs engine; threads for the onnx engine. */
   replicas: z.number().int().positive().optional(),
 });
 /** Validated teacher-forward params. */
@@ -208,8 +215,13 @@ export const teacherForward = defineStage({
         dtype: params.dtype,
       })),
     ];
-    const replicas = params.replicas ?? 1;
-    const dp = replicas > 1
+    const replicas = params.replicas ?? navigator.hardwareConcurrency ?? 1;
+    const onnx = params.engine === "onnx"
+      ? await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
+        threads: replicas,
+      })
+      : null;
+    const dp = !onnx && replicas > 1
       ? await DataParallel.create(teacher, { replicas, objective: "classification" })
       : null;
     const outputs = [
@@ -239,7 +251,8 @@ export const teacherForward = defineStage({
             const e = Math.min(range.end, s + params.batch_size);
             const host = padBatch(tokenRows.ids, tokenRows.types, tokenRows.lengths, s, e);
             let out: HostOutputs;
-            if (dp) out = await dp.forward(host, outputs);
+            if (onnx) out = await onnxForward(onnx, host, C > 0, hiddenIdx, attLayers);
+            else if (dp) out = await dp.forward(host, outputs);
             else {
               const t = toTensors(host);
               out = forwardToHost(teacher, t, outputs);
@@ -261,6 +274,7 @@ export const teacherForward = defineStage({
       }
     } finally {
       dp?.close();
+      onnx?.close();
       teacher.dispose();
     }
     bar.finish();
@@ -283,6 +297,36 @@ export const teacherForward = defineStage({
     };
   },
 });
+
+/** The outputs the cache keeps, from the ONNX export (only the mapped layers are fetched). */
+async function onnxForward(
+  engine: OnnxEngine,
+  host: HostBatch,
+  logits: boolean,
+  hiddenIdx: number[],
+  attLayers: number[],
+): Promise<HostOutputs> {
+  const [batch, seq] = host.inputIds.shape;
+  const names = [
+    ...(logits ? ["logits"] : []),
+    ...hiddenIdx.map((i) => `hidden_state_${i}`),
+    ...attLayers.map((l) => `attention_scores_${l}`),
+  ];
+  const res = await engine.run({
+    inputIds: host.inputIds.data as Int32Array,
+    attentionMask: host.attentionMask.data as Int32Array,
+    tokenTypeIds: host.tokenTypeIds.data as Int32Array,
+    batch,
+    seq,
+  }, names);
+  const arr = (name: string) => ({ data: res[name].data, shape: res[name].dims });
+  // sparse by layer index, as toRecords indexes them
+  const hiddenStates: HostOutputs["hiddenStates"] = [];
+  const attentionScores: HostOutputs["attentionScores"] = [];
+  for (const i of hiddenIdx) hiddenStates[i] = arr(`hidden_state_${i}`);
+  for (const l of attLayers) attentionScores[l] = arr(`attention_scores_${l}`);
+  return { ...(logits ? { logits: arr("logits") } : {}), hiddenStates, attentionScores };
+}
 
 /** Every row of a token store (ids, types, lengths, labels), in row order. */
 async function readTokenRows(reader: PartReader) {
