@@ -38,7 +38,24 @@ export const TINYBERT4: Partial<BertConfig> = {
   max_position_embeddings: 512,
   id2label: { "0": "neg", "1": "pos" },
 };
+/** A 6-layer 384-wide teacher (the shape DESIGN.md measured PyTorch on). */
+export const TEACHER6: Partial<BertConfig> = {
+  ...TINYBERT4,
+  hidden_size: 384,
+  num_hidden_layers: 6,
+  intermediate_size: 1536,
+};
 const SEQ = 128;
+
+/**
+ * Matmul FLOPs per token of a forward pass at sequence length `seq`: per layer Q, K, V and the
+ * output projection (4·H²), the FFN (2·H·I) and the two attention products (2·seq·H), ×2 for
+ * multiply-add. A train step is counted as 3× forward (backward ≈ 2× forward).
+ */
+export function forwardFlopsPerToken(c: Partial<BertConfig>, seq = SEQ): number {
+  const H = c.hidden_size!, I = c.intermediate_size!, L = c.num_hidden_layers!;
+  return 2 * L * (4 * H * H + 2 * H * I + 2 * seq * H);
+}
 
 interface Workload {
   id: string;
@@ -251,9 +268,9 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       examples: examples.length,
     };
   }
-  if (id === "ort-fwd" || id === "ort-fwd-all") {
+  if (id === "ort-fwd" || id === "ort-fwd-all" || id === "ort-teacher6") {
     await setBackend("wasm");
-    const bert = Bert.create(TINYBERT4, {}, 1);
+    const bert = Bert.create(id === "ort-teacher6" ? TEACHER6 : TINYBERT4, {}, 1);
     const all = id === "ort-fwd-all";
     const engine = await OnnxEngine.load(exportOnnx(bert, { outputs: all ? "all" : "logits" }), {
       threads: navigator.hardwareConcurrency,
@@ -443,6 +460,9 @@ async function main(): Promise<void> {
   const tiny = ["--layers", "4", "--hidden", "312", "--heads", "12", "--ffn", "1200"];
   const torchFwd = await torchPeer(peerArgs("forward", tiny));
   const torchTrain = await torchPeer(peerArgs("train", tiny));
+  const six = ["--layers", "6", "--hidden", "384", "--heads", "12", "--ffn", "1536"];
+  const torchTeacher = await torchPeer(peerArgs("forward", six));
+  const ortTeacher = await runExtra("ort-teacher6", quick);
   console.log("\npipeline workloads (same run):");
   console.log("| workload | figure |\n|---|---:|");
   console.log(

@@ -216,11 +216,17 @@ export const teacherForward = defineStage({
       })),
     ];
     const replicas = params.replicas ?? navigator.hardwareConcurrency ?? 1;
-    const onnx = params.engine === "onnx"
-      ? await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
-        threads: replicas,
-      })
-      : null;
+    let onnx: OnnxEngine | null = null;
+    if (params.engine === "onnx") {
+      try {
+        onnx = await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
+          threads: replicas,
+        });
+      } catch (e) {
+        // onnxruntime-node missing or unable to load here: tfjs computes the same outputs
+        ctx.log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
+      }
+    }
     const dp = !onnx && replicas > 1
       ? await DataParallel.create(teacher, { replicas, objective: "classification" })
       : null;
@@ -293,7 +299,7 @@ export const teacherForward = defineStage({
     });
     return {
       counts: { examples: lengthsAll.length, tokens: lengthsAll.reduce((a, b) => a + b, 0) },
-      metrics: { cache_bytes: cached, estimated_bytes: bytes },
+      metrics: { cache_bytes: cached, estimated_bytes: bytes, engine: onnx ? "onnx" : "tfjs" },
     };
   },
 });
