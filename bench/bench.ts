@@ -512,23 +512,33 @@ async function main(): Promise<void> {
         Number(torchFwd.gflops_sgemm).toFixed(0)
       } GFLOP/s`,
     );
+    const roof = Number(torchFwd.gflops_sgemm);
+    const f4 = forwardFlopsPerToken(TINYBERT4), f6 = forwardFlopsPerToken(TEACHER6);
+    const pct = (tokens: number, flops: number) =>
+      `${((tokens * flops) / 1e9).toFixed(1)} GFLOP/s = ` +
+      `${((100 * tokens * flops) / 1e9 / roof).toFixed(0)}%`;
+    const row = (name: string, mine: number, peer: number, flops: number) =>
+      console.log(
+        `| ${name} | ${mine.toFixed(0)} | ${peer.toFixed(0)} | ${(mine / peer).toFixed(2)}× | ` +
+          `${pct(mine, flops)} | ${pct(peer, flops)} |`,
+      );
     console.log(
-      `| workload | tinystill tokens/s | PyTorch tokens/s | ratio |\n|---|---:|---:|---:|`,
+      "| workload | tinystill tokens/s | PyTorch tokens/s | ratio | tinystill of roofline | " +
+        "PyTorch of roofline |\n|---|---:|---:|---:|---:|---:|",
     );
+    row("TinyBERT4 forward (ONNX Runtime)", ortTok, tf_, f4);
+    row("TinyBERT4 forward (tfjs wasm)", wasmFwd, tf_, f4);
+    row("TinyBERT4 train step (tfjs wasm)", wasmTrain, tt, 3 * f4);
+    if (!torchTeacher.error && !ortTeacher.error) {
+      row(
+        "6×384 teacher forward (ONNX Runtime)",
+        Number(ortTeacher.tokensPerSec),
+        Number(torchTeacher.tokens_per_sec),
+        f6,
+      );
+    }
     console.log(
-      `| TinyBERT4 forward (ONNX Runtime) | ${ortTok.toFixed(0)} | ${tf_.toFixed(0)} | ${
-        (ortTok / tf_).toFixed(2)
-      }× |`,
-    );
-    console.log(
-      `| TinyBERT4 forward (tfjs wasm) | ${wasmFwd.toFixed(0)} | ${tf_.toFixed(0)} | ${
-        (wasmFwd / tf_).toFixed(2)
-      }× |`,
-    );
-    console.log(
-      `| TinyBERT4 train step (tfjs wasm) | ${wasmTrain.toFixed(0)} | ${tt.toFixed(0)} | ${
-        (wasmTrain / tt).toFixed(2)
-      }× |`,
+      `  roofline: the machine's sgemm (torch.mm 1024³, ${navigator.hardwareConcurrency} threads)`,
     );
   }
 
