@@ -9,6 +9,7 @@
  * @module
  */
 
+import { exists } from "./fsutil.ts";
 import { basename, join } from "node:path";
 import { InputError } from "./errors.ts";
 import { type FloatDType, readSafetensors, writeSafetensors } from "./safetensors.ts";
@@ -74,16 +75,6 @@ export function normalizeTensorName(name: string): string | undefined {
   if (n === "embeddings.position_ids") return undefined;
   n = n.replace(/\.gamma$/, ".weight").replace(/\.beta$/, ".bias");
   return n;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 function conversionHint(dir: string): string {

@@ -17,7 +17,7 @@ import { dirname, isAbsolute, join, resolve } from "node:path";
 import type { z } from "zod";
 import { setBackend } from "./backend.ts";
 import { InputError } from "./errors.ts";
-import { writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
+import { exists, writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
 import { Progress } from "./progress.ts";
 import { type Pipeline, registerStage, resolvedYaml, stageKind } from "./spec.ts";
 
@@ -121,16 +121,6 @@ export async function sha256Hex(text: string | Uint8Array): Promise<string> {
   return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 interface Planned {
   index: number;
   key: string;
@@ -227,6 +217,7 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
   const fromIndex = opts.from ? keys.indexOf(opts.from) : Infinity;
   const reports: StageReport[] = [];
   const byKey = new Map(plan.map((s) => [s.key, s]));
+  const env: RunEnv = { p, byKey, resolvePath, log, quiet: opts.quiet ?? false };
   for (const s of plan) {
     const done = await exists(join(s.dir, "manifest.json"));
     if (opts.only && s.key !== opts.only) {
@@ -248,7 +239,7 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
           hint: `Run the pipeline up to "${s.key}" without --shard first.`,
         });
       }
-      await runShard(p, s, byKey, resolvePath, log, opts);
+      await runShard(env, s, opts.shard);
       reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "ran", seconds: 0 });
       break; // later stages need the finished output
     }
@@ -257,23 +248,36 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
       reports.push({ key: s.key, hash: s.hash, dir: s.dir, status: "skipped", seconds: 0 });
       continue;
     }
-    reports.push(await runStage(p, s, byKey, resolvePath, log, opts.quiet ?? false));
+    reports.push(await runStage(env, s));
   }
   return reports;
 }
 
+/** What every stage run of one `runPipeline` call shares. */
+interface RunEnv {
+  p: Pipeline;
+  byKey: Map<string, Planned>;
+  resolvePath: (path: string) => string;
+  log: (m: string) => void;
+  quiet: boolean;
+}
+
+/** The directory a stage builds its output in (kept across crashes so stages may resume). */
+async function partialDir(s: Planned): Promise<string> {
+  const dir = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
+  await Deno.mkdir(dir, { recursive: true });
+  return dir;
+}
+
 /** Build a stage's context (shared by whole and sharded runs). */
 async function contextFor(
-  p: Pipeline,
+  env: RunEnv,
   s: Planned,
-  byKey: Map<string, Planned>,
-  resolvePath: (path: string) => string,
-  log: (m: string) => void,
-  quiet: boolean,
   out: string,
   shard?: { index: number; count: number },
   // deno-lint-ignore no-explicit-any
 ): Promise<StageContext<any>> {
+  const { p, byKey, resolvePath, log, quiet } = env;
   const inputs: Record<string, string> = {};
   for (const need of s.needs) {
     const dir = byKey.get(need)!.dir;
@@ -298,42 +302,18 @@ async function contextFor(
   };
 }
 
-async function runShard(
-  p: Pipeline,
-  s: Planned,
-  byKey: Map<string, Planned>,
-  resolvePath: (path: string) => string,
-  log: (m: string) => void,
-  opts: RunOptions,
-): Promise<void> {
-  const partial = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
-  await Deno.mkdir(partial, { recursive: true });
-  const ctx = await contextFor(
-    p,
-    s,
-    byKey,
-    resolvePath,
-    log,
-    opts.quiet ?? false,
-    partial,
-    opts.shard,
-  );
-  log(`${s.key}: shard ${opts.shard!.index}/${opts.shard!.count} → ${partial}`);
+async function runShard(env: RunEnv, s: Planned, shard: { index: number; count: number }) {
+  const partial = await partialDir(s);
+  const ctx = await contextFor(env, s, partial, shard);
+  env.log(`${s.key}: shard ${shard.index}/${shard.count} → ${partial}`);
   await s.stage.run(ctx);
-  log(`${s.key}: shard done; run again without --shard once every shard has finished`);
+  env.log(`${s.key}: shard done; run again without --shard once every shard has finished`);
 }
 
-async function runStage(
-  p: Pipeline,
-  s: Planned,
-  byKey: Map<string, Planned>,
-  resolvePath: (path: string) => string,
-  log: (m: string) => void,
-  quiet: boolean,
-): Promise<StageReport> {
-  const partial = join(dirname(s.dir), `.${s.key}-${s.hash}.partial`);
-  await Deno.mkdir(partial, { recursive: true }); // kept across crashes: stages may resume
-  const ctx = await contextFor(p, s, byKey, resolvePath, log, quiet, partial);
+async function runStage(env: RunEnv, s: Planned): Promise<StageReport> {
+  const { log, byKey } = env;
+  const partial = await partialDir(s);
+  const ctx = await contextFor(env, s, partial);
   const started = new Date();
   const t0 = performance.now();
   log(`${s.key}: running → ${s.dir}`);

@@ -23,7 +23,7 @@ import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../cache_size.
 import { loadBert } from "../checkpoint.ts";
 import { numLabels } from "../config.ts";
 import { InputError } from "../errors.ts";
-import { writeJsonAtomic } from "../fsutil.ts";
+import { exists, writeJsonAtomic } from "../fsutil.ts";
 import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
 import {
   DataParallel,
@@ -175,7 +175,7 @@ export const teacherForward = defineStage({
     const lengthsAll: number[] = [];
     for (const split of SPLITS) {
       const dir = join(tokens, split);
-      if (!(await Deno.stat(dir).then(() => true, () => false))) continue; // empty split
+      if (!(await exists(dir))) continue; // empty split
       const reader = await PartReader.open(dir);
       stores.push({ split, reader });
       for await (const part of reader.parts(["length"])) {
