@@ -301,12 +301,21 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
   throw new Error(`unknown extra workload ${id}`);
 }
 
-async function runExtra(id: string, quick: boolean): Promise<Record<string, unknown>> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", import.meta.filename!, "--extra", id, ...(quick ? ["--quick"] : [])],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+/**
+ * Run a command that prints one JSON object as its last stdout line; a failure becomes
+ * `{ error }` with the end of its stderr.
+ */
+async function jsonLine(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Record<string, unknown>> {
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
+  } catch (e) {
+    return { error: `cannot run ${cmd} (${(e as Error).message})` };
+  }
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
   try {
     return JSON.parse(lines[lines.length - 1]);
@@ -316,36 +325,25 @@ async function runExtra(id: string, quick: boolean): Promise<Record<string, unkn
   }
 }
 
+/** This script in a fresh process (`--child ID` or `--extra ID`). */
+function self(mode: "--child" | "--extra", id: string, quick: boolean, env = {}) {
+  const args = ["run", "-A", import.meta.filename!, mode, id, ...(quick ? ["--quick"] : [])];
+  return jsonLine(Deno.execPath(), args, env);
+}
+
+function runExtra(id: string, quick: boolean): Promise<Record<string, unknown>> {
+  return self("--extra", id, quick);
+}
+
 /** The PyTorch peer (Debian python3-torch), or why it is missing. */
-async function torchPeer(args: string[]): Promise<Record<string, unknown>> {
-  try {
-    const out = await new Deno.Command("/usr/bin/python3", {
-      args: ["bench/torch_peer.py", ...args],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
-    return JSON.parse(lines[lines.length - 1]);
-  } catch (e) {
-    return { error: `cannot run /usr/bin/python3 bench/torch_peer.py (${(e as Error).message})` };
-  }
+function torchPeer(args: string[]): Promise<Record<string, unknown>> {
+  return jsonLine("/usr/bin/python3", ["bench/torch_peer.py", ...args]);
 }
 
 async function runChild(w: Workload, quick: boolean): Promise<Result> {
   const env: Record<string, string> = w.stock ? { TINYSTILL_WASM_FILLS: "0" } : {};
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", import.meta.filename!, "--child", w.id, ...(quick ? ["--quick"] : [])],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
-  try {
-    return JSON.parse(lines[lines.length - 1]);
-  } catch {
-    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" ");
-    return { id: w.id, error: `exit ${out.code}: ${err}` };
-  }
+  const r = await self("--child", w.id, quick, env);
+  return { id: w.id, ...r } as Result;
 }
 
 async function availability(name: BackendName): Promise<string> {
