@@ -7,7 +7,7 @@
  */
 
 import { join } from "node:path";
-import { InputError } from "./errors.ts";
+import { InputError, showValue as show } from "./errors.ts";
 import { writeJsonAtomic } from "./fsutil.ts";
 
 /** The keys of a Hugging Face `config.json` for BERT that tinystill reads and writes. */
@@ -82,12 +82,6 @@ const POSITIVE_INT_KEYS = [
   "max_position_embeddings",
   "type_vocab_size",
 ] as const;
-
-function show(v: unknown): string {
-  if (v === undefined) return "nothing";
-  const s = JSON.stringify(v);
-  return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
-}
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);

@@ -41,3 +41,10 @@ export class InputError extends Error {
     Object.assign(this, details);
   }
 }
+
+/** A value as it appears in an error message: JSON, cut at 60 characters; "nothing" if absent. */
+export function showValue(v: unknown): string {
+  if (v === undefined) return "nothing";
+  const s = JSON.stringify(v);
+  return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
+}

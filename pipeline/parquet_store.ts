@@ -24,6 +24,7 @@
  * @module
  */
 
+import { sha256Hex } from "./hash.ts";
 import { parquetMetadata, parquetRead } from "hyparquet";
 import { parquetWriteBuffer } from "hyparquet-writer";
 import type { ColumnSource } from "hyparquet-writer";
@@ -495,11 +496,6 @@ function decodeColumn(spec: ColumnSpec, data: unknown, rows: number): ColumnOutp
       return out as Float32Array[] | Int32Array[];
     }
   }
-}
-
-async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>));
-  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 // ---------------------------------------------------------------------------------------------

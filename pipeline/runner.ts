@@ -18,6 +18,7 @@ import type { z } from "zod";
 import { setBackend } from "./backend.ts";
 import { InputError } from "./errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
+import { canonicalJson, sha256Hex } from "./hash.ts";
 import { Progress } from "./progress.ts";
 import { type Pipeline, registerStage, resolvedYaml, stageKind } from "./spec.ts";
 
@@ -65,6 +66,8 @@ export interface Stage<P> {
   run(ctx: StageContext<P>): Promise<StageResult>;
 }
 
+export { canonicalJson, sha256Hex } from "./hash.ts";
+
 // deno-lint-ignore no-explicit-any
 const stages = new Map<string, Stage<any>>();
 
@@ -100,25 +103,6 @@ export interface StageReport {
   status: "ran" | "skipped";
   seconds: number;
   result?: StageResult;
-}
-
-/** JSON with object keys sorted at every level: the input to content hashes. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
-  if (v && typeof v === "object") {
-    const entries = Object.entries(v as Record<string, unknown>)
-      .filter(([, x]) => x !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(",")}}`;
-  }
-  return JSON.stringify(v) ?? "null";
-}
-
-/** Hex SHA-256 of a string. */
-export async function sha256Hex(text: string | Uint8Array): Promise<string> {
-  const bytes = typeof text === "string" ? new TextEncoder().encode(text) : text;
-  const d = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 interface Planned {

@@ -12,7 +12,7 @@
 import { LineCounter, parseDocument, stringify } from "yaml";
 import { z } from "zod";
 import type { DatasetSpec } from "./data/types.ts";
-import { InputError } from "./errors.ts";
+import { InputError, showValue as show } from "./errors.ts";
 
 /** Backends a pipeline may ask for (see `backend.ts`). */
 export const BACKENDS = ["auto", "wasm", "cpu", "tensorflow", "tensorflow-gpu", "webgpu"] as const;
@@ -152,12 +152,6 @@ function pathString(path: readonly PropertyKey[]): string {
     else out += out ? `.${String(p)}` : String(p);
   }
   return out || "(top level)";
-}
-
-function show(v: unknown): string {
-  if (v === undefined) return "nothing";
-  const s = JSON.stringify(v);
-  return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
 }
 
 /** "expected …, got …" for one zod issue, in plain words. */
