@@ -1,10 +1,9 @@
 /**
  * `deno task distill [pipeline.yaml] [--force] [--from STAGE] [--only STAGE] [--shard i/n]`
  *
- * Runs a pipeline file (see `tasks/` and `pipeline/spec.ts`). Stages implemented so far:
- * tokenize and teacher-forward (which writes the teacher-output cache). The default job —
- * `tasks/spam.yaml`: train a teacher, distill a student, evaluate both — needs the distill,
- * finetune and evaluate stages (issue #4); until they exist, running without a file says so.
+ * Runs a pipeline file (see `tasks/` and `pipeline/spec.ts`). Without one it runs the default
+ * job, `tasks/spam.yaml`: train a teacher on SpamAssassin, distill a student from it, train the
+ * same student on labels alone, and evaluate all three on the held-out test split.
  * @module
  */
 
@@ -44,16 +43,9 @@ function parseArgs(args: string[]): { file?: string; opts: RunOptions } {
 
 try {
   const { file, opts } = parseArgs(Deno.args);
-  if (file === undefined) {
-    console.error(
-      "tinystill distill: the default job (tasks/spam.yaml: train a teacher, distill a student, " +
-        "evaluate both) needs the distill/finetune/evaluate stages, which are not built yet " +
-        "(issue #4).\nPipelines using tokenize and teacher-forward run today: " +
-        "deno task distill path/to/pipeline.yaml",
-    );
-    Deno.exit(2);
-  }
-  const reports = await runPipeline(await loadPipeline(file), opts);
+  const path = file ?? new URL("./tasks/spam.yaml", import.meta.url).pathname;
+  if (file === undefined) console.error(`tinystill distill: running the default job ${path}`);
+  const reports = await runPipeline(await loadPipeline(path), opts);
   for (const r of reports) {
     console.log(`${r.key.padEnd(20)} ${r.status.padEnd(8)} ${r.seconds.toFixed(1)}s  ${r.dir}`);
   }

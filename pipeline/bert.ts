@@ -36,6 +36,8 @@ export interface ForwardOptions {
   hiddenStates?: boolean;
   /** Compute the masked-LM logits when the model has an MLM head (default false). */
   mlm?: boolean;
+  /** Keep every layer's value vectors (MiniLM's value relation; default false). */
+  values?: boolean;
 }
 
 /** What {@link Bert.forward} returns. */
@@ -50,6 +52,8 @@ export interface BertOutputs {
   logits?: tf.Tensor2D;
   /** Masked-LM logits `[batch, seq, vocab]`, when asked and the model has an MLM head. */
   mlmLogits?: tf.Tensor3D;
+  /** `L` tensors `[batch, heads, seq, head_dim]`: each layer's values, when asked. */
+  values?: tf.Tensor4D[];
 }
 
 /** Which heads a model carries. */
@@ -59,6 +63,12 @@ export interface BertHeads {
   /** A masked-LM head (`cls.predictions.*`) whose decoder is tied to the word embeddings. */
   mlm: boolean;
 }
+
+/**
+ * Prefix of training-only parameters (e.g. TinyBERT's hidden-state projections
+ * `distill.fit_dense.*`): trained and checkpointed with the model, but never exported.
+ */
+export const EXTRA_PREFIX = "distill.";
 
 /** The value of the additive attention mask on padded keys, as in the TinyBERT/BERT code. */
 export const MASK_VALUE = -10000;
@@ -200,6 +210,29 @@ export class Bert {
       this.params.set(name, t instanceof tf.Variable ? t : tf.variable(t, true));
       if (!(t instanceof tf.Variable)) t.dispose();
     }
+    for (const [name, t] of tensors) {
+      if (name.startsWith(EXTRA_PREFIX)) this.addExtra(name, t);
+    }
+  }
+
+  /**
+   * Add a training-only parameter (name starting with {@link EXTRA_PREFIX}): it is trained with
+   * the model (it is in {@link params}) but not saved by `saveBert` nor exported to ONNX.
+   */
+  addExtra(name: string, t: tf.Tensor): tf.Variable {
+    if (!name.startsWith(EXTRA_PREFIX)) {
+      throw new Error(`Bert.addExtra: ${name} must start with "${EXTRA_PREFIX}"`);
+    }
+    if (this.params.has(name)) throw new Error(`Bert.addExtra: ${name} exists`);
+    const v = t instanceof tf.Variable ? t : tf.variable(t, true);
+    if (!(t instanceof tf.Variable)) t.dispose();
+    this.params.set(name, v);
+    return v;
+  }
+
+  /** The model's own parameters (without training-only extras), by HF name. */
+  modelParams(): Map<string, tf.Variable> {
+    return new Map([...this.params].filter(([n]) => !n.startsWith(EXTRA_PREFIX)));
   }
 
   /**
@@ -248,7 +281,7 @@ export class Bert {
   /** Number of scalar parameters (the tied MLM decoder counted once). */
   numParameters(): number {
     let n = 0;
-    for (const v of this.params.values()) n += v.size;
+    for (const v of this.modelParams().values()) n += v.size;
     return n;
   }
 
@@ -286,7 +319,8 @@ export class Bert {
     S: number,
     dropout: <T extends tf.Tensor>(x: T, rate: number) => T,
     keepScores: boolean,
-  ): { out: tf.Tensor2D; scores?: tf.Tensor4D } {
+    keepValues = false,
+  ): { out: tf.Tensor2D; scores?: tf.Tensor4D; values?: tf.Tensor4D } {
     const cfg = this.config;
     const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh;
     const pre = `encoder.layer.${l}`;
@@ -314,7 +348,11 @@ export class Bert {
     const inter = act(this.dense(`${pre}.intermediate.dense`, attnOut));
     const ffn = dropout(this.dense(`${pre}.output.dense`, inter), cfg.hidden_dropout_prob);
     const out = this.norm(`${pre}.output.LayerNorm`, tf.add(ffn, attnOut) as tf.Tensor2D);
-    return keepScores ? { out, scores } : { out };
+    return {
+      out,
+      ...(keepScores ? { scores } : {}),
+      ...(keepValues ? { values: v as tf.Tensor4D } : {}),
+    };
   }
 
   /** Run the model. Every returned tensor belongs to the caller (dispose it or use `tf.tidy`). */
@@ -361,19 +399,21 @@ export class Bert {
 
     const hiddenStates: tf.Tensor3D[] = [];
     const attentionScores: tf.Tensor4D[] = [];
+    const values: tf.Tensor4D[] = [];
     const record = (x: tf.Tensor2D) => {
       if (keepHidden) hiddenStates.push(x.reshape([B, S, H]));
     };
     record(h);
 
     for (let l = 0; l < cfg.num_hidden_layers; l++) {
-      const { out: next, scores } = tf.tidy(() =>
-        this.layer(l, h, maskAdd, B, S, dropout, keepScores)
+      const { out: next, scores, values: v } = tf.tidy(() =>
+        this.layer(l, h, maskAdd, B, S, dropout, keepScores, opts.values ?? false)
       );
       h.dispose();
       h = next;
       record(h);
       if (scores) attentionScores.push(scores);
+      if (v) values.push(v);
     }
     maskAdd.dispose();
     if (!keepHidden) hiddenStates.push(h.reshape([B, S, H]));
@@ -388,6 +428,7 @@ export class Bert {
         return tf.tanh(this.dense("pooler.dense", cls));
       }),
     };
+    if (opts.values) out.values = values;
     if (this.heads.classifier) {
       const dropRate = cfg.classifier_dropout ?? cfg.hidden_dropout_prob;
       out.logits = tf.tidy(() => this.dense("classifier", dropout(out.pooled, dropRate)));

@@ -164,7 +164,7 @@ export function architectureOf(heads: BertHeads): string {
 export async function saveBert(bert: Bert, dir: string, opts: SaveBertOptions = {}): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, v] of bert.params) {
+  for (const [name, v] of bert.modelParams()) {
     tensors.set(name, { shape: v.shape, data: v.dataSync() as Float32Array });
   }
   await writeCheckpointTensors(dir, tensors, {

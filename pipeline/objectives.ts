@@ -43,11 +43,20 @@ export const classification: Objective = (model, batch, ctx) => {
 /** Objectives by name. */
 export const OBJECTIVES: Record<string, Objective> = { classification };
 
-/** Look up an objective by name, with a clear error for an unknown one. */
-export function getObjective(name: string): Objective {
+/**
+ * Objectives built from JSON options (e.g. a distillation loss spec), by name: options cross to
+ * worker replicas as data and each side builds the same objective.
+ */
+export const OBJECTIVE_FACTORIES: Record<string, (options: unknown) => Objective> = {};
+
+/** Look up an objective by name (built from `options` for a factory), with a clear error. */
+export function getObjective(name: string, options?: unknown): Objective {
+  const factory = OBJECTIVE_FACTORIES[name];
+  if (factory) return factory(options);
   const f = OBJECTIVES[name];
   if (!f) {
-    throw new Error(`unknown objective '${name}' (known: ${Object.keys(OBJECTIVES).join(", ")})`);
+    const known = [...Object.keys(OBJECTIVES), ...Object.keys(OBJECTIVE_FACTORIES)];
+    throw new Error(`unknown objective '${name}' (known: ${known.join(", ")})`);
   }
   return f;
 }

@@ -13,10 +13,18 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { hostCopy, readView, tensorFrom, wasmHeapBytes } from "./backend.ts";
-import type { Bert, BertHeads } from "./bert.ts";
+import { type Bert, type BertHeads, EXTRA_PREFIX } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
 import { type Batch, getObjective, type Objective } from "./objectives.ts";
 import type { AdamW } from "./optim.ts";
+
+/** A training step's loss was NaN or ±Infinity; the update was not applied. */
+export class NonFiniteLossError extends Error {
+  constructor(readonly loss: number, readonly step: number) {
+    super(`loss is ${loss} at step ${step}; the update was not applied`);
+    this.name = "NonFiniteLossError";
+  }
+}
 
 /** A host-side array with its shape: what crosses to a worker. */
 export interface HostArray {
@@ -226,6 +234,8 @@ export interface DataParallelOptions {
   replicas?: number;
   /** Objective name from `objectives.ts`. */
   objective: string;
+  /** Options for an objective built by a factory (`OBJECTIVE_FACTORIES`); JSON data. */
+  objectiveOptions?: unknown;
   /** Backend for the workers (default: the one in use here). */
   backend?: string;
 }
@@ -312,7 +322,11 @@ export class DataParallel {
   /** Start `replicas - 1` workers holding copies of `model`'s current weights. */
   static async create(model: Bert, opts: DataParallelOptions): Promise<DataParallel> {
     const replicas = Math.max(1, opts.replicas ?? navigator.hardwareConcurrency ?? 1);
-    const objective = getObjective(opts.objective);
+    const objective = getObjective(opts.objective, opts.objectiveOptions);
+    const extraShapes: Record<string, number[]> = {};
+    for (const [name, v] of model.params) {
+      if (name.startsWith(EXTRA_PREFIX)) extraShapes[name] = v.shape;
+    }
     const workers: ReplicaWorker[] = [];
     const backend = opts.backend ?? tf.getBackend();
     const bytes = new GradLayout(model.params).total * 4;
@@ -331,7 +345,9 @@ export class DataParallel {
           config: model.config as BertConfig,
           heads: model.heads as BertHeads,
           weights,
+          extraShapes,
           objective: opts.objective,
+          objectiveOptions: opts.objectiveOptions,
           gradsOut: out,
           gradsIn: averaged,
         }, transfer);
@@ -348,7 +364,7 @@ export class DataParallel {
    * dropout seed `seed * replicas + i`. Gradients are averaged on the host, weighted by shard size.
    */
   async gradients(batch: HostBatch, seed = 0): Promise<GradientResult> {
-    const { loss, names } = await this.averagedGradients(batch, seed);
+    const { loss, names } = await this.averagedGradients(batch, seed, 1, false);
     return { loss, grads: readGradients(this.layout, this.averaged, names) };
   }
 
@@ -359,7 +375,7 @@ export class DataParallel {
    * embeddings). The first call copies the optimiser state to the workers.
    */
   async step(
-    batch: HostBatch,
+    batch: HostBatch | HostBatch[],
     optimizer: AdamW,
     seed = 0,
   ): Promise<{ loss: number; gradNorm: number; lr: number }> {
@@ -378,7 +394,22 @@ export class DataParallel {
       );
       this.optimizer = optimizer;
     }
-    const { loss, names } = await this.averagedGradients(batch, seed);
+    // Micro-batches (gradient accumulation): each one's averaged gradients are added into the
+    // shared buffer weighted by its share of the rows, so the update equals one big batch's.
+    const micro = Array.isArray(batch) ? batch : [batch];
+    const total = micro.reduce((n, b) => n + batchRows(b), 0);
+    let loss = 0;
+    let names: string[] = [];
+    for (let k = 0; k < micro.length; k++) {
+      const share = batchRows(micro[k]) / total;
+      const res = await this.averagedGradients(micro[k], seed * micro.length + k, share, k > 0);
+      loss += res.loss * share;
+      names = k === 0 ? res.names : names.filter((n) => res.names.includes(n));
+    }
+    if (!Number.isFinite(loss)) {
+      // nothing applied: the weights stay those of the last good step
+      throw new NonFiniteLossError(loss, optimizer.stepCount + 1);
+    }
     const lr = optimizer.currentLr();
     // Workers read the averaged gradients from shared memory while this thread applies them.
     const applied = this.workers.map((w) => w.request({ type: "apply", names, lr }));
@@ -435,6 +466,8 @@ export class DataParallel {
   private async averagedGradients(
     batch: HostBatch,
     seed: number,
+    scale: number,
+    accumulate: boolean,
   ): Promise<{ loss: number; names: string[] }> {
     const { local, remote: results, bounds, n } = await this.scatter<
       GradientResult,
@@ -444,15 +477,16 @@ export class DataParallel {
       (shard, i) => ({ type: "grads", batch: shard, seed: seed * this.replicas + i + 1 }),
       (b) => computeGradients(this.model, this.objective, b, seed * this.replicas),
     );
-    const weight = (i: number) => (bounds[i + 1] - bounds[i]) / n;
-    let loss = local.loss * weight(0);
-    results.forEach((res, i) => loss += res.loss * weight(i + 1));
+    const weight = (i: number) => scale * (bounds[i + 1] - bounds[i]) / n;
+    let loss = local.loss * weight(0) / scale;
+    results.forEach((res, i) => loss += res.loss * weight(i + 1) / scale);
     const names = [...local.grads.keys()];
     for (const name of names) {
       const g = local.grads.get(name)!;
       const acc = this.layout.view(this.averaged, name);
       const mine = readView(g), w0 = weight(0);
-      for (let j = 0; j < acc.length; j++) acc[j] = mine[j] * w0;
+      if (accumulate) { for (let j = 0; j < acc.length; j++) acc[j] += mine[j] * w0; }
+      else for (let j = 0; j < acc.length; j++) acc[j] = mine[j] * w0;
       g.dispose();
       results.forEach((res, i) => {
         if (!res.names.includes(name)) {

@@ -23,6 +23,11 @@ function fmtDuration(s: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
 }
 
+/** A rate: two significant digits below 10 (0.35 steps/s), else like a count. */
+function fmtRate(r: number): string {
+  return r < 10 ? String(Number(r.toPrecision(2))) : fmtCount(Math.round(r));
+}
+
 function fmtCount(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e4 ? `${(n / 1e3).toFixed(1)}k` : `${n}`;
 }
@@ -50,7 +55,7 @@ export class Progress {
     const rate = this.done / secs;
     const head = `${this.label} `;
     const tail = `${fmtCount(this.done)}${this.total ? `/${fmtCount(this.total)}` : ""} ` +
-      `${this.opts.unit} ${fmtCount(Math.round(rate))}/s`;
+      `${this.opts.unit} ${fmtRate(rate)}/s`;
     if (!this.total) return `${head}${tail} ${fmtDuration(secs)}`;
     const frac = Math.min(1, this.done / this.total);
     const width = 24, fill = Math.round(frac * width);

@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs";
 import { type BackendName, setBackend, wasmHeapBytes } from "./backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
 import type { BertConfig } from "./config.ts";
+import "./distill_objective.ts"; // registers the distillation objective
 import { getObjective, type Objective } from "./objectives.ts";
 import { AdamW, type AdamWOptions, type AdamWState } from "./optim.ts";
 import {
@@ -52,11 +53,15 @@ async function handle(msg: Record<string, unknown>): Promise<[unknown, Transfera
         if (!weights[name]) throw new Error(`init: no weights for ${name}`);
         tensors.set(name, tf.tensor(weights[name], shape));
       }
+      const extraShapes = msg.extraShapes as Record<string, number[]>;
+      for (const [name, shape] of Object.entries(extraShapes ?? {})) {
+        tensors.set(name, tf.tensor(weights[name], shape));
+      }
       model = new Bert(config, heads, tensors);
       layout = new GradLayout(model.params);
       gradsOut = new Float32Array(msg.gradsOut as SharedArrayBuffer);
       gradsIn = new Float32Array(msg.gradsIn as SharedArrayBuffer);
-      objective = getObjective(msg.objective as string);
+      objective = getObjective(msg.objective as string, msg.objectiveOptions);
       return [null, []];
     }
     case "weights":

@@ -36,8 +36,10 @@ Deno.test("the CLI runs a pipeline file, then skips it; errors exit 1 with a mes
     const opt = await cli("--nope");
     assert.equal(opt.code, 1);
     assert.match(opt.stderr, /unknown option --nope\. usage: deno task distill/);
-    const none = await cli();
-    assert.equal(none.code, 2);
-    assert.match(none.stderr, /issue #4/);
+    // no file: the default job, tasks/spam.yaml (asked for a stage it lacks, so nothing runs)
+    const none = await cli("--only", "nope");
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /running the default job .*tasks\/spam\.yaml/);
+    assert.match(none.stderr, /spam\.yaml: --only: no stage "nope"/);
   });
 });

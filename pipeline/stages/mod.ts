@@ -6,3 +6,6 @@
 
 export { SPLITS, TOKEN_COLUMNS, tokenize, TokenizeParams } from "./tokenize.ts";
 export { teacherForward, TeacherForwardParams } from "./teacher_forward.ts";
+export { finetune, FinetuneParams } from "./finetune.ts";
+export { distill, DistillParams, DistillPhase } from "./distill.ts";
+export { evaluate, EvaluateParams } from "./evaluate.ts";

@@ -38,12 +38,15 @@ import type { Pipeline } from "../spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import { type TeacherRecord, toRecords } from "../teacher_records.ts";
+import { modelDirOf, readTokenRows } from "./common.ts";
 import { SPLITS } from "./tokenize.ts";
 
 /** Params of the teacher-forward stage. */
 export const TeacherForwardParams = z.strictObject({
   /** The tokenize stage whose shards to run. */
   input: z.string().min(1).default("tokenize"),
+  /** The stage that trained the teacher (its `model/`); default `teacher.checkpoint`. */
+  teacher: z.string().min(1).optional(),
   batch_size: z.number().int().positive().default(32),
   /** Which teacher layers to keep: the student's mapping (see `layer_map.ts`). */
   layer_map: z.union([z.enum(["uniform", "last"]), z.array(z.number().int().min(1))])
@@ -65,14 +68,13 @@ export const TeacherForwardParams = z.strictObject({
 /** Validated teacher-forward params. */
 export type TeacherForwardParams = z.infer<typeof TeacherForwardParams>;
 
-function teacherDir(p: Pipeline, resolve: (s: string) => string): string {
-  if (!p.teacher?.checkpoint) {
-    throw new InputError("teacher-forward needs a teacher checkpoint", {
-      file: p.file,
-      field: "teacher.checkpoint",
-    });
-  }
-  return resolve(p.teacher.checkpoint);
+function teacherDir(
+  p: Pipeline,
+  resolve: (s: string) => string,
+  params: TeacherForwardParams,
+  inputs: Record<string, string> = {},
+): string {
+  return modelDirOf(p, inputs, resolve, params.teacher, "teacher", "teacher-forward.teacher");
 }
 
 function studentLayers(p: Pipeline, params: TeacherForwardParams): number {
@@ -122,26 +124,28 @@ export const teacherForward = defineStage({
   version: 1,
   params: TeacherForwardParams,
   shardable: true,
-  needs: (params) => [params.input],
+  needs: (params) => [params.input, ...(params.teacher ? [params.teacher] : [])],
   async fingerprint(params, { pipeline, resolve }) {
-    const dir = teacherDir(pipeline, resolve);
+    const layers = studentLayers(pipeline, params);
+    // a teacher trained by an earlier stage is covered by that stage's hash
+    if (params.teacher) return `student-layers=${layers}`;
+    const dir = teacherDir(pipeline, resolve, params);
     const weights = await Deno.readFile(join(dir, "model.safetensors")).catch(() =>
       new Uint8Array()
     );
     const config = await Deno.readTextFile(join(dir, "config.json")).catch(() => "");
-    const layers = studentLayers(pipeline, params);
     return `${await sha256Hex(weights)}:${await sha256Hex(config)}:student-layers=${layers}`;
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline } = ctx;
     const tokens = ctx.inputs[params.input];
     const meta = await readJson(join(tokens, "labels.json"));
-    const teacher = await loadBert(teacherDir(pipeline, ctx.resolve));
+    const teacher = await loadBert(teacherDir(pipeline, ctx.resolve, params, ctx.inputs));
     const cfg = teacher.config;
     // the pitfalls TinyBERT users hit, checked before any compute
     if (meta.vocab_size !== undefined && meta.vocab_size !== cfg.vocab_size) {
       throw new InputError("the teacher's vocabulary does not match the tokenizer's", {
-        file: join(teacherDir(pipeline, ctx.resolve), "config.json"),
+        file: join(teacherDir(pipeline, ctx.resolve, params, ctx.inputs), "config.json"),
         field: "vocab_size",
         expected: `${meta.vocab_size} (the tokenizer's)`,
         got: String(cfg.vocab_size),
@@ -152,7 +156,7 @@ export const teacherForward = defineStage({
       const teacherLabels = Array.from({ length: numLabels(cfg) }, (_, i) => cfg.id2label![i]);
       if (teacherLabels.join("\u0000") !== dataLabels.join("\u0000")) {
         throw new InputError("the teacher's label order differs from the data's", {
-          file: join(teacherDir(pipeline, ctx.resolve), "config.json"),
+          file: join(teacherDir(pipeline, ctx.resolve, params, ctx.inputs), "config.json"),
           field: "id2label",
           expected: JSON.stringify(dataLabels),
           got: JSON.stringify(teacherLabels),
@@ -332,17 +336,4 @@ async function onnxForward(
   for (const i of hiddenIdx) hiddenStates[i] = arr(`hidden_state_${i}`);
   for (const l of attLayers) attentionScores[l] = arr(`attention_scores_${l}`);
   return { ...(logits ? { logits: arr("logits") } : {}), hiddenStates, attentionScores };
-}
-
-/** Every row of a token store (ids, types, lengths, labels), in row order. */
-async function readTokenRows(reader: PartReader) {
-  const ids: Int32Array[] = [], types: Int32Array[] = [];
-  const lengths = new Int32Array(reader.totalRows), labels = new Int32Array(reader.totalRows);
-  for await (const part of reader.parts(["input_ids", "token_type_ids", "length", "label"])) {
-    ids.push(...(part.columns.input_ids as Int32Array[]));
-    types.push(...(part.columns.token_type_ids as Int32Array[]));
-    lengths.set(part.columns.length as Int32Array, part.firstRow);
-    labels.set(part.columns.label as Int32Array, part.firstRow);
-  }
-  return { ids, types, lengths, labels };
 }

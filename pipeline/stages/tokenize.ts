@@ -1,6 +1,6 @@
 /**
  * `tokenize`: dataset → WordPiece token shards, one part store per split (`train/`, `dev/`,
- * `test/`), columns `input_ids`, `attention_mask`, `token_type_ids` (int32 blobs, unpadded: the
+ * `test/`; training rows in a seeded random order), columns `input_ids`, `attention_mask`, `token_type_ids` (int32 blobs, unpadded: the
  * mask is all ones over the stored length, and batches are padded to their own longest example
  * when read), `length` and `label` (−1 when unlabeled). `labels.json` records the label order.
  *
@@ -11,13 +11,14 @@
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import { datasetHash, loadDataset } from "../data/mod.ts";
+import { seededRandom } from "../data/split.ts";
 import type { Dataset, DatasetSpec } from "../data/types.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../parquet_store.ts";
 import { defineStage, sha256Hex } from "../runner.ts";
 import type { Pipeline } from "../spec.ts";
-import { type BertTokenizer, loadTokenizer } from "../tokenizer.ts";
+import { type BertTokenizer, loadTokenizer, saveTokenizer } from "../tokenizer.ts";
 
 /** Params of the tokenize stage. */
 export const TokenizeParams = z.strictObject({
@@ -83,10 +84,21 @@ export function encodeExample(
   return { ids: cut.inputIds, types: cut.tokenTypeIds, truncated: true };
 }
 
+/** A seeded permutation of `xs` (Fisher–Yates over mulberry32). */
+export function shuffled<T>(xs: readonly T[], seed: number): T[] {
+  const rand = seededRandom(seed ^ 0x2545f491);
+  const out = xs.slice();
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
 /** The tokenize stage. */
 export const tokenize = defineStage({
   name: "tokenize",
-  version: 1,
+  version: 3,
   params: TokenizeParams,
   async fingerprint(params, { pipeline, resolve }) {
     const data = await dataset(pipeline, params.dataset);
@@ -102,7 +114,11 @@ export const tokenize = defineStage({
     const counts: Record<string, number> = { truncated: 0, tokens: 0 };
     // (resumable: parts finished before a crash are kept; the counts are read back at the end)
     for (const split of SPLITS) {
-      const examples = data[split];
+      // Training rows are stored in a seeded random order: datasets often list examples by
+      // class or source, and training draws its batches part by part.
+      const examples = split === "train"
+        ? shuffled(data.train, pipeline.seed)
+        : data[split];
       counts[split] = examples.length;
       if (examples.length === 0) continue;
       const dir = join(ctx.out, split);
@@ -145,10 +161,13 @@ export const tokenize = defineStage({
       }
     }
     bar.finish();
+    // the tokenizer travels with the shards, so model folders written later can include it
+    await saveTokenizer(tok, join(ctx.out, "tokenizer"));
     await writeJsonAtomic(join(ctx.out, "labels.json"), {
       labels: data.labels ?? null,
       source: data.source,
       vocab_size: tok.vocabSize,
+      max_seq_length: params.max_seq_length,
     });
     return { counts };
   },

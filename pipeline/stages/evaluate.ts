@@ -1,0 +1,361 @@
+/**
+ * `evaluate`: the teacher and every student side by side on a held-out split — accuracy,
+ * macro-F1 and MCC, retention (% of the teacher's score), parameters, bytes on disk, latency at
+ * batch 1 and throughput — on ONNX Runtime (each model exported by tinystill itself; tfjs when
+ * ONNX Runtime cannot load). Writes `report.json`, `report.md`, the loss curves and the metric
+ * bars as SVG, and prints the table.
+ *
+ * ```yaml
+ * - evaluate:
+ *     teacher: finetune@teacher
+ *     students: { student: distill }
+ *     baselines: { labels-only: finetune@student }
+ * ```
+ * @module
+ */
+
+import { join } from "node:path";
+import { z } from "zod";
+import { tf } from "../backend.ts";
+import type { Bert } from "../bert.ts";
+import { loadBert } from "../checkpoint.ts";
+import { numLabels } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { exists, writeFileAtomic, writeJsonAtomic } from "../fsutil.ts";
+import { classificationMetrics } from "../metrics.ts";
+import { OnnxEngine } from "../onnx/engine.ts";
+import { exportOnnx } from "../onnx/export.ts";
+import {
+  barChartSvg,
+  comparisonTable,
+  lineChartSvg,
+  type LineSeries,
+  type ModelRow,
+  reportMarkdown,
+  textTable,
+} from "../report.ts";
+import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import type { CurvePoint, EvalPoint } from "../train.ts";
+import {
+  modelDirOf,
+  padRows,
+  range,
+  readTokenMeta,
+  readTokenSplit,
+  type TokenRows,
+} from "./common.ts";
+
+/** Params of the evaluate stage. */
+export const EvaluateParams = z.strictObject({
+  tokens: z.string().min(1).default("tokenize"),
+  split: z.enum(["test", "dev", "train"]).default("test"),
+  /** The stage that trained the teacher; default `teacher.checkpoint`. */
+  teacher: z.string().min(1).optional(),
+  /** Students to compare: display name → the stage that wrote its `model/`. */
+  students: z.record(z.string().min(1), z.string().min(1)).default({}),
+  /** Reference models (e.g. the student trained on labels alone): name → stage. */
+  baselines: z.record(z.string().min(1), z.string().min(1)).default({}),
+  /** The metric retention is computed on. */
+  metric: z.enum(["accuracy", "macro_f1", "mcc"]).default("accuracy"),
+  engine: z.enum(["onnx", "tfjs"]).default("onnx"),
+  /** Threads for ONNX Runtime (default: every core). */
+  threads: z.number().int().positive().optional(),
+  batch_size: z.number().int().positive().default(32),
+  /** Examples timed one by one for the batch-1 latency (median). */
+  latency_examples: z.number().int().positive().default(100),
+});
+/** Validated evaluate params. */
+export type EvaluateParams = z.infer<typeof EvaluateParams>;
+
+/** Runs a model on a batch of rows and returns its logits `[rows × C]`. */
+type Runner = (batch: ReturnType<typeof padRows>) => Promise<Float32Array>;
+
+async function makeRunner(
+  bert: Bert,
+  engine: "onnx" | "tfjs",
+  threads: number | undefined,
+  log: (m: string) => void,
+): Promise<{ run: Runner; close: () => void; engine: string }> {
+  if (engine === "onnx") {
+    try {
+      const onnx = await OnnxEngine.load(exportOnnx(bert, { outputs: "logits" }), { threads });
+      return {
+        engine: "onnx",
+        run: async (b) => {
+          const [batch, seq] = b.inputIds.shape;
+          const res = await onnx.run({
+            inputIds: b.inputIds.data as Int32Array,
+            attentionMask: b.attentionMask.data as Int32Array,
+            tokenTypeIds: b.tokenTypeIds.data as Int32Array,
+            batch,
+            seq,
+          }, ["logits"]);
+          return res.logits.data;
+        },
+        close: () => void onnx.close(),
+      };
+    } catch (e) {
+      log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
+    }
+  }
+  return {
+    engine: `tfjs-${tf.getBackend()}`,
+    run: (b) => {
+      const [B, S] = b.inputIds.shape;
+      const logits = tf.tidy(() => {
+        const t = (a: { data: Int32Array | Float32Array }) =>
+          tf.tensor2d(a.data as Int32Array, [B, S], "int32");
+        const out = bert.forward({
+          inputIds: t(b.inputIds),
+          attentionMask: t(b.attentionMask),
+          tokenTypeIds: t(b.tokenTypeIds),
+        }, { hiddenStates: false, attentionScores: false });
+        return out.logits!.dataSync() as Float32Array;
+      });
+      return Promise.resolve(logits);
+    },
+    close: () => {},
+  };
+}
+
+function argmaxRows(logits: Float32Array, C: number): Int32Array {
+  const n = logits.length / C, out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    let best = 0;
+    for (let c = 1; c < C; c++) if (logits[i * C + c] > logits[i * C + best]) best = c;
+    out[i] = best;
+  }
+  return out;
+}
+
+/** Metrics, throughput and batch-1 latency of one model on a split. */
+export async function measureModel(
+  bert: Bert,
+  rows: TokenRows,
+  opts: { engine: "onnx" | "tfjs"; threads?: number; batchSize: number; latencyExamples: number },
+  log: (m: string) => void = () => {},
+): Promise<
+  { metrics: Record<string, number>; latency_ms: number; throughput: number; engine: string }
+> {
+  const C = numLabels(bert.config);
+  const runner = await makeRunner(bert, opts.engine, opts.threads, log);
+  try {
+    const n = rows.lengths.length;
+    const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
+    const pred = new Int32Array(n);
+    await runner.run(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
+    const t0 = performance.now();
+    for (let s = 0; s < n; s += opts.batchSize) {
+      const idx = order.slice(s, s + opts.batchSize);
+      const p = argmaxRows(await runner.run(padRows(rows, idx, false)), C);
+      idx.forEach((r, i) => pred[r] = p[i]);
+    }
+    const throughput = n / ((performance.now() - t0) / 1000);
+    // batch 1, examples in data order (their real lengths), median of the timings
+    const k = Math.min(n, opts.latencyExamples);
+    await runner.run(padRows(rows, [0], false));
+    const times: number[] = [];
+    for (let i = 0; i < k; i++) {
+      const b = padRows(rows, [i], false);
+      const t = performance.now();
+      await runner.run(b);
+      times.push(performance.now() - t);
+    }
+    times.sort((a, b) => a - b);
+    return {
+      metrics: { ...classificationMetrics(pred, rows.labels, C) },
+      latency_ms: times[Math.floor(times.length / 2)],
+      throughput,
+      engine: runner.engine,
+    };
+  } finally {
+    runner.close();
+  }
+}
+
+interface Curves {
+  curve: CurvePoint[];
+  evals: EvalPoint[];
+}
+
+/** Loss-curve series of one training stage: one per phase, x = step over the whole run. */
+function lossSeries(name: string, c: Curves): LineSeries[] {
+  const phases = [...new Set(c.curve.map((p) => p.phase))];
+  return phases.map((ph) => {
+    const pts = c.curve.filter((p) => p.phase === ph);
+    // a running mean over ~2% of the steps, so the trend is readable
+    const w = Math.max(1, Math.round(pts.length / 50));
+    const smooth: [number, number][] = pts.map((p, i) => {
+      const win = pts.slice(Math.max(0, i - w + 1), i + 1);
+      return [p.globalStep, win.reduce((a, q) => a + q.loss, 0) / win.length];
+    });
+    return { name: phases.length > 1 ? `${name}: ${ph}` : name, points: smooth };
+  });
+}
+
+/** The evaluate stage. */
+export const evaluate = defineStage({
+  name: "evaluate",
+  version: 1,
+  params: EvaluateParams,
+  needs: (p) => [
+    p.tokens,
+    ...(p.teacher ? [p.teacher] : []),
+    ...Object.values(p.students),
+    ...Object.values(p.baselines),
+  ],
+  async fingerprint(params, { pipeline, resolve }) {
+    if (params.teacher || !pipeline.teacher?.checkpoint) return "";
+    const w = await Deno.readFile(join(resolve(pipeline.teacher.checkpoint), "model.safetensors"))
+      .catch(() => new Uint8Array());
+    return sha256Hex(w);
+  },
+  async run(ctx): Promise<StageResult> {
+    const { params, pipeline: p } = ctx;
+    const tokensDir = ctx.inputs[params.tokens];
+    const meta = await readTokenMeta(tokensDir);
+    if (!meta.labels) {
+      throw new InputError("evaluate needs labelled data", { file: p.file, field: ctx.key });
+    }
+    const rows = await readTokenSplit(tokensDir, params.split);
+    if (!rows) {
+      throw new InputError(`the ${params.split} split is empty`, {
+        file: p.file,
+        field: `${ctx.key}.split`,
+      });
+    }
+    const models: { name: string; role: ModelRow["role"]; dir: string; stage?: string }[] = [
+      {
+        name: "teacher",
+        role: "teacher",
+        dir: modelDirOf(
+          p,
+          ctx.inputs,
+          ctx.resolve,
+          params.teacher,
+          "teacher",
+          `${ctx.key}.teacher`,
+        ),
+        stage: params.teacher,
+      },
+      ...Object.entries(params.students).map(([name, stage]) => ({
+        name,
+        role: "student" as const,
+        dir: join(ctx.inputs[stage], "model"),
+        stage,
+      })),
+      ...Object.entries(params.baselines).map(([name, stage]) => ({
+        name,
+        role: "baseline" as const,
+        dir: join(ctx.inputs[stage], "model"),
+        stage,
+      })),
+    ];
+    const result:
+      (ModelRow & { engine: string; stage?: string; layers: number; hidden: number })[] = [];
+    const bar = ctx.progress(models.length, "models");
+    for (const m of models) {
+      const bert = await loadBert(m.dir);
+      try {
+        const labels = Array.from(
+          { length: numLabels(bert.config) },
+          (_, i) => bert.config.id2label![i],
+        );
+        if (labels.join("\u0000") !== meta.labels.join("\u0000")) {
+          throw new InputError(`${m.name}: label order differs from the data's`, {
+            file: join(m.dir, "config.json"),
+            field: "id2label",
+            expected: JSON.stringify(meta.labels),
+            got: JSON.stringify(labels),
+          });
+        }
+        const r = await measureModel(bert, rows, {
+          engine: params.engine,
+          threads: params.threads,
+          batchSize: params.batch_size,
+          latencyExamples: params.latency_examples,
+        }, ctx.log);
+        const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
+        result.push({
+          name: m.name,
+          role: m.role,
+          metrics: r.metrics,
+          parameters: bert.numParameters(),
+          bytes,
+          latency_ms: r.latency_ms,
+          throughput: r.throughput,
+          engine: r.engine,
+          stage: m.stage,
+          layers: bert.config.num_hidden_layers,
+          hidden: bert.config.hidden_size,
+        });
+      } finally {
+        bert.dispose();
+      }
+      bar.tick(1);
+    }
+    bar.finish();
+
+    const table = comparisonTable(result, { metric: params.metric });
+    // loss curves and dev curves of every model trained in this pipeline
+    const charts: { file: string; caption: string }[] = [];
+    for (const m of models) {
+      if (!m.stage) continue;
+      const f = join(ctx.inputs[m.stage], "curve.json");
+      if (!(await exists(f))) continue;
+      const c: Curves = JSON.parse(await Deno.readTextFile(f));
+      const file = `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}.svg`;
+      await writeFileAtomic(
+        join(ctx.out, file),
+        lineChartSvg(lossSeries(m.name, c), {
+          title: `${m.name}: training loss (${m.stage})`,
+          xLabel: "step",
+          yLabel: "loss",
+          logY: true,
+        }),
+      );
+      charts.push({ file, caption: `${m.name} training loss` });
+    }
+    const metricNames = ["accuracy", "macro_f1", "mcc"];
+    await writeFileAtomic(
+      join(ctx.out, "metrics.svg"),
+      barChartSvg(
+        result.flatMap((r) =>
+          metricNames.map((k) => ({ label: r.name, group: k, value: r.metrics[k] }))
+        ),
+        { title: `${p.name}: ${params.split} split`, yLabel: "score" },
+      ),
+    );
+    charts.unshift({ file: "metrics.svg", caption: "teacher vs students" });
+    const notes = [
+      `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${params.metric} ` +
+      `÷ the teacher's.`,
+      `Latency: median of ${Math.min(rows.lengths.length, params.latency_examples)} single ` +
+      `examples; throughput at batch ${params.batch_size}; engine ${
+        [...new Set(result.map((r) => r.engine))].join(", ")
+      }, ${navigator.hardwareConcurrency} cores.`,
+      `Bytes: model.safetensors as written (F32).`,
+    ];
+    await writeJsonAtomic(join(ctx.out, "report.json"), {
+      pipeline: p.name,
+      split: params.split,
+      examples: rows.lengths.length,
+      metric: params.metric,
+      models: result,
+    });
+    await writeFileAtomic(
+      join(ctx.out, "report.md"),
+      reportMarkdown({ title: `${p.name}: teacher vs student`, table, notes, charts }),
+    );
+    console.log(`\n${p.name}: ${params.split} split (${rows.lengths.length} examples)\n`);
+    console.log(textTable(table));
+    console.log(
+      `\nreport: ${join(ctx.out.replace(/\/\.([^/]+)\.partial$/, "/$1"), "report.md")}\n`,
+    );
+    const metrics: Record<string, number> = {};
+    for (const r of result) {
+      for (const [k, v] of Object.entries(r.metrics)) metrics[`${r.name}.${k}`] = v;
+    }
+    return { counts: { examples: rows.lengths.length }, metrics };
+  },
+});

@@ -1,0 +1,152 @@
+/**
+ * `finetune`: train a model on the labels of the training split (cross-entropy), keeping the
+ * best dev checkpoint. The model is the pipeline's `teacher` or `student`: built from its
+ * `config` (from scratch), read from its `checkpoint`, or taken from an earlier stage (`from`).
+ * A student fine-tuned on labels alone, for as many steps as the distillation, is the baseline
+ * that shows what distillation adds.
+ *
+ * Writes `model/` (Hugging Face layout, with the tokenizer) and `curve.json`; resumes from
+ * `train_state/` after a crash.
+ * @module
+ */
+
+import { join } from "node:path";
+import { z } from "zod";
+import { numLabels } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { type BatchSource, type Phase, train } from "../train.ts";
+import {
+  evaluateRows,
+  loadForTask,
+  LoopParams,
+  modelDirOf,
+  modelFromConfig,
+  OptimParams,
+  padRows,
+  readTokenMeta,
+  readTokenSplit,
+  type TokenRows,
+  writeTrainedModel,
+} from "./common.ts";
+
+/** Params of the finetune stage. */
+export const FinetuneParams = z.strictObject({
+  /** Which pipeline model to train. */
+  model: z.enum(["teacher", "student"]),
+  /** Start from this earlier stage's `model/` instead of the pipeline section. */
+  from: z.string().min(1).optional(),
+  /** The tokenize stage to train on. */
+  tokens: z.string().min(1).default("tokenize"),
+  ...OptimParams,
+  ...LoopParams,
+}).refine((p) => !(p.epochs !== undefined && p.steps !== undefined), {
+  message: "give `epochs` or `steps`, not both",
+});
+/** Validated finetune params. */
+export type FinetuneParams = z.infer<typeof FinetuneParams>;
+
+/** Batches of labelled training rows (all in memory: one group, shuffled as a whole). */
+export function tokenSource(rows: TokenRows): BatchSource {
+  return {
+    groups: [{ start: 0, end: rows.lengths.length }],
+    load: (_g, r) => Promise.resolve(padRows(rows, r)),
+  };
+}
+
+/** The finetune stage. */
+export const finetune = defineStage({
+  name: "finetune",
+  version: 1,
+  params: FinetuneParams,
+  needs: (p) => [p.tokens, ...(p.from ? [p.from] : [])],
+  async fingerprint(params, { pipeline, resolve }) {
+    const section = pipeline[params.model];
+    if (params.from || !section?.checkpoint) return "";
+    const dir = resolve(section.checkpoint);
+    const w = await Deno.readFile(join(dir, "model.safetensors")).catch(() => new Uint8Array());
+    return sha256Hex(w);
+  },
+  async run(ctx): Promise<StageResult> {
+    const { params, pipeline } = ctx;
+    const tokensDir = ctx.inputs[params.tokens];
+    const meta = await readTokenMeta(tokensDir);
+    if (!meta.labels) {
+      throw new InputError("finetune needs labelled data", {
+        file: pipeline.file,
+        field: `${ctx.key}.tokens`,
+        hint: "The dataset has no label column.",
+      });
+    }
+    const train_ = await readTokenSplit(tokensDir, "train");
+    const dev = await readTokenSplit(tokensDir, "dev");
+    if (!train_) throw new InputError("the training split is empty", { file: pipeline.file });
+    const seed = pipeline.seed;
+    const section = pipeline[params.model];
+    const model = params.from || section?.checkpoint
+      ? await loadForTask(
+        modelDirOf(pipeline, ctx.inputs, ctx.resolve, params.from, params.model, ctx.key),
+        meta.labels,
+        seed,
+      )
+      : modelFromConfig(pipeline, params.model, meta, seed);
+    if (model.config.vocab_size !== meta.vocab_size) {
+      throw new InputError("the model's vocabulary does not match the tokenizer's", {
+        field: "vocab_size",
+        expected: String(meta.vocab_size),
+        got: String(model.config.vocab_size),
+      });
+    }
+    ctx.log(
+      `${params.model}: ${model.config.num_hidden_layers}×${model.config.hidden_size}, ` +
+        `${(model.numParameters() / 1e6).toFixed(2)}M parameters, ${
+          numLabels(model.config)
+        } labels`,
+    );
+    const phase: Phase = {
+      name: "finetune",
+      objective: "classification",
+      epochs: params.steps === undefined ? params.epochs ?? 3 : undefined,
+      steps: params.steps,
+      batchSize: params.batch_size ?? 32,
+      microBatchSize: params.micro_batch_size,
+      lr: params.lr ?? 5e-5,
+      warmup: params.warmup ?? 0.1,
+      weightDecay: params.weight_decay ?? 0.01,
+      maxGradNorm: params.max_grad_norm ?? 1,
+      evalEvery: params.eval_every ?? 0,
+      evaluate: dev !== null,
+    };
+    try {
+      const res = await train({
+        model,
+        phases: [phase],
+        source: tokenSource(train_),
+        stateDir: join(ctx.out, "train_state"),
+        checkpointEvery: params.checkpoint_every,
+        seed,
+        replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
+        metric: params.metric,
+        keepBest: params.keep_best,
+        progress: (label, total) => ctx.progress(total, `${label} steps`),
+        log: ctx.log,
+      });
+      await writeTrainedModel(ctx.out, model, tokensDir, res);
+      return {
+        counts: { steps: res.steps, examples: res.examples, parameters: model.numParameters() },
+        metrics: {
+          seconds: res.seconds,
+          final_loss: res.curve.at(-1)?.loss ?? NaN,
+          ...(res.best
+            ? Object.fromEntries(
+              Object.entries(res.best.metrics).map(([k, v]) => [`dev_${k}`, v]),
+            )
+            : {}),
+        },
+      };
+    } finally {
+      model.dispose();
+    }
+  },
+});

@@ -1,0 +1,381 @@
+/**
+ * The training loop shared by `distill` and `finetune`: phases of AdamW steps (decoupled decay,
+ * none on bias/LayerNorm), linear warmup + decay, gradient clipping and gradient accumulation
+ * over micro-batches (so the effective batch does not depend on what fits in the wasm heap),
+ * on {@link DataParallel} replicas.
+ *
+ * Reproducible and resumable: the data order is a function of `(seed, epoch)`, dropout masks of
+ * `(seed, phase, step)`, and every `checkpointEvery` steps the weights, the optimiser moments and
+ * the loop state are written (atomically, as one directory swap) under `stateDir`. A process
+ * killed at any point resumes from the last checkpoint and ends with the same weights as one that
+ * never stopped. A NaN/Inf loss stops with {@link TrainingDivergedError} naming the phase and
+ * step; the last good checkpoint is left as it was.
+ * @module
+ */
+
+import { join } from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import type { Bert } from "./bert.ts";
+import { exists, writeJsonAtomic } from "./fsutil.ts";
+import { AdamW, linearWarmupDecay } from "./optim.ts";
+import { DataParallel, type HostBatch, NonFiniteLossError } from "./parallel.ts";
+import type { Progress } from "./progress.ts";
+import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+
+/** One phase of training: an objective and its optimiser settings. */
+export interface Phase {
+  name: string;
+  /** Objective name (see `objectives.ts`), built from `objectiveOptions` for a factory. */
+  objective: string;
+  objectiveOptions?: unknown;
+  /** Length: whole epochs over the source, or a number of optimiser steps. */
+  epochs?: number;
+  steps?: number;
+  /** Examples per optimiser step. */
+  batchSize: number;
+  /** Examples per forward/backward pass (gradients are accumulated); default `batchSize`. */
+  microBatchSize?: number;
+  lr: number;
+  /** Warmup as a fraction of the phase's steps (linear decay to 0 after it). */
+  warmup: number;
+  weightDecay: number;
+  maxGradNorm: number;
+  /** Evaluate every this many steps (and at the end of the phase); 0: only at the end. */
+  evalEvery?: number;
+  /** Evaluate in this phase (and keep the best weights when the loop keeps the best). */
+  evaluate?: boolean;
+}
+
+/** Training rows, in groups a batch never crosses (e.g. one Parquet part of a teacher cache). */
+export interface BatchSource {
+  /** Row ranges `[start, end)`. */
+  groups: { start: number; end: number }[];
+  /** A padded host batch of these rows (all from group `group`), in this order. */
+  load(group: number, rows: number[]): Promise<HostBatch>;
+}
+
+/** A point of the loss curve. */
+export interface CurvePoint {
+  phase: string;
+  /** Step within the phase (from 1) and over the whole run. */
+  step: number;
+  globalStep: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+}
+
+/** An evaluation during training. */
+export interface EvalPoint {
+  phase: string;
+  step: number;
+  globalStep: number;
+  metrics: Record<string, number>;
+}
+
+/** Options of {@link train}. */
+export interface TrainOptions {
+  model: Bert;
+  phases: Phase[];
+  source: BatchSource;
+  /** Where checkpoints live (inside the stage's output, so a rerun resumes). */
+  stateDir: string;
+  /** Write a checkpoint every this many steps (and at every phase end); 0 = phase ends only. */
+  checkpointEvery: number;
+  seed: number;
+  replicas: number;
+  /** Dev-set evaluation; higher `metric` is better. */
+  evaluate?: (model: Bert) => Promise<Record<string, number>>;
+  metric?: string;
+  /** Restore the best-scoring weights at the end (TinyBERT keeps the best dev checkpoint). */
+  keepBest?: boolean;
+  progress?: (label: string, total: number) => Progress;
+  log?: (m: string) => void;
+  /** Test hook: called after each step has been applied (and checkpointed, when due). */
+  afterStep?: (globalStep: number) => void | Promise<void>;
+}
+
+/** What {@link train} returns (also written to `stateDir/state.json`). */
+export interface TrainResult {
+  curve: CurvePoint[];
+  evals: EvalPoint[];
+  best?: EvalPoint;
+  steps: number;
+  /** Steps that were restored from a checkpoint rather than run in this process. */
+  resumedAt: number;
+  seconds: number;
+  examples: number;
+}
+
+/** The loss became NaN or infinite; the last good checkpoint is kept. */
+export class TrainingDivergedError extends Error {
+  constructor(readonly phase: string, readonly step: number, readonly loss: number, at: string) {
+    super(
+      `training diverged: loss is ${loss} at phase "${phase}" step ${step}; ` +
+        `the last good checkpoint is kept in ${at}. Lower the learning rate or check the inputs.`,
+    );
+    this.name = "TrainingDivergedError";
+  }
+}
+
+/** mulberry32: the loop's only source of randomness besides dropout. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function shuffle<T>(xs: T[], rand: () => number): T[] {
+  for (let i = xs.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [xs[i], xs[j]] = [xs[j], xs[i]];
+  }
+  return xs;
+}
+
+/**
+ * The batches of one epoch: groups in a shuffled order, rows shuffled within each group, cut
+ * into batches of `batchSize` (a group's last batch may be smaller). A function of its
+ * arguments only, so a resumed run sees the same order.
+ */
+export function epochBatches(
+  groups: { start: number; end: number }[],
+  batchSize: number,
+  seed: number,
+  epoch: number,
+): { group: number; rows: number[] }[] {
+  const rand = mulberry32((seed * 1000003 + epoch * 7919 + 17) >>> 0);
+  const out: { group: number; rows: number[] }[] = [];
+  for (const g of shuffle(groups.map((_, i) => i), rand)) {
+    const { start, end } = groups[g];
+    const rows = shuffle(Array.from({ length: end - start }, (_, i) => start + i), rand);
+    for (let i = 0; i < rows.length; i += batchSize) {
+      out.push({ group: g, rows: rows.slice(i, i + batchSize) });
+    }
+  }
+  return out;
+}
+
+/** Optimiser steps of a phase over a source. */
+export function phaseSteps(phase: Phase, source: BatchSource): number {
+  if (phase.steps !== undefined) return phase.steps;
+  const perEpoch = epochBatches(source.groups, phase.batchSize, 0, 0).length;
+  return Math.max(1, Math.round((phase.epochs ?? 1) * perEpoch));
+}
+
+/** The `k`-th batch of a phase (epochs continue the order past the first). */
+function* phaseBatches(phase: Phase, source: BatchSource, seed: number, phaseIndex: number) {
+  for (let epoch = 0;; epoch++) {
+    yield* epochBatches(source.groups, phase.batchSize, seed + phaseIndex * 101, epoch);
+  }
+}
+
+interface SavedState {
+  phase: number;
+  /** Steps done in that phase. */
+  step: number;
+  globalStep: number;
+  curve: CurvePoint[];
+  evals: EvalPoint[];
+  best?: EvalPoint;
+  examples: number;
+}
+
+function paramsToWrite(params: Map<string, tf.Variable>) {
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, v] of params) {
+    out.set(name, { shape: v.shape, data: v.dataSync() as Float32Array });
+  }
+  return out;
+}
+
+function assignParams(model: Bert, file: Map<string, { data: Float32Array }>, path: string): void {
+  for (const [name, v] of model.params) {
+    const t = file.get(name);
+    if (!t || t.data.length !== v.size) throw new Error(`${path}: no or mis-sized tensor ${name}`);
+    tf.tidy(() => v.assign(tf.tensor(t.data, v.shape)));
+  }
+}
+
+/** Write a checkpoint as one directory, swapped into place (a kill leaves the old one whole). */
+async function saveCheckpoint(
+  dir: string,
+  model: Bert,
+  opt: AdamW,
+  state: SavedState,
+): Promise<void> {
+  const tmp = `${dir}.tmp`;
+  await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  await Deno.mkdir(tmp, { recursive: true });
+  await writeSafetensors(join(tmp, "weights.safetensors"), paramsToWrite(model.params));
+  const s = opt.getState();
+  const moments = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, v] of model.params) {
+    moments.set(`m.${name}`, { shape: v.shape, data: s.m[name] });
+    moments.set(`v.${name}`, { shape: v.shape, data: s.v[name] });
+  }
+  await writeSafetensors(join(tmp, "optimizer.safetensors"), moments, {
+    metadata: { step: String(s.step) },
+  });
+  await writeJsonAtomic(join(tmp, "state.json"), state);
+  const old = `${dir}.old`;
+  await Deno.remove(old, { recursive: true }).catch(() => {});
+  if (await exists(dir)) await Deno.rename(dir, old);
+  await Deno.rename(tmp, dir);
+  await Deno.remove(old, { recursive: true }).catch(() => {});
+}
+
+/** The checkpoint to resume from: `ckpt/`, or `ckpt.old/` when a kill hit the swap. */
+async function findCheckpoint(dir: string): Promise<string | null> {
+  for (const d of [dir, `${dir}.old`]) {
+    if (await exists(join(d, "state.json"))) return d;
+  }
+  return null;
+}
+
+/** Run every phase (resuming from `stateDir` when a checkpoint is there). */
+export async function train(opts: TrainOptions): Promise<TrainResult> {
+  const { model, phases, source, stateDir } = opts;
+  const log = opts.log ?? (() => {});
+  const metric = opts.metric ?? "accuracy";
+  await Deno.mkdir(stateDir, { recursive: true });
+  const ckptDir = join(stateDir, "ckpt"), bestFile = join(stateDir, "best.safetensors");
+  const t0 = performance.now();
+
+  let state: SavedState = { phase: 0, step: 0, globalStep: 0, curve: [], evals: [], examples: 0 };
+  let restoredMoments: { file: Map<string, { data: Float32Array }>; step: number } | null = null;
+  const found = await findCheckpoint(ckptDir);
+  if (found) {
+    state = JSON.parse(await Deno.readTextFile(join(found, "state.json")));
+    const w = await readSafetensors(join(found, "weights.safetensors"));
+    assignParams(model, w.tensors, found);
+    const o = await readSafetensors(join(found, "optimizer.safetensors"));
+    restoredMoments = { file: o.tensors, step: Number(o.metadata.step) };
+    log(`resuming from ${found}: phase ${phases[state.phase]?.name} step ${state.step}`);
+  }
+  const resumedAt = state.globalStep;
+
+  for (let pi = state.phase; pi < phases.length; pi++) {
+    const phase = phases[pi];
+    const total = phaseSteps(phase, source);
+    const opt = new AdamW(model.params, {
+      lr: linearWarmupDecay(phase.lr, Math.round(phase.warmup * total), total),
+      weightDecay: phase.weightDecay,
+      maxGradNorm: phase.maxGradNorm,
+    });
+    if (pi === state.phase && restoredMoments && state.step > 0) {
+      const m: Record<string, Float32Array> = {}, v: Record<string, Float32Array> = {};
+      for (const name of model.params.keys()) {
+        m[name] = restoredMoments.file.get(`m.${name}`)!.data;
+        v[name] = restoredMoments.file.get(`v.${name}`)!.data;
+      }
+      opt.setState({ step: restoredMoments.step, m, v });
+    }
+    const startStep = pi === state.phase ? state.step : 0;
+    if (pi !== state.phase) state = { ...state, phase: pi, step: 0 };
+    const dp = await DataParallel.create(model, {
+      replicas: opts.replicas,
+      objective: phase.objective,
+      objectiveOptions: phase.objectiveOptions,
+    });
+    const bar = opts.progress?.(`${phase.name}`, total);
+    bar?.tick(startStep);
+    const micro = phase.microBatchSize ?? phase.batchSize;
+    const evalDue = (step: number) =>
+      phase.evaluate && opts.evaluate &&
+      (step === total || (phase.evalEvery ? step % phase.evalEvery === 0 : false));
+    const logEvery = Math.max(1, Math.round(total / 10));
+    try {
+      const batches = phaseBatches(phase, source, opts.seed, pi);
+      for (let k = 0; k < startStep; k++) batches.next();
+      for (let step = startStep + 1; step <= total; step++) {
+        const { group, rows } = batches.next().value!;
+        const pieces: HostBatch[] = [];
+        for (let i = 0; i < rows.length; i += micro) {
+          pieces.push(await source.load(group, rows.slice(i, i + micro)));
+        }
+        let res;
+        try {
+          res = await dp.step(pieces, opt, opts.seed * 1_000_003 + pi * 100_003 + step);
+        } catch (e) {
+          if (e instanceof NonFiniteLossError) {
+            throw new TrainingDivergedError(phase.name, step, e.loss, found ?? ckptDir);
+          }
+          throw e;
+        }
+        state.step = step;
+        state.globalStep++;
+        state.examples += rows.length;
+        state.curve.push({
+          phase: phase.name,
+          step,
+          globalStep: state.globalStep,
+          loss: res.loss,
+          lr: res.lr,
+          gradNorm: res.gradNorm,
+        });
+        bar?.tick(1);
+        if (step % logEvery === 0 || step === total) {
+          log(
+            `${phase.name} step ${step}/${total} loss ${res.loss.toPrecision(4)} ` +
+              `lr ${res.lr.toExponential(2)} |g| ${res.gradNorm.toPrecision(3)}`,
+          );
+        }
+        if (evalDue(step)) {
+          const metrics = await opts.evaluate!(model);
+          const point = { phase: phase.name, step, globalStep: state.globalStep, metrics };
+          state.evals.push(point);
+          const better = !state.best || metrics[metric] > state.best.metrics[metric];
+          log(
+            `${phase.name} step ${step}: dev ${
+              Object.entries(metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(" ")
+            }${better ? " (best)" : ""}`,
+          );
+          if (better) {
+            state.best = point;
+            if (opts.keepBest) {
+              await writeSafetensors(bestFile, paramsToWrite(model.modelParams()));
+            }
+          }
+        }
+        if (
+          step === total ||
+          (opts.checkpointEvery > 0 && state.globalStep % opts.checkpointEvery === 0)
+        ) {
+          await saveCheckpoint(ckptDir, model, opt, state);
+        }
+        await opts.afterStep?.(state.globalStep);
+      }
+    } finally {
+      dp.close();
+      opt.dispose();
+    }
+    bar?.finish();
+    restoredMoments = null;
+  }
+  if (opts.keepBest && state.best && await exists(bestFile)) {
+    const w = await readSafetensors(bestFile);
+    for (const [name, v] of model.modelParams()) {
+      tf.tidy(() => v.assign(tf.tensor(w.tensors.get(name)!.data, v.shape)));
+    }
+    log(
+      `kept the best dev checkpoint: ${state.best.phase} step ${state.best.step} ` +
+        `(${metric} ${state.best.metrics[metric].toFixed(4)})`,
+    );
+  }
+  const result: TrainResult = {
+    curve: state.curve,
+    evals: state.evals,
+    best: state.best,
+    steps: state.globalStep,
+    resumedAt,
+    seconds: (performance.now() - t0) / 1000,
+    examples: state.examples,
+  };
+  return result;
+}
