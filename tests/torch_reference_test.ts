@@ -16,7 +16,6 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
 import { Bert, type BertHeads, isNoDecay, MASK_VALUE, parameterShapes } from "../pipeline/bert.ts";
 import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
@@ -25,8 +24,10 @@ import { classification } from "../pipeline/objectives.ts";
 import { AdamW } from "../pipeline/optim.ts";
 import { computeGradients } from "../pipeline/parallel.ts";
 import { randomArray, relErr, rng } from "./_util.ts";
+import { type F64Tensor, type Inputs, PYTHON, runTorch as runReference } from "./_torch.ts";
 
-const SCRIPT = fileURLToPath(new URL("./reference/bert_torch.py", import.meta.url));
+const runTorch = (ckpt: string, inputs: Inputs, work: string) =>
+  runReference(ckpt, inputs, work, { mlm: true, adamw: ADAMW });
 
 /** Relative tolerance for everything compared with relErr. */
 const TOL = 1e-4;
@@ -47,95 +48,6 @@ const BACKENDS: BackendName[] = ["cpu", "wasm"];
 const ADAMW = { lr: 5e-3, betas: [0.9, 0.999], eps: 1e-6, weight_decay: 0.01, max_grad_norm: 0.5 };
 
 // ---------------------------------------------------------------------------------------------
-// Finding a python3 with torch.
-
-async function importsTorch(python: string): Promise<boolean> {
-  try {
-    const r = await new Deno.Command(python, {
-      args: ["-c", "import torch, numpy"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return r.success;
-  } catch {
-    return false; // interpreter not found
-  }
-}
-
-async function findTorchPython(): Promise<string | undefined> {
-  const candidates = [Deno.env.get("TINYSTILL_PYTHON"), "python3", "/usr/bin/python3"];
-  for (const py of candidates) if (py && await importsTorch(py)) return py;
-  return undefined;
-}
-
-const PYTHON = await findTorchPython();
-if (!PYTHON && Deno.env.get("TINYSTILL_REQUIRE_TORCH") === "1") {
-  // CI installs torch: there a missing interpreter is a failure, not a skip
-  throw new Error("TINYSTILL_REQUIRE_TORCH=1 but no python3 can `import torch, numpy`");
-}
-if (!PYTHON) {
-  console.warn(
-    "torch_reference_test: SKIPPED — no python3 that can `import torch, numpy`. Install them " +
-      "with `apt-get install python3-torch python3-numpy` (or set TINYSTILL_PYTHON).",
-  );
-}
-
-// ---------------------------------------------------------------------------------------------
-// The torch side: inputs out, a float64 safetensors file back.
-
-interface Inputs {
-  input_ids: number[][];
-  attention_mask: number[][];
-  token_type_ids: number[][];
-  labels: number[];
-}
-
-interface F64Tensor {
-  shape: number[];
-  data: Float64Array;
-}
-
-/** Parse a safetensors file of F64 tensors (what the reference writes). */
-function parseF64Safetensors(
-  bytes: Uint8Array,
-): { tensors: Map<string, F64Tensor>; metadata: Record<string, string> } {
-  const headerLen = Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
-  const data = bytes.subarray(8 + headerLen);
-  const tensors = new Map<string, F64Tensor>();
-  for (const [name, e] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const { dtype, shape, data_offsets: [start, end] } = e as {
-      dtype: string;
-      shape: number[];
-      data_offsets: [number, number];
-    };
-    assert.equal(dtype, "F64", `${name}: reference output dtype`);
-    tensors.set(name, { shape, data: new Float64Array(data.slice(start, end).buffer) });
-  }
-  return { tensors, metadata: header.__metadata__ ?? {} };
-}
-
-async function runTorch(ckpt: string, inputs: Inputs, work: string) {
-  const inPath = join(work, "inputs.json"), outPath = join(work, "torch_out.safetensors");
-  await Deno.writeTextFile(
-    inPath,
-    JSON.stringify({ ...inputs, dtype: "float64", mlm: true, adamw: ADAMW }),
-  );
-  const r = await new Deno.Command(PYTHON!, {
-    args: [SCRIPT, ckpt, inPath, outPath],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!r.success) {
-    throw new Error(
-      `bert_torch.py failed (${r.code}):\n${new TextDecoder().decode(r.stderr)}` +
-        new TextDecoder().decode(r.stdout),
-    );
-  }
-  return parseF64Safetensors(await Deno.readFile(outPath));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Test cases.
 

@@ -239,10 +239,9 @@ function onlineSource(
   attention: number[],
   needs: Set<string>,
 ): BatchSource {
-  const n = tokens.lengths.length, groups = [];
-  for (let s = 0; s < n; s += 2048) groups.push({ start: s, end: Math.min(n, s + 2048) });
   return {
-    groups,
+    // the teacher runs on any rows: one group, shuffled as a whole
+    groups: [{ start: 0, end: tokens.lengths.length }],
     load(_group, rows) {
       const batch = padRows(tokens, rows);
       const [B, S] = batch.inputIds.shape;

@@ -116,9 +116,7 @@ export const tokenize = defineStage({
     for (const split of SPLITS) {
       // Training rows are stored in a seeded random order: datasets often list examples by
       // class or source, and training draws its batches part by part.
-      const examples = split === "train"
-        ? shuffled(data.train, pipeline.seed)
-        : data[split];
+      const examples = split === "train" ? shuffled(data.train, pipeline.seed) : data[split];
       counts[split] = examples.length;
       if (examples.length === 0) continue;
       const dir = join(ctx.out, split);

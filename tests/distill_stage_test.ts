@@ -1,0 +1,174 @@
+/**
+ * The whole task pipeline on a tiny dataset through the runner: tokenize → finetune@teacher →
+ * teacher-forward → distill (cached and online teacher) → finetune@student → evaluate.
+ * Checks what a user relies on: cached and online teacher outputs train the student identically,
+ * the student folder loads here and in the independent PyTorch reference with the same logits,
+ * the report's ratios are computed from the models, and mistakes are refused before training.
+ */
+
+import assert from "node:assert/strict";
+import { join, resolve } from "node:path";
+import { setBackend, tf } from "../pipeline/backend.ts";
+import { loadBert } from "../pipeline/checkpoint.ts";
+import { readSafetensors } from "../pipeline/safetensors.ts";
+import { runPipeline, type StageReport } from "../pipeline/runner.ts";
+import { parsePipeline } from "../pipeline/spec.ts";
+import "../pipeline/stages/mod.ts";
+import { PYTHON, runTorch } from "./_torch.ts";
+import { assertInputError, relErr } from "./_util.ts";
+
+const FIXTURES = resolve("fixtures");
+
+function yaml(out: string, opts: { studentHeads?: number; distillMap?: string } = {}) {
+  return `name: tiny
+output_dir: ${out}
+backend: wasm
+datasets:
+  tiny:
+    format: csv
+    path: ${FIXTURES}/tiny/sentiment.csv
+    labels: [neg, pos]
+    split: { dev: 0.2, test: 0.2, seed: 3 }
+teacher:
+  tokenizer: ${FIXTURES}/bert-base-uncased
+  config: { num_hidden_layers: 4, hidden_size: 32, num_attention_heads: 4, intermediate_size: 48,
+            max_position_embeddings: 32 }
+student:
+  config: { num_hidden_layers: 2, hidden_size: 16, num_attention_heads: ${opts.studentHeads ?? 2},
+            intermediate_size: 24, max_position_embeddings: 32 }
+stages:
+  - tokenize: { dataset: tiny, max_seq_length: 16, rows_per_part: 8 }
+  - finetune@teacher: { model: teacher, steps: 6, batch_size: 8, lr: 1.0e-3, replicas: 1,
+                        checkpoint_every: 4 }
+  # one part: batches are then drawn exactly as with the online teacher (one group)
+  - teacher-forward: { teacher: finetune@teacher, dtype: F32, rows_per_part: 64, replicas: 1 }
+  - distill:
+      teacher: finetune@teacher
+      replicas: 2
+      batch_size: 4
+      ${opts.distillMap ? `layer_map: ${opts.distillMap}` : ""}
+      phases:
+        - { name: intermediate, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 5, lr: 1.0e-3 }
+        - { name: prediction, losses: { soft_ce: { weight: 1, temperature: 2 } }, steps: 4,
+            lr: 1.0e-3, evaluate: true, eval_every: 2 }
+  - distill@online:
+      teacher: finetune@teacher
+      teacher_outputs: null
+      replicas: 2
+      batch_size: 4
+      phases:
+        - { name: intermediate, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 5, lr: 1.0e-3 }
+        - { name: prediction, losses: { soft_ce: { weight: 1, temperature: 2 } }, steps: 4,
+            lr: 1.0e-3, evaluate: true, eval_every: 2 }
+  - finetune@student: { model: student, steps: 9, batch_size: 4, lr: 1.0e-3, replicas: 1 }
+  - evaluate:
+      teacher: finetune@teacher
+      students: { student: distill }
+      baselines: { labels-only: finetune@student }
+      latency_examples: 5
+`;
+}
+
+Deno.test("task pipeline: teacher, cached/online distillation, labels-only baseline, report", async () => {
+  await setBackend("wasm");
+  const dir = await Deno.makeTempDir({ prefix: "tinystill_distill_" });
+  try {
+    const p = parsePipeline(yaml(dir), join(dir, "p.yaml"));
+    const reports = await runPipeline(p, { quiet: true });
+    const by = (k: string) => reports.find((r) => r.key === k) as StageReport;
+    assert.deepEqual(reports.map((r) => r.status), Array(7).fill("ran"));
+
+    // cached and online teacher outputs: the same losses step by step (F32 cache)
+    const curve = async (k: string) =>
+      JSON.parse(await Deno.readTextFile(join(by(k).dir, "curve.json"))).curve as {
+        loss: number;
+        phase: string;
+      }[];
+    const cached = await curve("distill"), online = await curve("distill@online");
+    assert.equal(cached.length, 9);
+    cached.forEach((c, i) =>
+      assert.ok(
+        relErr([c.loss], [online[i].loss]) < 1e-4,
+        `step ${i + 1}: ${c.loss} vs ${online[i].loss}`,
+      )
+    );
+    assert.ok(cached[0].loss > 0 && Number.isFinite(cached[0].loss));
+    // the intermediate loss goes down on the training data
+    assert.ok(cached[4].loss < cached[0].loss, `${cached[0].loss} → ${cached[4].loss}`);
+
+    // the student folder: HF layout, no training-only tensors, loads here
+    const modelDir = join(by("distill").dir, "model");
+    for (const f of ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json"]) {
+      await Deno.stat(join(modelDir, f));
+    }
+    const st = await readSafetensors(join(modelDir, "model.safetensors"));
+    assert.ok(
+      ![...st.tensors.keys()].some((n) => n.includes("distill.") || n.includes("fit_dense")),
+    );
+    assert.ok(st.tensors.has("bert.encoder.layer.1.output.dense.weight"));
+    const student = await loadBert(modelDir);
+    assert.deepEqual(student.config.id2label, { "0": "neg", "1": "pos" });
+
+    // the same logits in the independent PyTorch reference (what transformers would compute)
+    if (PYTHON) {
+      const ids = [[101, 1037, 4010, 2143, 102], [101, 2307, 102, 0, 0]];
+      const mask = ids.map((r) => r.map((t) => (t ? 1 : 0)));
+      const types = ids.map((r) => r.map(() => 0));
+      const ref = await runTorch(modelDir, {
+        input_ids: ids,
+        attention_mask: mask,
+        token_type_ids: types,
+        labels: [0, 1],
+      }, dir);
+      const ours = tf.tidy(() =>
+        student.forward({
+          inputIds: tf.tensor2d(ids, undefined, "int32"),
+          attentionMask: tf.tensor2d(mask, undefined, "int32"),
+          tokenTypeIds: tf.tensor2d(types, undefined, "int32"),
+        }).logits!.dataSync()
+      );
+      assert.ok(relErr(ours, ref.tensors.get("logits")!.data) < 1e-4);
+    }
+
+    // the report: rows from the models themselves, ratios from those rows
+    const rep = JSON.parse(await Deno.readTextFile(join(by("evaluate").dir, "report.json")));
+    assert.deepEqual(rep.models.map((m: { name: string }) => m.name), [
+      "teacher",
+      "student",
+      "labels-only",
+    ]);
+    const [t, s] = rep.models;
+    assert.equal(s.parameters, student.numParameters());
+    assert.ok(t.parameters > s.parameters);
+    assert.equal(s.bytes, (await Deno.stat(join(modelDir, "model.safetensors"))).size);
+    assert.ok(s.latency_ms > 0 && s.throughput > 0);
+    for (const m of rep.models) assert.ok(m.metrics.accuracy >= 0 && m.metrics.accuracy <= 1);
+    const md = await Deno.readTextFile(join(by("evaluate").dir, "report.md"));
+    const retention = (100 * s.metrics.accuracy / t.metrics.accuracy).toFixed(1);
+    assert.ok(md.includes(retention) || t.metrics.accuracy === 0, md);
+    assert.match(md, /\| teacher \|/);
+    for (
+      const f of ["metrics.svg", "loss-teacher.svg", "loss-student.svg", "loss-labels-only.svg"]
+    ) {
+      assert.match(await Deno.readTextFile(join(by("evaluate").dir, f)), /^<svg/);
+    }
+    student.dispose();
+
+    // mistakes are refused before training: incompatible heads, a cache for another layer map
+    const bad = parsePipeline(
+      yaml(dir, { studentHeads: 3 }).replace("hidden_size: 16", "hidden_size: 18"),
+      join(dir, "p.yaml"),
+    );
+    await assertInputError(
+      () => runPipeline(bad, { quiet: true, only: "distill" }),
+      ["head counts are incompatible", "student.config.num_attention_heads"],
+    );
+    const other = parsePipeline(yaml(dir, { distillMap: "[1, 4]" }), join(dir, "p.yaml"));
+    await assertInputError(
+      () => runPipeline(other, { quiet: true, only: "distill" }),
+      ["cache was built for another layer map", "[0,1,4]"],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
