@@ -251,19 +251,18 @@ export function attentionMse(
   return tf.tidy(() => {
     const [s, t] = matchHeads(student, teacher);
     const [B, h, S] = s.shape;
-    const real = realTokens(mask);
-    const pair = tf.logicalAnd(tf.reshape(real, [B, 1, S, 1]), tf.reshape(real, [B, 1, 1, S]));
-    // Select, never multiply: padded teacher entries may be NaN. Only ops with registered
-    // gradients may see the student (no LessEqual/LogicalAnd): x ≤ −100 ⇔ −x ≥ 100.
-    const tinyBertRule = (x: tf.Tensor4D) =>
-      tf.where(
-        pair,
-        tf.where(tf.greaterEqual(tf.neg(x), 100), tf.zerosLike(x), x),
-        tf.zerosLike(x),
-      );
-    const s0 = tinyBertRule(s);
-    const t0 = tinyBertRule(t);
-    return tf.div(tf.sum(tf.squaredDifference(s0, t0)), countOf(pair, h)) as tf.Scalar;
+    // [B, 1, S, S]: 1 where both the query and the key are real tokens
+    const m = tf.cast(realTokens(mask), "float32");
+    const pair = tf.mul(tf.reshape(m, [B, 1, S, 1]), tf.reshape(m, [B, 1, 1, S]));
+    // The teacher (a constant) is selected, never multiplied: its padded entries may be NaN;
+    // `t > −100` is false for NaN. The student's entries are finite, so masking it is a
+    // multiply (cheap, with a gradient); x ≤ −100 ⇔ −x ≥ 100 (GreaterEqual has a gradient).
+    const t0 = tf.mul(tf.where(tf.greater(t, -100), t, tf.zerosLike(t)), pair);
+    const s0 = tf.mul(tf.where(tf.greaterEqual(tf.neg(s), 100), tf.zerosLike(s), s), pair);
+    return tf.div(
+      tf.sum(tf.squaredDifference(s0, t0)),
+      tf.maximum(tf.mul(tf.sum(pair), h), 1),
+    ) as tf.Scalar;
   });
 }
 
@@ -326,9 +325,10 @@ export function hiddenMse(
     }
     if (bias) y = tf.add(y, bias);
     const real = realTokens(mask);
-    const keep = tf.reshape(real, [B, S, 1]);
-    const y0 = tf.where(keep, y, tf.zerosLike(y));
-    const t0 = tf.where(keep, teacher, tf.zerosLike(teacher));
+    const keep = tf.reshape(tf.cast(real, "float32"), [B, S, 1]);
+    // the teacher is selected (padded entries may be non-finite), the student multiplied
+    const t0 = tf.mul(tf.where(tf.isFinite(teacher), teacher, tf.zerosLike(teacher)), keep);
+    const y0 = tf.mul(y, keep);
     return tf.div(tf.sum(tf.squaredDifference(y0, t0)), countOf(real, Ht)) as tf.Scalar;
   });
 }

@@ -44,6 +44,8 @@ export interface Phase {
   evalEvery?: number;
   /** Evaluate in this phase (and keep the best weights when the loop keeps the best). */
   evaluate?: boolean;
+  /** This phase's rows (e.g. only the teacher outputs its losses read); default the loop's. */
+  source?: BatchSource;
 }
 
 /** Training rows, in groups a batch never crosses (e.g. one Parquet part of a teacher cache). */
@@ -262,7 +264,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
   for (let pi = state.phase; pi < phases.length; pi++) {
     const phase = phases[pi];
-    const total = phaseSteps(phase, source);
+    const src = phase.source ?? source;
+    const total = phaseSteps(phase, src);
     const opt = new AdamW(model.params, {
       lr: linearWarmupDecay(phase.lr, Math.round(phase.warmup * total), total),
       weightDecay: phase.weightDecay,
@@ -291,13 +294,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       (step === total || (phase.evalEvery ? step % phase.evalEvery === 0 : false));
     const logEvery = Math.max(1, Math.round(total / 10));
     try {
-      const batches = phaseBatches(phase, source, opts.seed, pi);
+      const batches = phaseBatches(phase, src, opts.seed, pi);
       for (let k = 0; k < startStep; k++) batches.next();
       for (let step = startStep + 1; step <= total; step++) {
         const { group, rows } = batches.next().value!;
         const pieces: HostBatch[] = [];
         for (let i = 0; i < rows.length; i += micro) {
-          pieces.push(await source.load(group, rows.slice(i, i + micro)));
+          pieces.push(await src.load(group, rows.slice(i, i + micro)));
         }
         let res;
         try {

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
 import { setBackend, tf } from "../pipeline/backend.ts";
 import { loadBert } from "../pipeline/checkpoint.ts";
+import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { readSafetensors } from "../pipeline/safetensors.ts";
 import { runPipeline, type StageReport } from "../pipeline/runner.ts";
 import { parsePipeline } from "../pipeline/spec.ts";
@@ -129,6 +130,22 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
       );
       assert.ok(relErr(ours, ref.tensors.get("logits")!.data) < 1e-4);
     }
+
+    // the transformers.js layout beside it: onnx/model.onnx gives the same logits
+    const engine = await OnnxEngine.load(join(modelDir, "onnx", "model.onnx"), { threads: 1 });
+    try {
+      const ids = [101, 1037, 4010, 2143, 102];
+      const res = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: 5 }, [
+        "logits",
+      ]);
+      const ours = tf.tidy(() =>
+        student.forward({ inputIds: tf.tensor2d([ids], undefined, "int32") }).logits!.dataSync()
+      );
+      assert.ok(relErr(res.logits.data, ours) < 1e-4);
+    } finally {
+      await engine.close();
+    }
+    await Deno.stat(join(modelDir, "onnx", "model_fp16.onnx"));
 
     // the report: rows from the models themselves, ratios from those rows
     const rep = JSON.parse(await Deno.readTextFile(join(by("evaluate").dir, "report.json")));

@@ -21,7 +21,32 @@ Deno.test("the README's pipeline file is valid", async () => {
   const { parsePipeline } = await import("../pipeline/spec.ts");
   const readme = await Deno.readTextFile("README.md");
   const yaml = readme.match(/```yaml\n([\s\S]*?)```/)![1];
-  const p = parsePipeline(yaml, "README.md");
-  assert.deepEqual(p.stages.map((s) => Object.keys(s)[0]), ["tokenize", "teacher-forward"]);
-  assert.equal((p.stages[1]["teacher-forward"] as { dtype: string }).dtype, "F16");
+  const p = parsePipeline(yaml, "tasks/README.yaml");
+  assert.deepEqual(p.stages.map((s) => Object.keys(s)[0]), [
+    "tokenize",
+    "finetune@teacher",
+    "teacher-forward",
+    "distill",
+    "finetune@student",
+    "evaluate",
+  ]);
+  assert.equal((p.stages[2]["teacher-forward"] as { dtype: string }).dtype, "F16");
+});
+
+Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, hashes)", async () => {
+  await import("../pipeline/stages/mod.ts");
+  const { loadPipeline } = await import("../pipeline/spec.ts");
+  const { planPipeline } = await import("../pipeline/runner.ts");
+  const files = [...Deno.readDirSync("tasks")].map((e) => e.name).filter((n) =>
+    n.endsWith(".yaml")
+  );
+  assert.deepEqual(files.sort(), ["brown-genre.yaml", "hf-teacher.yaml", "spam.yaml"]);
+  for (const f of files) {
+    const p = await loadPipeline(`tasks/${f}`);
+    const kinds = p.stages.map((s) => Object.keys(s)[0]);
+    assert.ok(kinds.includes("distill") && kinds.includes("evaluate"), f);
+    if (f === "hf-teacher.yaml") continue; // its checkpoint and CSV are the user's
+    const plan = await planPipeline(p);
+    assert.equal(new Set(plan.map((s) => s.hash)).size, plan.length, f);
+  }
 });

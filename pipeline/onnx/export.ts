@@ -7,7 +7,9 @@
  * Graph inputs: int64 `input_ids`, `attention_mask`, `token_type_ids`, each `[batch, sequence]`
  * with symbolic dims. Outputs (all float32):
  * - `logits` `[batch, num_labels]` when the model has a classifier;
- * - `mlm_logits` `[batch, sequence, vocab]` when it has a masked-LM head (unless `mlm: false`);
+ * - the masked-LM logits `[batch, sequence, vocab]` when it has a masked-LM head (unless
+ *   `mlm: false`), named `logits` as transformers.js' `BertForMaskedLM` reads them when the model
+ *   has no classifier, else `mlm_logits` (see {@link mlmOutputName});
  * - `last_hidden_state` `[batch, sequence, hidden]` when it has neither;
  * - with `outputs: "all"`, also `hidden_state_{i}` (i = 0..L, 0 = embedding output) and the
  *   pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]` (l = 0..L−1), which
@@ -37,6 +39,14 @@ export const ONNX_OPSET = 17;
 export const ONNX_IR_VERSION = 8;
 /** The additive attention-mask value on padded keys (as `MASK_VALUE` in bert.ts). */
 const MASK_VALUE = -10000;
+
+/**
+ * The name of the masked-LM output: `logits` for a masked-LM-only model (what transformers.js'
+ * `BertForMaskedLM` reads), `mlm_logits` when a classifier already owns `logits`.
+ */
+export function mlmOutputName(bert: Pick<Bert, "heads">): string {
+  return bert.heads.classifier ? "mlm_logits" : "logits";
+}
 
 /** Options of {@link exportOnnx}. */
 export interface ExportOnnxOptions {
@@ -267,7 +277,7 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
       axis: 0,
     });
     g.output(g.node("Reshape", [logits, outShape]), {
-      name: "mlm_logits",
+      name: mlmOutputName(bert),
       elemType: DataType.FLOAT,
       dims: ["batch", "sequence", V],
     });

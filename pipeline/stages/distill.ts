@@ -21,7 +21,8 @@
  * compute.
  *
  * Writes `model/` (Hugging Face layout: config.json, model.safetensors, vocab.txt,
- * tokenizer.json), `curve.json`, and resumes from `train_state/` after a crash.
+ * tokenizer.json, plus `onnx/model.onnx` and `onnx/model_fp16.onnx` for transformers.js),
+ * `curve.json`, and resumes from `train_state/` after a crash.
  * @module
  */
 
@@ -41,6 +42,7 @@ import { InputError } from "../errors.ts";
 import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
 import { LOSS_TERMS, type LossTermName } from "../losses.ts";
 import type { HostArray, HostBatch } from "../parallel.ts";
+import { saveOnnxFolder } from "../onnx/export.ts";
 import { PartReader } from "../parquet_store.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
@@ -181,7 +183,7 @@ function padScores(blobs: Float32Array[], lengths: number[], S: number): HostArr
 }
 
 /** Batches of token rows with the teacher's cached outputs (batches stay inside a part). */
-async function cacheSource(
+export async function cacheSource(
   cacheDir: string,
   tokens: TokenRows,
   hidden: number[],
@@ -196,6 +198,26 @@ async function cacheSource(
     ...attention.map((l) => `scores_${l}`),
   ];
   let cached: { group: number; columns: Record<string, unknown> } | null = null;
+  if (hidden.length === 0 && attention.length === 0) {
+    // logits only (a prediction phase): read them once, then batches come from memory
+    const all: Float32Array[] = [];
+    for await (const part of reader.parts(["logits"])) {
+      all.push(...(part.columns.logits as Float32Array[]));
+    }
+    const rows = all.length;
+    return {
+      groups: [{ start: 0, end: rows }],
+      load(_group, rs) {
+        const batch = padRows(tokens, rs);
+        if (logits) {
+          const C = all[0].length, data = new Float32Array(rs.length * C);
+          rs.forEach((r, i) => data.set(all[r], i * C));
+          batch.t_logits = { data, shape: [rs.length, C] };
+        }
+        return Promise.resolve(batch);
+      },
+    };
+  }
   return {
     groups: reader.index.parts.map((p) => ({ start: p.firstRow, end: p.firstRow + p.rowCount })),
     async load(group, rows) {
@@ -368,8 +390,16 @@ export const distill = defineStage({
     });
     addProjections(student, teacherConfig.hidden_size, objective(allTerms), p.seed);
 
-    // the teacher's outputs
-    let source: BatchSource;
+    // the teacher's outputs: each phase reads only what its own terms need
+    let sourceFor: (terms: LossTermSpec[]) => Promise<BatchSource>;
+    const columnsFor = (terms: LossTermSpec[]) => {
+      const n = termNeeds(terms);
+      return {
+        needs: n,
+        hidden: n.has("hidden") ? hidden : [],
+        attention: n.has("scores") || n.has("values") ? attention : [],
+      };
+    };
     if (params.teacher_outputs) {
       const cacheDir = ctx.inputs[params.teacher_outputs];
       const info = JSON.parse(await Deno.readTextFile(join(cacheDir, "cache.json")));
@@ -396,13 +426,21 @@ export const distill = defineStage({
           got: JSON.stringify(info.labels),
         });
       }
-      source = await cacheSource(cacheDir, tokens, hidden, attention, needs.has("logits"));
+      sourceFor = (terms) => {
+        const c = columnsFor(terms);
+        return cacheSource(cacheDir, tokens, c.hidden, c.attention, c.needs.has("logits"));
+      };
     } else {
-      source = onlineSource(teacher!, tokens, hidden, attention, needs);
+      sourceFor = (terms) => {
+        const c = columnsFor(terms);
+        return Promise.resolve(onlineSource(teacher!, tokens, c.hidden, c.attention, c.needs));
+      };
     }
+    const sources = await Promise.all(phases.map((ph) => sourceFor(ph.terms)));
 
-    const trainPhases: Phase[] = phases.map((ph) => ({
+    const trainPhases: Phase[] = phases.map((ph, i) => ({
       name: ph.name,
+      source: sources[i],
       objective: "distillation",
       objectiveOptions: objective(ph.terms),
       epochs: ph.steps === undefined ? ph.epochs ?? 1 : undefined,
@@ -428,7 +466,7 @@ export const distill = defineStage({
       const res = await train({
         model: student,
         phases: trainPhases,
-        source,
+        source: sources[0],
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
         seed: p.seed,
@@ -442,6 +480,8 @@ export const distill = defineStage({
         log: ctx.log,
       });
       await writeTrainedModel(ctx.out, student, tokensDir, res);
+      // and the transformers.js / onnxruntime-web layout next to it (onnx/model{,_fp16}.onnx)
+      await saveOnnxFolder(student, join(ctx.out, "model"), { fp16: true });
       return {
         counts: { steps: res.steps, examples: res.examples, parameters: student.numParameters() },
         metrics: {
