@@ -54,6 +54,8 @@ export interface BatchSource {
   groups: { start: number; end: number }[];
   /** A padded host batch of these rows (all from group `group`), in this order. */
   load(group: number, rows: number[]): Promise<HostBatch>;
+  /** Each row's token count: batches are then bucketed by length (less padding). */
+  lengths?: ArrayLike<number>;
 }
 
 /** A point of the loss curve. */
@@ -142,7 +144,10 @@ function shuffle<T>(xs: T[], rand: () => number): T[] {
 
 /**
  * The batches of one epoch: groups in a shuffled order, rows shuffled within each group, cut
- * into batches of `batchSize` (a group's last batch may be smaller). A function of its
+ * into batches of `batchSize` (a group's last batch may be smaller). With `lengths`, rows are
+ * also bucketed by length — each window of 50 batches' worth of shuffled rows is sorted by
+ * length before it is cut, and the group's batches are then shuffled — so a batch pads to
+ * little more than its own examples (Hugging Face's `group_by_length`). A function of its
  * arguments only, so a resumed run sees the same order.
  */
 export function epochBatches(
@@ -150,15 +155,23 @@ export function epochBatches(
   batchSize: number,
   seed: number,
   epoch: number,
+  lengths?: ArrayLike<number>,
 ): { group: number; rows: number[] }[] {
   const rand = mulberry32((seed * 1000003 + epoch * 7919 + 17) >>> 0);
   const out: { group: number; rows: number[] }[] = [];
   for (const g of shuffle(groups.map((_, i) => i), rand)) {
     const { start, end } = groups[g];
     const rows = shuffle(Array.from({ length: end - start }, (_, i) => start + i), rand);
-    for (let i = 0; i < rows.length; i += batchSize) {
-      out.push({ group: g, rows: rows.slice(i, i + batchSize) });
+    const batches: { group: number; rows: number[] }[] = [];
+    const window = lengths ? batchSize * 50 : rows.length;
+    for (let w = 0; w < rows.length; w += window) {
+      const chunk = rows.slice(w, w + window);
+      if (lengths) chunk.sort((a, b) => lengths[a] - lengths[b] || a - b);
+      for (let i = 0; i < chunk.length; i += batchSize) {
+        batches.push({ group: g, rows: chunk.slice(i, i + batchSize) });
+      }
     }
+    out.push(...(lengths ? shuffle(batches, rand) : batches));
   }
   return out;
 }
@@ -166,14 +179,20 @@ export function epochBatches(
 /** Optimiser steps of a phase over a source. */
 export function phaseSteps(phase: Phase, source: BatchSource): number {
   if (phase.steps !== undefined) return phase.steps;
-  const perEpoch = epochBatches(source.groups, phase.batchSize, 0, 0).length;
+  const perEpoch = epochBatches(source.groups, phase.batchSize, 0, 0, source.lengths).length;
   return Math.max(1, Math.round((phase.epochs ?? 1) * perEpoch));
 }
 
 /** The `k`-th batch of a phase (epochs continue the order past the first). */
 function* phaseBatches(phase: Phase, source: BatchSource, seed: number, phaseIndex: number) {
   for (let epoch = 0;; epoch++) {
-    yield* epochBatches(source.groups, phase.batchSize, seed + phaseIndex * 101, epoch);
+    yield* epochBatches(
+      source.groups,
+      phase.batchSize,
+      seed + phaseIndex * 101,
+      epoch,
+      source.lengths,
+    );
   }
 }
 

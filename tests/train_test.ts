@@ -36,6 +36,22 @@ Deno.test("epochBatches: every row once per epoch, inside its group, reproducibl
   assert.notDeepEqual(next, a.flatMap((b) => b.rows));
 });
 
+Deno.test("epochBatches with lengths: every row once, batches of similar length", () => {
+  const n = 1000, lengths = Array.from({ length: n }, (_, i) => 3 + ((i * 7919) % 61));
+  const groups = [{ start: 0, end: n }];
+  const a = epochBatches(groups, 10, 2, 0, lengths);
+  assert.deepEqual(a.flatMap((b) => b.rows).sort((x, y) => x - y), [...Array(n).keys()]);
+  const padded = (bs: { rows: number[] }[]) =>
+    bs.reduce((t, b) => t + b.rows.length * Math.max(...b.rows.map((r) => lengths[r])), 0);
+  const real = lengths.reduce((x, y) => x + y, 0);
+  // padding waste: random batches pad to near the max (~64); bucketed ones barely pad
+  assert.ok(padded(a) < real * 1.1, `${padded(a)} vs ${real}`);
+  assert.ok(padded(epochBatches(groups, 10, 2, 0)) > real * 1.5);
+  // batch order is shuffled, not sorted by length
+  const maxLen = a.map((b) => Math.max(...b.rows.map((r) => lengths[r])));
+  assert.notDeepEqual(maxLen, [...maxLen].sort((x, y) => x - y));
+});
+
 Deno.test("train: the tensor count stays flat across steps and phases; the loss falls", async () => {
   await setBackend("wasm");
   const model = Bert.create(TRAIN_CONFIG, {}, 1);

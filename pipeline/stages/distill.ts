@@ -207,6 +207,7 @@ export async function cacheSource(
     const rows = all.length;
     return {
       groups: [{ start: 0, end: rows }],
+      lengths: tokens.lengths,
       load(_group, rs) {
         const batch = padRows(tokens, rs);
         if (logits) {
@@ -220,6 +221,7 @@ export async function cacheSource(
   }
   return {
     groups: reader.index.parts.map((p) => ({ start: p.firstRow, end: p.firstRow + p.rowCount })),
+    lengths: tokens.lengths,
     async load(group, rows) {
       if (cached?.group !== group) {
         cached = { group, columns: (await reader.readPart(group, cols)).columns };
@@ -264,6 +266,7 @@ function onlineSource(
   return {
     // the teacher runs on any rows: one group, shuffled as a whole
     groups: [{ start: 0, end: tokens.lengths.length }],
+    lengths: tokens.lengths,
     load(_group, rows) {
       const batch = padRows(tokens, rows);
       const [B, S] = batch.inputIds.shape;
@@ -301,7 +304,7 @@ function onlineSource(
 /** The distill stage. */
 export const distill = defineStage({
   name: "distill",
-  version: 1,
+  version: 2,
   params: DistillParams,
   needs: (p) => [
     p.tokens,

@@ -50,6 +50,7 @@ export type FinetuneParams = z.infer<typeof FinetuneParams>;
 export function tokenSource(rows: TokenRows): BatchSource {
   return {
     groups: [{ start: 0, end: rows.lengths.length }],
+    lengths: rows.lengths,
     load: (_g, r) => Promise.resolve(padRows(rows, r)),
   };
 }
@@ -57,7 +58,7 @@ export function tokenSource(rows: TokenRows): BatchSource {
 /** The finetune stage. */
 export const finetune = defineStage({
   name: "finetune",
-  version: 1,
+  version: 2,
   params: FinetuneParams,
   needs: (p) => [p.tokens, ...(p.from ? [p.from] : [])],
   async fingerprint(params, { pipeline, resolve }) {
