@@ -25,6 +25,7 @@ import {
   hardCrossEntropy,
   hiddenMse,
   klDivergence,
+  logitMse,
   LOSS_TERMS,
   type LossTermName,
   softCrossEntropy,
@@ -195,6 +196,9 @@ export function distillationObjective(options: unknown): Objective {
           break;
         case "hard_ce":
           loss = hardCrossEntropy(logitsOf(out.logits), target(batch, "labels"));
+          break;
+        case "logit_mse":
+          loss = logitMse(logitsOf(out.logits), target(batch, "t_logits"));
           break;
         default:
           throw new Error(`unknown loss term ${(term as LossTermSpec).name}`);

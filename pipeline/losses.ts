@@ -63,7 +63,8 @@ export type LossTermName =
   | "cosine"
   | "attention_kl"
   | "value_relation"
-  | "hard_ce";
+  | "hard_ce"
+  | "logit_mse";
 
 /** A loss term as pipeline configs see it. */
 export interface LossTermInfo {
@@ -105,6 +106,11 @@ export const LOSS_TERMS: Readonly<Record<LossTermName, LossTermInfo>> = Object.f
   value_relation: {
     needs: ["values"],
     description: "MiniLM: KL of value relations softmax(V·Vᵀ/√d) over real keys",
+  },
+  logit_mse: {
+    needs: ["logits"],
+    description:
+      "MSE between student and teacher logits (TinyBERT's prediction loss for regression)",
   },
   hard_ce: {
     needs: ["labels"],
@@ -532,4 +538,13 @@ export function mseRegression(predictions: tf.Tensor, targets: tf.Tensor1D): tf.
     const y = targets.dtype === "float32" ? targets : tf.cast(targets, "float32");
     return tf.mean(tf.squaredDifference(p, y)) as tf.Scalar;
   });
+}
+
+/**
+ * TinyBERT's prediction-layer loss for regression tasks (STS-B): the mean over `B × C` of
+ * `(z_s − z_t)²` between student and teacher outputs.
+ */
+export function logitMse(studentLogits: tf.Tensor2D, teacherLogits: tf.Tensor2D): tf.Scalar {
+  expectLogits("logitMse", studentLogits, teacherLogits);
+  return tf.tidy(() => tf.mean(tf.squaredDifference(studentLogits, teacherLogits)) as tf.Scalar);
 }

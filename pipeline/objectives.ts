@@ -6,6 +6,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "./bert.ts";
+import { mseRegression } from "./losses.ts";
 
 /** A batch of named tensors; `inputIds`, `attentionMask`, `tokenTypeIds` are `[batch, seq]`. */
 export type Batch = Record<string, tf.Tensor>;
@@ -40,8 +41,20 @@ export const classification: Objective = (model, batch, ctx) => {
   return tf.losses.softmaxCrossEntropy(tf.oneHot(tf.cast(labels, "int32"), n), out.logits);
 };
 
+/** Mean squared error of the single output on float `labels [batch]` (regression). */
+export const regression: Objective = (model, batch, ctx) => {
+  const out = model.forward(inputsOf(batch), {
+    training: true,
+    seed: ctx.seed,
+    attentionScores: false,
+    hiddenStates: false,
+  });
+  if (!out.logits) throw new Error("objective 'regression' needs a model with a classifier head");
+  return mseRegression(out.logits, batch.labels as tf.Tensor1D);
+};
+
 /** Objectives by name. */
-export const OBJECTIVES: Record<string, Objective> = { classification };
+export const OBJECTIVES: Record<string, Objective> = { classification, regression };
 
 /**
  * Objectives built from JSON options (e.g. a distillation loss spec), by name: options cross to

@@ -39,6 +39,8 @@ export const DatasetSchema = z.strictObject({
   label_column: z.string().min(1).optional(),
   /** The label order; must match the teacher's id2label. Inferred (sorted) when absent. */
   labels: z.array(z.string().min(1)).min(1).optional(),
+  /** `regression`: the label column holds numbers (STS-B style). */
+  task: z.enum(["classification", "regression"]).optional(),
   split: z.strictObject({
     dev: z.number().min(0).max(0.5).default(0.1),
     test: z.number().min(0).max(0.5).default(0.1),

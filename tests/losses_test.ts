@@ -13,6 +13,7 @@ import {
   hardCrossEntropy,
   hiddenMse,
   klDivergence,
+  logitMse,
   LOSS_TERMS,
   matchHeads,
   mseRegression,
@@ -277,6 +278,7 @@ Deno.test("LOSS_TERMS names every term with what it needs", () => {
     "hard_ce",
     "hidden_mse",
     "kl",
+    "logit_mse",
     "soft_ce",
     "value_relation",
   ]);
@@ -616,4 +618,12 @@ Deno.test("gradients stay finite with NaN teacher padding; no term leaks tensors
     t4h.dispose();
     tf.dispose([m, s4, tt4, s3, tt3, sv, tv, w, bias, zs, zt, labels, pred, targets]);
   }
+});
+
+Deno.test("logitMse: mean over batch × outputs of the squared difference, by hand", () => {
+  // (0.5 − 1)² = 0.25, (−1 − 1)² = 4, (2 − 2)² = 0, (3 − 0)² = 9 → mean 13.25 / 4 = 3.3125
+  const v = tf.tidy(() =>
+    logitMse(tf.tensor2d([[0.5, -1], [2, 3]]), tf.tensor2d([[1, 1], [2, 0]])).dataSync()[0]
+  );
+  assert.ok(Math.abs(v - 3.3125) < 1e-6, String(v));
 });

@@ -6,7 +6,7 @@ import { loadDataset } from "../pipeline/data/mod.ts";
 import { PartReader } from "../pipeline/parquet_store.ts";
 import { runPipeline } from "../pipeline/runner.ts";
 import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/tokenize.ts";
+import { shuffled } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/tokenizer.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
@@ -55,7 +55,12 @@ Deno.test("tokenize writes per-split shards equal to direct encoding; counts tru
         }
       }
       assert.equal(rows.length, data[split].length);
-      data[split].forEach((ex, i) => {
+      // training rows are stored in the pipeline seed's random order (a permutation)
+      const expected = split === "train" ? shuffled(data.train, p.seed) : data[split];
+      if (split === "train") {
+        assert.notDeepEqual(expected.map((e) => e.text), data.train.map((e) => e.text));
+      }
+      expected.forEach((ex, i) => {
         const full = tok.encode(ex.text, undefined, { truncation: false }).inputIds;
         const cut = tok.encode(ex.text, undefined, { maxLength: 6 }).inputIds;
         assert.deepEqual(rows[i].ids, cut, `${split}[${i}] ${ex.text}`);

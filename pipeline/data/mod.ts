@@ -133,6 +133,25 @@ function toExamples(source: RawSource, labels: string[] | undefined): Example[] 
   });
 }
 
+/** Regression examples: the label column parsed as a number (the example's `target`). */
+function toTargets(source: RawSource): Example[] {
+  return source.records.map((r) => {
+    const ex: Example = { text: r.text };
+    if (r.textPair !== undefined) ex.textPair = r.textPair;
+    const v = r.label === undefined ? NaN : Number(r.label);
+    if (r.label === undefined || r.label.trim() === "" || !Number.isFinite(v)) {
+      throw new InputError("a regression target must be a number", {
+        file: source.file,
+        field: r.where,
+        expected: "a finite number",
+        got: JSON.stringify(r.label ?? null),
+      });
+    }
+    ex.target = v;
+    return ex;
+  });
+}
+
 /**
  * Load a dataset. `spec.path` (or a corpus) gives one source split by `spec.split` (default
  * {@link DEFAULT_SPLIT}); `spec.train` with optional `dev`/`test` files gives the splits, and a
@@ -170,8 +189,13 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
     if (s.records.length === 0) throw emptyError(s.file);
     s.records = sampleLimit(s.records, spec.limit, seed);
   }
-  const labels = spec.labels ?? parts.train.labels ?? inferLabels(sources);
-  const train = toExamples(parts.train, labels);
+  const regression = spec.task === "regression";
+  if (regression && spec.labels) {
+    throw specError("a regression dataset has no label list", "labels", "no labels", "a list");
+  }
+  const labels = regression ? undefined : spec.labels ?? parts.train.labels ?? inferLabels(sources);
+  const convert = (s: RawSource) => regression ? toTargets(s) : toExamples(s, labels);
+  const train = convert(parts.train);
   const split = spec.path !== undefined || !isFile ? spec.split ?? DEFAULT_SPLIT : spec.split &&
     {
       ...spec.split,
@@ -182,10 +206,11 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
   const dataset: Dataset = {
     name,
     train: carved.train,
-    dev: parts.dev ? toExamples(parts.dev, labels) : carved.dev,
-    test: parts.test ? toExamples(parts.test, labels) : carved.test,
+    dev: parts.dev ? convert(parts.dev) : carved.dev,
+    test: parts.test ? convert(parts.test) : carved.test,
     source: sources.map((s) => s.file).join(", "),
   };
+  if (regression) dataset.task = "regression";
   if (labels) dataset.labels = [...labels];
   if (dataset.train.length === 0) {
     throw new InputError("no training examples left after the split", {
@@ -209,7 +234,13 @@ export function datasetHash(dataset: Dataset): string {
   for (const part of ["train", "dev", "test"] as const) {
     h.update(`#${part} ${dataset[part].length}\n`);
     for (const ex of dataset[part]) {
-      h.update(JSON.stringify([ex.text, ex.textPair ?? null, ex.label ?? null]) + "\n");
+      h.update(
+        JSON.stringify(
+          ex.target === undefined
+            ? [ex.text, ex.textPair ?? null, ex.label ?? null]
+            : [ex.text, ex.textPair ?? null, ex.label ?? null, ex.target],
+        ) + "\n",
+      );
     }
   }
   return h.digest("hex");

@@ -9,8 +9,10 @@ export interface Example {
   text: string;
   /** The second text of a sentence-pair task (NLI, paraphrase). */
   textPair?: string;
-  /** Index into {@link Dataset.labels}; absent for unlabeled text. */
+  /** Index into {@link Dataset.labels}; absent for unlabeled text and regression. */
   label?: number;
+  /** The gold value of a regression task (e.g. an STS-B similarity score). */
+  target?: number;
 }
 
 /** A loaded dataset: examples split three ways, with the label order fixed and recorded. */
@@ -23,6 +25,8 @@ export interface Dataset {
    * teacher's `id2label` before distilling. Absent for unlabeled text.
    */
   labels?: string[];
+  /** `regression` when examples carry a numeric `target` instead of a class. */
+  task?: "classification" | "regression";
   /** Training examples. */
   train: Example[];
   /** Development (validation) examples; may be empty. */
@@ -76,6 +80,8 @@ export interface DatasetSpec {
   label_column?: string;
   /** The label list, in the teacher's order; labels not in it are an error. Inferred if absent. */
   labels?: string[];
+  /** `regression`: the label column holds numbers (the `target` of each example). */
+  task?: "classification" | "regression";
   /** How to split a single source (default `{ dev: 0.1, test: 0.1, seed: 0 }` for `path`). */
   split?: SplitSpec;
   /** Keep at most this many examples per source, sampled by the split seed (order kept). */

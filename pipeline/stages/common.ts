@@ -14,7 +14,7 @@ import { loadBert, saveBert } from "../checkpoint.ts";
 import { type BertConfig, makeConfig, numLabels } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeJsonAtomic } from "../fsutil.ts";
-import { classificationMetrics } from "../metrics.ts";
+import { classificationMetrics, regressionMetrics } from "../metrics.ts";
 import type { DataParallel, HostBatch } from "../parallel.ts";
 import { PartReader } from "../parquet_store.ts";
 import type { Pipeline } from "../spec.ts";
@@ -26,6 +26,8 @@ export interface TokenRows {
   types: Int32Array[];
   lengths: Int32Array;
   labels: Int32Array;
+  /** Regression targets (regression datasets only). */
+  targets?: Float32Array;
 }
 
 /** Read a split of a tokenize output (`<dir>/<split>/`); null when the split is empty. */
@@ -39,13 +41,25 @@ export async function readTokenSplit(tokensDir: string, split: string): Promise<
 export async function readTokenRows(reader: PartReader): Promise<TokenRows> {
   const ids: Int32Array[] = [], types: Int32Array[] = [];
   const lengths = new Int32Array(reader.totalRows), labels = new Int32Array(reader.totalRows);
-  for await (const part of reader.parts(["input_ids", "token_type_ids", "length", "label"])) {
+  const regression = reader.columns.some((c) => c.name === "target");
+  const targets = regression ? new Float32Array(reader.totalRows) : undefined;
+  const cols = [
+    "input_ids",
+    "token_type_ids",
+    "length",
+    "label",
+    ...(regression ? ["target"] : []),
+  ];
+  for await (const part of reader.parts(cols)) {
     ids.push(...(part.columns.input_ids as Int32Array[]));
     types.push(...(part.columns.token_type_ids as Int32Array[]));
     lengths.set(part.columns.length as Int32Array, part.firstRow);
     labels.set(part.columns.label as Int32Array, part.firstRow);
+    if (targets) {
+      (part.columns.target as Float32Array[]).forEach((t, i) => targets[part.firstRow + i] = t[0]);
+    }
   }
-  return { ids, types, lengths, labels };
+  return { ids, types, lengths, labels, ...(targets ? { targets } : {}) };
 }
 
 /** The given rows of a token split as one host batch, padded to their longest. */
@@ -54,12 +68,13 @@ export function padRows(t: TokenRows, rows: number[], withLabels = true): HostBa
   let S = 1;
   for (const r of rows) S = Math.max(S, t.lengths[r]);
   const inputIds = new Int32Array(b * S), mask = new Int32Array(b * S), tt = new Int32Array(b * S);
-  const labels = new Int32Array(b);
+  // class indices, or float targets for regression
+  const labels = t.targets ? new Float32Array(b) : new Int32Array(b);
   rows.forEach((r, i) => {
     inputIds.set(t.ids[r], i * S);
     tt.set(t.types[r], i * S);
     mask.fill(1, i * S, i * S + t.lengths[r]);
-    labels[i] = t.labels[r];
+    labels[i] = t.targets ? t.targets[r] : t.labels[r];
   });
   return {
     inputIds: { data: inputIds, shape: [b, S] },
@@ -77,12 +92,27 @@ export function range(start: number, end: number): number[] {
 /** `labels.json` of a tokenize output. */
 export interface TokenMeta {
   labels: string[] | null;
+  /** `regression` for numeric targets; null for unlabeled text. */
+  task?: "classification" | "regression" | null;
   vocab_size: number;
   max_seq_length?: number;
 }
 
 export async function readTokenMeta(tokensDir: string): Promise<TokenMeta> {
   return JSON.parse(await Deno.readTextFile(join(tokensDir, "labels.json")));
+}
+
+/** True for a regression dataset (numeric targets, one output). */
+export function isRegression(meta: TokenMeta): boolean {
+  return meta.task === "regression";
+}
+
+/**
+ * The output labels a model for this data needs: the class names, or one unnamed output for
+ * regression (`LABEL_0`, as transformers names it); null for unlabeled text.
+ */
+export function taskLabels(meta: TokenMeta): string[] | null {
+  return isRegression(meta) ? ["LABEL_0"] : meta.labels;
 }
 
 /** A reference to a model: an earlier stage's key (its `model/`), or a pipeline section. */
@@ -148,12 +178,13 @@ export function modelFromConfig(
       got: String(given.vocab_size),
     });
   }
-  const labels = meta.labels ?? [];
+  const labels = taskLabels(meta) ?? [];
   let config: BertConfig;
   try {
     config = makeConfig({
       ...given,
       vocab_size: meta.vocab_size,
+      ...(isRegression(meta) ? { problem_type: "regression" as const } : {}),
       ...(labels.length
         ? {
           id2label: id2labelOf(labels),
@@ -175,7 +206,12 @@ export function modelFromConfig(
  * (kept when the checkpoint's labels are the same, else freshly initialised as
  * `from_pretrained(num_labels=…)` does).
  */
-export async function loadForTask(dir: string, labels: string[] | null, seed: number) {
+export async function loadForTask(
+  dir: string,
+  labels: string[] | null,
+  seed: number,
+  regression = false,
+) {
   if (!labels) return await loadBert(dir, { seed });
   const probe = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
   const theirs = probe.id2label
@@ -187,6 +223,7 @@ export async function loadForTask(dir: string, labels: string[] | null, seed: nu
   const enc = await loadBert(dir, { seed, heads: { classifier: false, mlm: false } });
   const config = makeConfig({
     ...enc.config,
+    ...(regression ? { problem_type: "regression" as const } : {}),
     id2label: id2labelOf(labels),
     label2id: Object.fromEntries(labels.map((l, i) => [l, i])),
   });
@@ -226,8 +263,8 @@ export const LoopParams = {
   keep_best: z.boolean().default(true),
   /** Model replicas (one per core by default). */
   replicas: z.number().int().positive().optional(),
-  /** Dev-set metric that picks the best checkpoint. */
-  metric: z.enum(["accuracy", "macro_f1", "mcc"]).default("accuracy"),
+  /** Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression). */
+  metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
   /** Batch size for dev evaluation. */
   eval_batch_size: z.number().int().positive().default(64),
 };
@@ -241,7 +278,7 @@ export async function evaluateRows(
 ): Promise<Record<string, number>> {
   const n = rows.lengths.length;
   const C = numLabels(model.config);
-  const pred = new Int32Array(n);
+  const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
   // sorted by length, so batches carry little padding
   const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
   for (let s = 0; s < n; s += batchSize) {
@@ -274,10 +311,12 @@ export async function evaluateRows(
     idx.forEach((r, i) => {
       let best = 0;
       for (let c = 1; c < C; c++) if (logits[i * C + c] > logits[i * C + best]) best = c;
-      pred[r] = best;
+      pred[r] = rows.targets ? logits[i * C] : best;
     });
   }
-  return { ...classificationMetrics(pred, rows.labels, C) };
+  return rows.targets
+    ? { ...regressionMetrics(pred, rows.targets) }
+    : { ...classificationMetrics(pred, rows.labels, C) };
 }
 
 /** Write `model/` (HF layout: config, weights, tokenizer) plus the training curve. */

@@ -48,6 +48,7 @@ import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
   evaluateRows,
+  isRegression,
   loadForTask,
   LoopParams,
   modelDirOf,
@@ -56,6 +57,7 @@ import {
   padRows,
   readTokenMeta,
   readTokenSplit,
+  taskLabels,
   type TokenRows,
   writeTrainedModel,
 } from "./common.ts";
@@ -347,12 +349,22 @@ export const distill = defineStage({
     const phases = params.phases.map((ph) => ({ ...ph, terms: termsOf(ph.losses) }));
     const allTerms = phases.flatMap((ph) => ph.terms);
     const needs = termNeeds(allTerms);
-    const labelled = meta.labels !== null;
+    const labelled = taskLabels(meta) !== null;
+    const regression = isRegression(meta);
     if (!labelled && (needs.has("logits") || needs.has("labels"))) {
       throw new InputError("prediction-layer losses need labelled data (a classifier)", {
         file: p.file,
         field: `${ctx.key}.phases`,
         hint: "General distillation on unlabeled text uses attention_mse and hidden_mse only.",
+      });
+    }
+
+    const classTerms = allTerms.filter((t) => ["soft_ce", "kl", "hard_ce"].includes(t.name));
+    if (regression && classTerms.length > 0) {
+      throw new InputError(`${classTerms[0].name} needs classes; this is a regression task`, {
+        file: p.file,
+        field: `${ctx.key}.phases`,
+        hint: "Use logit_mse (TinyBERT's prediction loss for regression).",
       });
     }
 
@@ -362,8 +374,9 @@ export const distill = defineStage({
     const student = init === "checkpoint"
       ? await loadForTask(
         modelDirOf(p, ctx.inputs, ctx.resolve, params.init_from, "student", `${ctx.key}.init_from`),
-        meta.labels,
+        taskLabels(meta),
         p.seed,
+        regression,
       )
       : modelFromConfig(p, "student", meta, p.seed);
     const M = student.config.num_hidden_layers;
@@ -477,7 +490,7 @@ export const distill = defineStage({
         evaluate: labelled && dev
           ? (m) => evaluateRows(null, m, dev, params.eval_batch_size)
           : undefined,
-        metric: params.metric,
+        metric: params.metric ?? (regression ? "pearson" : "accuracy"),
         keepBest: params.keep_best,
         progress: (label, total) => ctx.progress(total, `${label} steps`),
         log: ctx.log,

@@ -22,7 +22,7 @@ import { loadBert } from "../checkpoint.ts";
 import { numLabels } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../fsutil.ts";
-import { classificationMetrics } from "../metrics.ts";
+import { classificationMetrics, regressionMetrics } from "../metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import {
@@ -37,11 +37,13 @@ import {
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import type { CurvePoint, EvalPoint } from "../train.ts";
 import {
+  isRegression,
   modelDirOf,
   padRows,
   range,
   readTokenMeta,
   readTokenSplit,
+  taskLabels,
   type TokenRows,
 } from "./common.ts";
 
@@ -55,8 +57,8 @@ export const EvaluateParams = z.strictObject({
   students: z.record(z.string().min(1), z.string().min(1)).default({}),
   /** Reference models (e.g. the student trained on labels alone): name → stage. */
   baselines: z.record(z.string().min(1), z.string().min(1)).default({}),
-  /** The metric retention is computed on. */
-  metric: z.enum(["accuracy", "macro_f1", "mcc"]).default("accuracy"),
+  /** The metric retention is computed on (default accuracy; pearson for regression). */
+  metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /** Threads for ONNX Runtime (default: every core). */
   threads: z.number().int().positive().optional(),
@@ -142,13 +144,14 @@ export async function measureModel(
   try {
     const n = rows.lengths.length;
     const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
-    const pred = new Int32Array(n);
+    const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
     await runner.run(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
     const t0 = performance.now();
     for (let s = 0; s < n; s += opts.batchSize) {
       const idx = order.slice(s, s + opts.batchSize);
-      const p = argmaxRows(await runner.run(padRows(rows, idx, false)), C);
-      idx.forEach((r, i) => pred[r] = p[i]);
+      const logits = await runner.run(padRows(rows, idx, false));
+      const p = rows.targets ? logits : argmaxRows(logits, C); // regression: the one output
+      idx.forEach((r, i) => pred[r] = p[i * (rows.targets ? C : 1)]);
     }
     const throughput = n / ((performance.now() - t0) / 1000);
     // batch 1, examples in data order (their real lengths), median of the timings
@@ -163,7 +166,9 @@ export async function measureModel(
     }
     times.sort((a, b) => a - b);
     return {
-      metrics: { ...classificationMetrics(pred, rows.labels, C) },
+      metrics: rows.targets
+        ? { ...regressionMetrics(pred, rows.targets) }
+        : { ...classificationMetrics(pred, rows.labels, C) },
       latency_ms: times[Math.floor(times.length / 2)],
       throughput,
       engine: runner.engine,
@@ -214,9 +219,12 @@ export const evaluate = defineStage({
     const { params, pipeline: p } = ctx;
     const tokensDir = ctx.inputs[params.tokens];
     const meta = await readTokenMeta(tokensDir);
-    if (!meta.labels) {
+    const wanted = taskLabels(meta);
+    if (!wanted) {
       throw new InputError("evaluate needs labelled data", { file: p.file, field: ctx.key });
     }
+    const regression = isRegression(meta);
+    const metric = params.metric ?? (regression ? "pearson" : "accuracy");
     const rows = await readTokenSplit(tokensDir, params.split);
     if (!rows) {
       throw new InputError(`the ${params.split} split is empty`, {
@@ -261,11 +269,11 @@ export const evaluate = defineStage({
           { length: numLabels(bert.config) },
           (_, i) => bert.config.id2label![i],
         );
-        if (labels.join("\u0000") !== meta.labels.join("\u0000")) {
+        if (labels.join("\u0000") !== wanted.join("\u0000")) {
           throw new InputError(`${m.name}: label order differs from the data's`, {
             file: join(m.dir, "config.json"),
             field: "id2label",
-            expected: JSON.stringify(meta.labels),
+            expected: JSON.stringify(wanted),
             got: JSON.stringify(labels),
           });
         }
@@ -296,7 +304,7 @@ export const evaluate = defineStage({
     }
     bar.finish();
 
-    const table = comparisonTable(result, { metric: params.metric });
+    const table = comparisonTable(result, { metric });
     // loss curves and dev curves of every model trained in this pipeline
     const charts: { file: string; caption: string }[] = [];
     for (const m of models) {
@@ -316,7 +324,7 @@ export const evaluate = defineStage({
       );
       charts.push({ file, caption: `${m.name} training loss` });
     }
-    const metricNames = ["accuracy", "macro_f1", "mcc"];
+    const metricNames = regression ? ["pearson", "spearman"] : ["accuracy", "macro_f1", "mcc"];
     await writeFileAtomic(
       join(ctx.out, "metrics.svg"),
       barChartSvg(
@@ -328,7 +336,7 @@ export const evaluate = defineStage({
     );
     charts.unshift({ file: "metrics.svg", caption: "teacher vs students" });
     const notes = [
-      `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${params.metric} ` +
+      `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${metric} ` +
       `÷ the teacher's.`,
       `Latency: median of ${Math.min(rows.lengths.length, params.latency_examples)} single ` +
       `examples; throughput at batch ${params.batch_size}; engine ${
@@ -340,7 +348,7 @@ export const evaluate = defineStage({
       pipeline: p.name,
       split: params.split,
       examples: rows.lengths.length,
-      metric: params.metric,
+      metric,
       models: result,
     });
     await writeFileAtomic(

@@ -18,6 +18,7 @@ import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
   evaluateRows,
+  isRegression,
   loadForTask,
   LoopParams,
   modelDirOf,
@@ -26,6 +27,7 @@ import {
   padRows,
   readTokenMeta,
   readTokenSplit,
+  taskLabels,
   type TokenRows,
   writeTrainedModel,
 } from "./common.ts";
@@ -72,7 +74,9 @@ export const finetune = defineStage({
     const { params, pipeline } = ctx;
     const tokensDir = ctx.inputs[params.tokens];
     const meta = await readTokenMeta(tokensDir);
-    if (!meta.labels) {
+    const labels = taskLabels(meta);
+    const regression = isRegression(meta);
+    if (!labels) {
       throw new InputError("finetune needs labelled data", {
         file: pipeline.file,
         field: `${ctx.key}.tokens`,
@@ -87,8 +91,9 @@ export const finetune = defineStage({
     const model = params.from || section?.checkpoint
       ? await loadForTask(
         modelDirOf(pipeline, ctx.inputs, ctx.resolve, params.from, params.model, ctx.key),
-        meta.labels,
+        labels,
         seed,
+        regression,
       )
       : modelFromConfig(pipeline, params.model, meta, seed);
     if (model.config.vocab_size !== meta.vocab_size) {
@@ -106,7 +111,7 @@ export const finetune = defineStage({
     );
     const phase: Phase = {
       name: "finetune",
-      objective: "classification",
+      objective: regression ? "regression" : "classification",
       epochs: params.steps === undefined ? params.epochs ?? 3 : undefined,
       steps: params.steps,
       batchSize: params.batch_size ?? 32,
@@ -128,7 +133,7 @@ export const finetune = defineStage({
         seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
         evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
-        metric: params.metric,
+        metric: params.metric ?? (regression ? "pearson" : "accuracy"),
         keepBest: params.keep_best,
         progress: (label, total) => ctx.progress(total, `${label} steps`),
         log: ctx.log,

@@ -37,6 +37,14 @@ export type TokenizeParams = z.infer<typeof TokenizeParams>;
 /** The splits a dataset has, in the order they are written. */
 export const SPLITS = ["train", "dev", "test"] as const;
 
+/** The regression target (float32, one value per row), in regression datasets only. */
+export const TARGET_COLUMN = {
+  name: "target",
+  kind: "float-blob" as const,
+  shape: [1],
+  dtype: "F32" as const,
+};
+
 /** The store columns of a token shard. */
 export const TOKEN_COLUMNS = [
   { name: "input_ids", kind: "int32-blob" as const },
@@ -120,8 +128,9 @@ export const tokenize = defineStage({
       counts[split] = examples.length;
       if (examples.length === 0) continue;
       const dir = join(ctx.out, split);
+      const regression = data.task === "regression";
       const writer = await PartWriter.open(dir, {
-        columns: TOKEN_COLUMNS,
+        columns: regression ? [...TOKEN_COLUMNS, TARGET_COLUMN] : TOKEN_COLUMNS,
         rowsPerPart: params.rows_per_part,
         totalRows: examples.length,
         metadata: { dataset: params.dataset, split, labels: data.labels ?? null },
@@ -148,6 +157,13 @@ export const tokenize = defineStage({
           length: lengths,
           label: labels,
           truncated: cut,
+          ...(regression
+            ? {
+              target: examples.slice(range.start, range.end).map((ex) =>
+                Float32Array.of(ex.target!)
+              ),
+            }
+            : {}),
         });
         bar.tick(range.end - range.start);
       }
@@ -163,6 +179,7 @@ export const tokenize = defineStage({
     await saveTokenizer(tok, join(ctx.out, "tokenizer"));
     await writeJsonAtomic(join(ctx.out, "labels.json"), {
       labels: data.labels ?? null,
+      task: data.task ?? (data.labels ? "classification" : null),
       source: data.source,
       vocab_size: tok.vocabSize,
       max_seq_length: params.max_seq_length,
