@@ -355,6 +355,27 @@ export class Bert {
     };
   }
 
+  /**
+   * The masked-LM head on hidden-state rows `[n, hidden]` → logits `[n, vocab]`: dense, activation,
+   * LayerNorm, then the decoder tied to the word embeddings (`t · Eᵀ + bias`). Training applies it
+   * to the masked positions only (a full `[batch, seq, vocab]` is ~500 MB at 32×128).
+   */
+  mlmHead(rows: tf.Tensor2D): tf.Tensor2D {
+    if (!this.heads.mlm) throw new Error("Bert.mlmHead: the model has no masked-LM head");
+    return tf.tidy(() => {
+      const act = activation(this.config.hidden_act);
+      const t = this.norm(
+        "cls.predictions.transform.LayerNorm",
+        act(this.dense("cls.predictions.transform.dense", rows)),
+      );
+      return linear(
+        t,
+        this.p("embeddings.word_embeddings.weight") as tf.Tensor2D,
+        this.p("cls.predictions.bias") as tf.Tensor1D,
+      );
+    });
+  }
+
   /** Run the model. Every returned tensor belongs to the caller (dispose it or use `tf.tidy`). */
   forward(inputs: BertInputs, opts: ForwardOptions = {}): BertOutputs {
     const cfg = this.config;
@@ -377,7 +398,6 @@ export class Bert {
         : opts.seed * 100003 + dropoutCalls;
       return tf.tidy(() => tf.mul(x, dropoutMask(x.shape, rate, seed))) as T;
     };
-    const act = activation(cfg.hidden_act);
 
     // Additive mask on key columns: (1 - mask) * -10000, shaped [B, 1, 1, S].
     const maskAdd = tf.tidy(() => {
@@ -434,20 +454,13 @@ export class Bert {
       out.logits = tf.tidy(() => this.dense("classifier", dropout(out.pooled, dropRate)));
     }
     if (opts.mlm && this.heads.mlm) {
-      out.mlmLogits = tf.tidy(() => {
-        const x = last.reshape([B * S, H]) as tf.Tensor2D;
-        const t = this.norm(
-          "cls.predictions.transform.LayerNorm",
-          act(this.dense("cls.predictions.transform.dense", x)),
-        );
-        // decoder tied to the word embeddings: t · Eᵀ + bias
-        const logits = linear(
-          t,
-          this.p("embeddings.word_embeddings.weight") as tf.Tensor2D,
-          this.p("cls.predictions.bias") as tf.Tensor1D,
-        );
-        return logits.reshape([B, S, cfg.vocab_size]) as tf.Tensor3D;
-      });
+      out.mlmLogits = tf.tidy(() =>
+        this.mlmHead(last.reshape([B * S, H]) as tf.Tensor2D).reshape([
+          B,
+          S,
+          cfg.vocab_size,
+        ]) as tf.Tensor3D
+      );
     }
     return out;
   }

@@ -6,7 +6,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "./bert.ts";
-import { mseRegression } from "./losses.ts";
+import { hardCrossEntropy, mseRegression } from "./losses.ts";
 
 /** A batch of named tensors; `inputIds`, `attentionMask`, `tokenTypeIds` are `[batch, seq]`. */
 export type Batch = Record<string, tf.Tensor>;
@@ -53,8 +53,39 @@ export const regression: Objective = (model, batch, ctx) => {
   return mseRegression(out.logits, batch.labels as tf.Tensor1D);
 };
 
+/** The label of positions a masked-LM loss ignores (as in Hugging Face). */
+export const IGNORE_INDEX = -100;
+
+/**
+ * Masked-LM cross-entropy: `mlmLabels [batch, seq]` holds the original token at masked positions
+ * and {@link IGNORE_INDEX} elsewhere; the loss is the mean over masked positions. The MLM head runs
+ * on the masked rows only.
+ */
+export const mlm: Objective = (model, batch, ctx) => {
+  const out = model.forward(inputsOf(batch), {
+    training: true,
+    seed: ctx.seed,
+    attentionScores: false,
+    hiddenStates: false,
+  });
+  const labels = batch.mlmLabels.dataSync(); // a constant input: reading it is not on the tape
+  const positions: number[] = [], targets: number[] = [];
+  labels.forEach((t, i) => {
+    if (t !== IGNORE_INDEX) {
+      positions.push(i);
+      targets.push(t);
+    }
+  });
+  const last = out.hiddenStates[out.hiddenStates.length - 1];
+  const [B, S, H] = last.shape;
+  if (positions.length === 0) return tf.mul(tf.sum(last), 0) as tf.Scalar;
+  const rows = tf.gather(last.reshape([B * S, H]), tf.tensor1d(positions, "int32")) as tf.Tensor2D;
+  const logits = model.mlmHead(rows);
+  return hardCrossEntropy(logits, tf.tensor1d(targets, "int32"));
+};
+
 /** Objectives by name. */
-export const OBJECTIVES: Record<string, Objective> = { classification, regression };
+export const OBJECTIVES: Record<string, Objective> = { classification, regression, mlm };
 
 /**
  * Objectives built from JSON options (e.g. a distillation loss spec), by name: options cross to

@@ -191,6 +191,60 @@ export async function runPipeline(p: Pipeline, opts: RunOptions = {}): Promise<S
   }
   const root = resolve(p.output_dir, p.name);
   await Deno.mkdir(root, { recursive: true });
+  const unlock = await lockOutputs(root, p.file);
+  try {
+    return await runLocked(p, opts, plan, keys, root);
+  } finally {
+    await unlock();
+  }
+}
+
+/** True when a process with this id exists (Linux /proc; elsewhere assumed alive). */
+async function alive(pid: number): Promise<boolean> {
+  if (pid === Deno.pid) return true;
+  try {
+    await Deno.stat(`/proc/${pid}`);
+    return true;
+  } catch (e) {
+    return !(e instanceof Deno.errors.NotFound) || !(await exists("/proc/self"));
+  }
+}
+
+/**
+ * Take `<root>/.lock` so two runs never write the same stage directories at once (they would
+ * corrupt each other's partial outputs). A lock left by a process that no longer exists is taken
+ * over.
+ */
+async function lockOutputs(root: string, file: string): Promise<() => Promise<void>> {
+  const lock = join(root, ".lock");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const f = await Deno.open(lock, { write: true, createNew: true });
+      await f.write(new TextEncoder().encode(`${Deno.pid}\n`));
+      f.close();
+      return () => Deno.remove(lock).catch(() => {});
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      const pid = Number((await Deno.readTextFile(lock).catch(() => "")).trim());
+      if (Number.isInteger(pid) && pid > 0 && await alive(pid)) {
+        throw new InputError(`another run (process ${pid}) is writing ${root}`, {
+          file,
+          hint: `Wait for it to finish or stop it; remove ${lock} if that process is gone.`,
+        });
+      }
+      await Deno.remove(lock).catch(() => {}); // stale: its process is gone
+    }
+  }
+  throw new Error(`cannot take ${lock}`);
+}
+
+async function runLocked(
+  p: Pipeline,
+  opts: RunOptions,
+  plan: Planned[],
+  keys: string[],
+  root: string,
+): Promise<StageReport[]> {
   await writeFileAtomic(join(root, "pipeline.resolved.yaml"), resolvedYaml(p));
   // one backend for the whole run: outputs (and resumed parts) must not depend on the process
   await setBackend(p.backend);

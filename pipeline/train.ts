@@ -53,7 +53,7 @@ export interface BatchSource {
   /** Row ranges `[start, end)`. */
   groups: { start: number; end: number }[];
   /** A padded host batch of these rows (all from group `group`), in this order. */
-  load(group: number, rows: number[]): Promise<HostBatch>;
+  load(group: number, rows: number[], epoch?: number): Promise<HostBatch>;
   /** Each row's token count: batches are then bucketed by length (less padding). */
   lengths?: ArrayLike<number>;
 }
@@ -186,13 +186,14 @@ export function phaseSteps(phase: Phase, source: BatchSource): number {
 /** The `k`-th batch of a phase (epochs continue the order past the first). */
 function* phaseBatches(phase: Phase, source: BatchSource, seed: number, phaseIndex: number) {
   for (let epoch = 0;; epoch++) {
-    yield* epochBatches(
+    const batches = epochBatches(
       source.groups,
       phase.batchSize,
       seed + phaseIndex * 101,
       epoch,
       source.lengths,
     );
+    for (const b of batches) yield { ...b, epoch };
   }
 }
 
@@ -316,10 +317,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       const batches = phaseBatches(phase, src, opts.seed, pi);
       for (let k = 0; k < startStep; k++) batches.next();
       for (let step = startStep + 1; step <= total; step++) {
-        const { group, rows } = batches.next().value!;
+        const { group, rows, epoch } = batches.next().value!;
         const pieces: HostBatch[] = [];
         for (let i = 0; i < rows.length; i += micro) {
-          pieces.push(await src.load(group, rows.slice(i, i + micro)));
+          pieces.push(await src.load(group, rows.slice(i, i + micro), epoch));
         }
         let res;
         try {

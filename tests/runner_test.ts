@@ -220,3 +220,21 @@ Deno.test("canonical JSON ignores key order; progress draws rate and ETA", () =>
   bar.finish();
   assert.match(written.at(-1)!, /100% 1000\/1000 examples 200\/s ETA 0s/);
 });
+
+Deno.test("a second run of the same pipeline is refused while the first holds the lock", async () => {
+  await withTempDir(async (dir) => {
+    const root = join(dir, "runs/toy");
+    await Deno.mkdir(root, { recursive: true });
+    // a live holder (this process stands in for another run)
+    await Deno.writeTextFile(join(root, ".lock"), `${Deno.pid}\n`);
+    await assertInputError(() => runPipeline(pipeline(dir, "{ n: 2 }"), { quiet: true }), [
+      `another run (process ${Deno.pid}) is writing`,
+      "toy.yaml",
+    ]);
+    // a holder that no longer exists: the lock is taken over, and released after the run
+    await Deno.writeTextFile(join(root, ".lock"), "999999999\n");
+    const r = await runPipeline(pipeline(dir, "{ n: 2 }"), { quiet: true });
+    assert.deepEqual(r.map((x) => x.status), ["ran", "ran"]);
+    await assert.rejects(Deno.stat(join(root, ".lock")), Deno.errors.NotFound);
+  });
+});

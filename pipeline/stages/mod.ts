@@ -9,3 +9,4 @@ export { teacherForward, TeacherForwardParams } from "./teacher_forward.ts";
 export { finetune, FinetuneParams } from "./finetune.ts";
 export { distill, DistillParams, DistillPhase } from "./distill.ts";
 export { evaluate, EvaluateParams } from "./evaluate.ts";
+export { mlmPretrain, MlmPretrainParams } from "./mlm_pretrain.ts";

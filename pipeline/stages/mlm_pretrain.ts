@@ -1,0 +1,270 @@
+/**
+ * `mlm-pretrain`: masked-language-model pretraining of a BERT on unlabeled text — the knowledge a
+ * teacher needs before it has anything to teach. Reads one or more tokenize outputs (e.g. Brown,
+ * SOTU, Moby-Dick), packs whole examples into blocks of `max_seq_length`, masks 15% of tokens
+ * (80% `[MASK]`, 10% random, 10% kept; new masks every epoch) and trains the MLM head tied to the
+ * word embeddings. A held-out slice of the blocks (fixed masks) gives the MLM loss and the
+ * masked-token accuracy during and after training; the best checkpoint by that accuracy is kept.
+ *
+ * ```yaml
+ * - mlm-pretrain@teacher:
+ *     model: teacher
+ *     tokens: [tokenize@brown, tokenize@sotu, tokenize@moby]
+ *     max_seq_length: 128
+ *     epochs: 3
+ * ```
+ *
+ * Writes `model/` (a `BertForMaskedLM` in the Hugging Face layout, with the tokenizer) and
+ * `curve.json`; resumes from `train_state/` after a crash.
+ * @module
+ */
+
+import { join } from "node:path";
+import { z } from "zod";
+import { tf } from "../backend.ts";
+import { Bert } from "../bert.ts";
+import { type BertConfig, makeConfig } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { IGNORE_INDEX } from "../objectives.ts";
+import { maskBlock, packExamples, type SpecialIds } from "../mlm.ts";
+import type { HostBatch } from "../parallel.ts";
+import { defineStage, type StageResult } from "../runner.ts";
+import { loadTokenizer } from "../tokenizer.ts";
+import { type BatchSource, train } from "../train.ts";
+import {
+  LoopParams,
+  OptimParams,
+  readTokenMeta,
+  readTokenSplit,
+  writeTrainedModel,
+} from "./common.ts";
+
+/** Params of the mlm-pretrain stage. */
+export const MlmPretrainParams = z.strictObject({
+  /** Which pipeline model (its `config`) to pretrain. */
+  model: z.enum(["teacher", "student"]).default("teacher"),
+  /** Tokenize stages whose text to train on (every split of each). */
+  tokens: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).default("tokenize"),
+  /** Block length after packing (≤ the model's max_position_embeddings). */
+  max_seq_length: z.number().int().min(8).default(128),
+  /** Fraction of tokens to predict. */
+  mask_prob: z.number().gt(0).lt(1).default(0.15),
+  /** Fraction of the blocks held out for the MLM loss / accuracy report. */
+  held_out: z.number().gt(0).lt(0.5).default(0.02),
+  ...OptimParams,
+  ...LoopParams,
+});
+/** Validated mlm-pretrain params. */
+export type MlmPretrainParams = z.infer<typeof MlmPretrainParams>;
+
+const list = (t: string | string[]) => (Array.isArray(t) ? t : [t]);
+
+/** Pad blocks `rows` (masked with `seedOf(row)`) into one host batch with `mlmLabels`. */
+function maskedBatch(
+  blocks: Int32Array[],
+  rows: number[],
+  seedOf: (row: number) => number,
+  opts: { prob: number; vocabSize: number; ids: SpecialIds },
+): HostBatch {
+  const b = rows.length;
+  let S = 1;
+  for (const r of rows) S = Math.max(S, blocks[r].length);
+  const ids = new Int32Array(b * S), mask = new Int32Array(b * S), types = new Int32Array(b * S);
+  const labels = new Int32Array(b * S).fill(IGNORE_INDEX);
+  rows.forEach((r, i) => {
+    const m = maskBlock(blocks[r], seedOf(r), opts);
+    ids.set(m.input, i * S);
+    labels.set(m.labels, i * S);
+    mask.fill(1, i * S, i * S + blocks[r].length);
+  });
+  return {
+    inputIds: { data: ids, shape: [b, S] },
+    attentionMask: { data: mask, shape: [b, S] },
+    tokenTypeIds: { data: types, shape: [b, S] },
+    mlmLabels: { data: labels, shape: [b, S] },
+  };
+}
+
+/** MLM loss and masked-token accuracy of `model` on host batches (no dropout). */
+export function mlmScore(model: Bert, batches: HostBatch[]): { loss: number; accuracy: number } {
+  let nll = 0, hits = 0, n = 0;
+  for (const b of batches) {
+    const labels = b.mlmLabels.data as Int32Array;
+    const pos: number[] = [], gold: number[] = [];
+    labels.forEach((t, i) => {
+      if (t !== IGNORE_INDEX) {
+        pos.push(i);
+        gold.push(t);
+      }
+    });
+    if (pos.length === 0) continue;
+    const [B, S] = b.inputIds.shape;
+    const { lossSum, correct } = tf.tidy(() => {
+      const t = (a: { data: Int32Array | Float32Array }) =>
+        tf.tensor2d(a.data as Int32Array, [B, S], "int32");
+      const out = model.forward({
+        inputIds: t(b.inputIds),
+        attentionMask: t(b.attentionMask),
+        tokenTypeIds: t(b.tokenTypeIds),
+      }, { hiddenStates: false, attentionScores: false });
+      const last = out.hiddenStates[out.hiddenStates.length - 1];
+      const H = last.shape[2];
+      const rows = tf.gather(last.reshape([B * S, H]), tf.tensor1d(pos, "int32")) as tf.Tensor2D;
+      const logits = model.mlmHead(rows);
+      const goldT = tf.tensor1d(gold, "int32");
+      const logp = tf.logSoftmax(logits);
+      const picked = tf.sum(tf.mul(logp, tf.oneHot(goldT, logits.shape[1])), 1);
+      const argmax = tf.argMax(logits, 1);
+      return {
+        lossSum: -tf.sum(picked).dataSync()[0],
+        correct: tf.sum(tf.cast(tf.equal(argmax, goldT), "int32")).dataSync()[0],
+      };
+    });
+    nll += lossSum;
+    hits += correct;
+    n += pos.length;
+  }
+  return { loss: nll / Math.max(1, n), accuracy: hits / Math.max(1, n) };
+}
+
+/** The mlm-pretrain stage. */
+export const mlmPretrain = defineStage({
+  name: "mlm-pretrain",
+  version: 1,
+  params: MlmPretrainParams,
+  needs: (p) => list(p.tokens),
+  async run(ctx): Promise<StageResult> {
+    const { params, pipeline: p } = ctx;
+    const inputs = list(params.tokens).map((k) => ctx.inputs[k]);
+    const metas = await Promise.all(inputs.map(readTokenMeta));
+    const vocabSize = metas[0].vocab_size;
+    if (metas.some((m) => m.vocab_size !== vocabSize)) {
+      throw new InputError("the token inputs use different vocabularies", {
+        file: p.file,
+        field: `${ctx.key}.tokens`,
+      });
+    }
+    const tok = await loadTokenizer(join(inputs[0], "tokenizer"));
+    if (tok.maskId === undefined) {
+      throw new InputError("the vocabulary has no [MASK] token", {
+        file: join(inputs[0], "tokenizer", "vocab.txt"),
+      });
+    }
+    const ids: SpecialIds = { cls: tok.clsId, sep: tok.sepId, mask: tok.maskId, pad: tok.padId };
+    const special = new Set([tok.unkId]);
+    // every split of every input, packed into blocks; a seeded slice held out
+    const examples: Int32Array[] = [];
+    for (const dir of inputs) {
+      for (const split of ["train", "dev", "test"]) {
+        const rows = await readTokenSplit(dir, split);
+        if (rows) examples.push(...rows.ids);
+      }
+    }
+    const blocks = packExamples(examples, params.max_seq_length, ids);
+    const every = Math.max(2, Math.round(1 / params.held_out));
+    const heldOut = blocks.filter((_, i) => i % every === every - 1);
+    const trainBlocks = blocks.filter((_, i) => i % every !== every - 1);
+    if (trainBlocks.length === 0) {
+      throw new InputError("no text to pretrain on", { file: p.file, field: `${ctx.key}.tokens` });
+    }
+    const tokens = trainBlocks.reduce((n, b) => n + b.length, 0);
+    ctx.log(
+      `${examples.length} examples → ${trainBlocks.length} training blocks (${tokens} tokens) ` +
+        `+ ${heldOut.length} held out, ≤ ${params.max_seq_length} tokens each`,
+    );
+
+    const section = p[params.model];
+    if (!section?.config) {
+      throw new InputError(`${params.model}.config is needed to pretrain the ${params.model}`, {
+        file: p.file,
+        field: `${params.model}.config`,
+      });
+    }
+    let config: BertConfig;
+    try {
+      config = makeConfig({ ...(section.config as Partial<BertConfig>), vocab_size: vocabSize });
+    } catch (e) {
+      throw new InputError(`${params.model}.config: ${(e as Error).message}`, { file: p.file });
+    }
+    if (params.max_seq_length > config.max_position_embeddings) {
+      throw new InputError("max_seq_length exceeds the model's max_position_embeddings", {
+        file: p.file,
+        field: `${ctx.key}.max_seq_length`,
+        expected: `≤ ${config.max_position_embeddings}`,
+        got: String(params.max_seq_length),
+      });
+    }
+    const model = Bert.create(config, { classifier: false, mlm: true }, p.seed);
+    const maskOpts = { prob: params.mask_prob, vocabSize, ids, special };
+    const lengths = Int32Array.from(trainBlocks, (b) => b.length);
+    const source: BatchSource = {
+      groups: [{ start: 0, end: trainBlocks.length }],
+      lengths,
+      load: (_g, rows, epoch = 0) =>
+        Promise.resolve(
+          maskedBatch(trainBlocks, rows, (r) =>
+            (p.seed * 7919 + epoch * 1_000_003 + r) >>> 0, maskOpts),
+        ),
+    };
+    // fixed masks on the held-out blocks
+    const evalBatches: HostBatch[] = [];
+    for (let s = 0; s < heldOut.length; s += 32) {
+      const rows = Array.from({ length: Math.min(32, heldOut.length - s) }, (_, i) => s + i);
+      evalBatches.push(maskedBatch(heldOut, rows, (r) => (0x5eed + r) >>> 0, maskOpts));
+    }
+    const score = (m: Bert) => {
+      const r = mlmScore(m, evalBatches);
+      return Promise.resolve({ mlm_accuracy: r.accuracy, mlm_loss: r.loss });
+    };
+    try {
+      const before = mlmScore(model, evalBatches);
+      const res = await train({
+        model,
+        phases: [{
+          name: "mlm",
+          objective: "mlm",
+          epochs: params.steps === undefined ? params.epochs ?? 1 : undefined,
+          steps: params.steps,
+          batchSize: params.batch_size ?? 32,
+          microBatchSize: params.micro_batch_size,
+          lr: params.lr ?? 1e-4,
+          warmup: params.warmup ?? 0.06,
+          weightDecay: params.weight_decay ?? 0.01,
+          maxGradNorm: params.max_grad_norm ?? 1,
+          evalEvery: params.eval_every ?? 0,
+          evaluate: heldOut.length > 0,
+        }],
+        source,
+        stateDir: join(ctx.out, "train_state"),
+        checkpointEvery: params.checkpoint_every,
+        seed: p.seed,
+        replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        evaluate: heldOut.length > 0 ? score : undefined,
+        metric: "mlm_accuracy",
+        keepBest: params.keep_best,
+        progress: (label, total) => ctx.progress(total, `${label} steps`),
+        log: ctx.log,
+      });
+      const after = mlmScore(model, evalBatches);
+      await writeTrainedModel(ctx.out, model, inputs[0], res);
+      return {
+        counts: {
+          steps: res.steps,
+          blocks: trainBlocks.length,
+          tokens,
+          held_out_blocks: heldOut.length,
+          parameters: model.numParameters(),
+        },
+        metrics: {
+          seconds: res.seconds,
+          held_out_mlm_accuracy: after.accuracy,
+          held_out_mlm_loss: after.loss,
+          initial_mlm_accuracy: before.accuracy,
+          initial_mlm_loss: before.loss,
+        },
+      };
+    } finally {
+      model.dispose();
+    }
+  },
+});

@@ -1,0 +1,167 @@
+/** Masked-LM pretraining: packing, 80/10/10 masking, the objective, and the stage end to end. */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { setBackend, tf } from "../pipeline/backend.ts";
+import { Bert } from "../pipeline/bert.ts";
+import { loadBert } from "../pipeline/checkpoint.ts";
+import { maskBlock, packExamples } from "../pipeline/mlm.ts";
+import { IGNORE_INDEX, mlm } from "../pipeline/objectives.ts";
+import { runPipeline } from "../pipeline/runner.ts";
+import { parsePipeline } from "../pipeline/spec.ts";
+import "../pipeline/stages/mod.ts";
+import { rng, withTempDir } from "./_util.ts";
+
+const IDS = { cls: 101, sep: 102, mask: 103, pad: 0 };
+
+Deno.test("packExamples: whole examples, [CLS] first, no block over the limit", () => {
+  const r = rng(1);
+  const examples = Array.from({ length: 50 }, () => {
+    const n = 1 + Math.floor(r() * 12);
+    return Int32Array.from([
+      101,
+      ...Array.from({ length: n }, () => 1000 + Math.floor(r() * 50)),
+      102,
+    ]);
+  });
+  const blocks = packExamples(examples, 32, IDS);
+  const bodies = examples.map((e) => Array.from(e.subarray(1)));
+  let k = 0;
+  for (const b of blocks) {
+    assert.ok(b.length <= 32 && b[0] === 101 && b[b.length - 1] === 102);
+    // the block is [CLS] followed by consecutive whole examples (without their own [CLS])
+    let at = 1;
+    while (at < b.length) {
+      assert.deepEqual(Array.from(b.subarray(at, at + bodies[k].length)), bodies[k]);
+      at += bodies[k++].length;
+    }
+  }
+  assert.equal(k, examples.length);
+  // greedy: a block closes only when the next example would not fit
+  for (let i = 0, e = 0; i < blocks.length - 1; i++) {
+    e += blocks[i].length - 1 === 0 ? 0 : countExamples(blocks[i]);
+    assert.ok(blocks[i].length + bodies[e].length > 32);
+  }
+});
+
+function countExamples(b: Int32Array): number {
+  return Array.from(b).filter((t) => t === 102).length;
+}
+
+Deno.test("maskBlock: 15% of non-special tokens, 80/10/10, labels the originals", () => {
+  const r = rng(2);
+  let chosen = 0, candidates = 0, masked = 0, random = 0, kept = 0;
+  for (let s = 0; s < 400; s++) {
+    const block = Int32Array.from([
+      101,
+      ...Array.from({ length: 100 }, () => 1000 + Math.floor(r() * 500)),
+      102,
+      100,
+    ]);
+    const { input, labels } = maskBlock(block, s, {
+      vocabSize: 30522,
+      ids: IDS,
+      special: new Set([100]),
+    });
+    assert.deepEqual(
+      maskBlock(block, s, { vocabSize: 30522, ids: IDS, special: new Set([100]) }).input,
+      input,
+    );
+    for (let i = 0; i < block.length; i++) {
+      const special = [101, 102, 100].includes(block[i]);
+      if (!special) candidates++;
+      if (labels[i] === IGNORE_INDEX) {
+        assert.equal(input[i], block[i]);
+        continue;
+      }
+      assert.ok(!special, "a special token was chosen");
+      assert.equal(labels[i], block[i]);
+      chosen++;
+      if (input[i] === 103) masked++;
+      else if (input[i] === block[i]) kept++;
+      else random++;
+    }
+  }
+  assert.ok(Math.abs(chosen / candidates - 0.15) < 0.002, `${chosen / candidates}`);
+  assert.ok(Math.abs(masked / chosen - 0.8) < 0.02, `mask ${masked / chosen}`);
+  assert.ok(Math.abs(random / chosen - 0.1) < 0.015, `random ${random / chosen}`);
+  assert.ok(Math.abs(kept / chosen - 0.1) < 0.015, `kept ${kept / chosen}`);
+});
+
+Deno.test("the mlm objective equals cross-entropy of the full MLM logits at masked positions", async () => {
+  await setBackend("wasm");
+  const bert = Bert.create(
+    {
+      vocab_size: 60,
+      hidden_size: 16,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      intermediate_size: 24,
+      max_position_embeddings: 16,
+      hidden_dropout_prob: 0,
+      attention_probs_dropout_prob: 0,
+    },
+    { mlm: true },
+    3,
+  );
+  const ids = [[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]];
+  const labels = [[-100, 7, -100, 12, -100], [-100, 5, -100, -100, -100]];
+  const batch = {
+    inputIds: tf.tensor2d(ids, undefined, "int32"),
+    attentionMask: tf.tensor2d(ids.map((r) => r.map((t) => (t ? 1 : 0))), undefined, "int32"),
+    mlmLabels: tf.tensor2d(labels, undefined, "int32"),
+  };
+  const got = tf.tidy(() => mlm(bert, batch, {}).dataSync()[0]);
+  // independently: the forward pass's full [B, S, V] logits
+  const full = tf.tidy(() =>
+    Array.from(
+      bert.forward({ inputIds: batch.inputIds, attentionMask: batch.attentionMask }, { mlm: true })
+        .mlmLogits!.dataSync(),
+    )
+  );
+  let nll = 0, n = 0;
+  labels.flat().forEach((t, i) => {
+    if (t === -100) return;
+    const row = full.slice(i * 60, (i + 1) * 60);
+    const max = Math.max(...row);
+    const lse = max + Math.log(row.reduce((a, v) => a + Math.exp(v - max), 0));
+    nll += lse - row[t];
+    n++;
+  });
+  assert.ok(Math.abs(got - nll / n) < 1e-5, `${got} vs ${nll / n}`);
+  tf.dispose(Object.values(batch));
+  bert.dispose();
+});
+
+Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM is written", async () => {
+  await setBackend("wasm");
+  await withTempDir(async (dir) => {
+    const yaml = `name: mlm
+output_dir: ${dir}
+backend: wasm
+datasets:
+  moby: { format: moby-dick, limit: 120, split: { dev: 0, test: 0, seed: 1 } }
+teacher:
+  tokenizer: ../fixtures/bert-base-uncased
+  config: { num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 48,
+            max_position_embeddings: 64 }
+stages:
+  - tokenize: { dataset: moby, max_seq_length: 32 }
+  - mlm-pretrain: { max_seq_length: 64, steps: 40, batch_size: 16, lr: 3.0e-3, held_out: 0.1,
+                    replicas: 2 }
+`;
+    const p = parsePipeline(yaml, join(Deno.cwd(), "tasks", "mlm.yaml"));
+    const [, r] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
+    const m = JSON.parse(await Deno.readTextFile(join(r.dir, "manifest.json")));
+    assert.ok(m.counts.held_out_blocks > 0 && m.counts.blocks > m.counts.held_out_blocks);
+    // from ~1/30522 to the frequent words ("the", ",", ".")
+    assert.ok(m.metrics.initial_mlm_accuracy < 0.01, JSON.stringify(m.metrics));
+    assert.ok(m.metrics.held_out_mlm_accuracy > 0.05, JSON.stringify(m.metrics));
+    assert.ok(m.metrics.held_out_mlm_loss < m.metrics.initial_mlm_loss - 1);
+    const cfg = JSON.parse(await Deno.readTextFile(join(r.dir, "model", "config.json")));
+    assert.deepEqual(cfg.architectures, ["BertForMaskedLM"]);
+    const bert = await loadBert(join(r.dir, "model"));
+    assert.equal(bert.heads.mlm, true);
+    bert.dispose();
+  });
+});
