@@ -38,7 +38,7 @@ import type { Pipeline } from "../spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import { type TeacherRecord, toRecords } from "../teacher_records.ts";
-import { modelDirOf, readTokenRows } from "./common.ts";
+import { modelDirOf, padRows, readTokenRows } from "./common.ts";
 import { SPLITS } from "./tokenize.ts";
 
 /** Params of the teacher-forward stage. */
@@ -91,31 +91,6 @@ function studentLayers(p: Pipeline, params: TeacherForwardParams): number {
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
   return JSON.parse(await Deno.readTextFile(path));
-}
-
-/** Rows `[start, end)` of a token store as a padded host batch (padded to their longest). */
-function padBatch(
-  ids: Int32Array[],
-  types: Int32Array[],
-  lengths: Int32Array,
-  start: number,
-  end: number,
-): HostBatch {
-  const b = end - start;
-  let S = 1;
-  for (let i = start; i < end; i++) S = Math.max(S, lengths[i]);
-  const inputIds = new Int32Array(b * S), mask = new Int32Array(b * S), tt = new Int32Array(b * S);
-  for (let i = start; i < end; i++) {
-    const row = (i - start) * S;
-    inputIds.set(ids[i], row);
-    tt.set(types[i], row);
-    mask.fill(1, row, row + lengths[i]);
-  }
-  return {
-    inputIds: { data: inputIds, shape: [b, S] },
-    attentionMask: { data: mask, shape: [b, S] },
-    tokenTypeIds: { data: tt, shape: [b, S] },
-  };
 }
 
 /** The teacher-forward stage. */
@@ -256,10 +231,15 @@ export const teacherForward = defineStage({
         if (pending.length === 0) continue;
         const tokenRows = await readTokenRows(reader);
         for (const range of pending) {
-          const recs: TeacherRecord[] = [];
-          for (let s = range.start; s < range.end; s += params.batch_size) {
-            const e = Math.min(range.end, s + params.batch_size);
-            const host = padBatch(tokenRows.ids, tokenRows.types, tokenRows.lengths, s, e);
+          // batches of similar length (little padding), records put back in row order
+          const recs: TeacherRecord[] = new Array(range.end - range.start);
+          const order = range.end - range.start > 0
+            ? Array.from({ length: range.end - range.start }, (_, i) => range.start + i)
+              .sort((a, b) => tokenRows.lengths[a] - tokenRows.lengths[b] || a - b)
+            : [];
+          for (let s = 0; s < order.length; s += params.batch_size) {
+            const rows = order.slice(s, s + params.batch_size);
+            const host = padRows(tokenRows, rows, false);
             let out: HostOutputs;
             if (onnx) out = await onnxForward(onnx, host, C > 0, hiddenIdx, attLayers);
             else if (dp) out = await dp.forward(host, outputs);
@@ -268,8 +248,11 @@ export const teacherForward = defineStage({
               out = forwardToHost(teacher, t, outputs);
               tf.dispose(Object.values(t));
             }
-            recs.push(...toRecords(out, tokenRows.lengths.subarray(s, e), hiddenIdx, attLayers));
-            bar.tick(tokenRows.lengths.subarray(s, e).reduce((a, b) => a + b, 0));
+            const lens = Int32Array.from(rows, (r) => tokenRows.lengths[r]);
+            toRecords(out, lens, hiddenIdx, attLayers).forEach((rec, i) => {
+              recs[rows[i] - range.start] = rec;
+            });
+            bar.tick(lens.reduce((a, b) => a + b, 0));
           }
           const cols: Record<string, Int32Array | Float32Array[]> = {
             length: tokenRows.lengths.slice(range.start, range.end),
