@@ -119,6 +119,49 @@ export { type LayerMapSpec, resolveLayerMap } from "./pipeline/layer_map.ts";
 export { estimateCacheBytes } from "./pipeline/cache_size.ts";
 export { Progress } from "./pipeline/progress.ts";
 
+/**
+ * Distillation: the named loss terms (TinyBERT, DistilBERT, MiniLM), the objective that sums
+ * them, and the training loop shared by `finetune`, `distill` and `mlm-pretrain`.
+ */
+export * as losses from "./pipeline/losses.ts";
+export { LOSS_TERMS, type LossTermName, matchHeads } from "./pipeline/losses.ts";
+export {
+  addProjections,
+  distillationObjective,
+  type DistillObjectiveOptions,
+  type LossTermSpec,
+} from "./pipeline/distill_objective.ts";
+export {
+  type BatchSource,
+  epochBatches,
+  type Phase,
+  train,
+  TrainingDivergedError,
+  type TrainOptions,
+  type TrainResult,
+} from "./pipeline/train.ts";
+export { maskBlock, packExamples } from "./pipeline/mlm.ts";
+
+/** Evaluation metrics and the teacher-vs-student report (tables, Markdown, SVG charts). */
+export {
+  accuracy,
+  classificationMetrics,
+  macroF1,
+  mcc,
+  pearson,
+  regressionMetrics,
+  spearman,
+} from "./pipeline/metrics.ts";
+export {
+  barChartSvg,
+  comparisonTable,
+  lineChartSvg,
+  markdownTable,
+  type ModelRow,
+  reportMarkdown,
+  textTable,
+} from "./pipeline/report.ts";
+
 /** ONNX export (transformers.js layout) and ONNX Runtime inference. */
 export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
 export { OnnxEngine, OnnxLoadError } from "./pipeline/onnx/engine.ts";
