@@ -49,6 +49,15 @@ try {
   for (const r of reports) {
     console.log(`${r.key.padEnd(20)} ${r.status.padEnd(8)} ${r.seconds.toFixed(1)}s  ${r.dir}`);
   }
+  // an up-to-date evaluation still shows its result
+  for (const r of reports) {
+    if (r.status !== "skipped" || !r.key.startsWith("evaluate")) continue;
+    const report = `${r.dir}/report.md`;
+    const text = await Deno.readTextFile(report).catch(() => null);
+    if (text === null) continue;
+    const table = text.split("\n").filter((l) => l.startsWith("|")).join("\n");
+    console.log(`\n${r.key} (up to date):\n${table}\nreport: ${report}`);
+  }
 } catch (e) {
   if (e instanceof InputError) {
     console.error(`error: ${e.message}`);
