@@ -318,7 +318,7 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       });
       if (i > 0) times.push(performance.now() - t0);
     }
-    engine.close();
+    await engine.close();
     return { tokensPerSec: (32 * SEQ * 1000) / median(times), msPerStep: median(times) };
   }
   if (id === "ort-sgemm") {

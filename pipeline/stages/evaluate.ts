@@ -77,7 +77,7 @@ async function makeRunner(
   engine: "onnx" | "tfjs",
   threads: number | undefined,
   log: (m: string) => void,
-): Promise<{ run: Runner; close: () => void; engine: string }> {
+): Promise<{ run: Runner; close: () => Promise<void>; engine: string }> {
   if (engine === "onnx") {
     try {
       const onnx = await OnnxEngine.load(exportOnnx(bert, { outputs: "logits" }), { threads });
@@ -94,7 +94,7 @@ async function makeRunner(
           }, ["logits"]);
           return res.logits.data;
         },
-        close: () => void onnx.close(),
+        close: () => onnx.close(),
       };
     } catch (e) {
       log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
@@ -116,7 +116,7 @@ async function makeRunner(
       });
       return Promise.resolve(logits);
     },
-    close: () => {},
+    close: () => Promise.resolve(),
   };
 }
 
@@ -174,7 +174,9 @@ export async function measureModel(
       engine: runner.engine,
     };
   } finally {
-    runner.close();
+    // released before returning: a native release still running when the process or its
+    // worker exits can corrupt the heap
+    await runner.close();
   }
 }
 

@@ -267,7 +267,7 @@ export const teacherForward = defineStage({
       }
     } finally {
       dp?.close();
-      onnx?.close();
+      await onnx?.close(); // the native session is released before the stage returns
       teacher.dispose();
     }
     bar.finish();
