@@ -7,6 +7,7 @@
  * @module
  */
 
+import { seededRandom } from "./data/split.ts";
 import { IGNORE_INDEX } from "./objectives.ts";
 
 /** Token ids the masking must know. */
@@ -43,17 +44,6 @@ export function packExamples(
   return blocks;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Options of {@link maskBlock}. */
 export interface MaskOptions {
   /** Fraction of non-special tokens to predict (default 0.15). */
@@ -74,7 +64,7 @@ export function maskBlock(
   seed: number,
   opts: MaskOptions,
 ): { input: Int32Array; labels: Int32Array } {
-  const rand = mulberry32(seed);
+  const rand = seededRandom(seed);
   const prob = opts.prob ?? 0.15;
   const { ids } = opts;
   const special = new Set([ids.cls, ids.sep, ids.mask, ids.pad, ...(opts.special ?? [])]);

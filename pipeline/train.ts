@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "./bert.ts";
+import { seededRandom, shuffle } from "./data/split.ts";
 import { exists, writeJsonAtomic } from "./fsutil.ts";
 import { AdamW, linearWarmupDecay } from "./optim.ts";
 import { DataParallel, type HostBatch, NonFiniteLossError } from "./parallel.ts";
@@ -122,26 +123,6 @@ export class TrainingDivergedError extends Error {
   }
 }
 
-/** mulberry32: the loop's only source of randomness besides dropout. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function shuffle<T>(xs: T[], rand: () => number): T[] {
-  for (let i = xs.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [xs[i], xs[j]] = [xs[j], xs[i]];
-  }
-  return xs;
-}
-
 /**
  * The batches of one epoch: groups in a shuffled order, rows shuffled within each group, cut
  * into batches of `batchSize` (a group's last batch may be smaller). With `lengths`, rows are
@@ -157,7 +138,7 @@ export function epochBatches(
   epoch: number,
   lengths?: ArrayLike<number>,
 ): { group: number; rows: number[] }[] {
-  const rand = mulberry32((seed * 1000003 + epoch * 7919 + 17) >>> 0);
+  const rand = seededRandom((seed * 1000003 + epoch * 7919 + 17) >>> 0);
   const out: { group: number; rows: number[] }[] = [];
   for (const g of shuffle(groups.map((_, i) => i), rand)) {
     const { start, end } = groups[g];

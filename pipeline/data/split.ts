@@ -16,7 +16,8 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-function shuffle(xs: number[], rand: () => number): number[] {
+/** Shuffle `xs` in place (Fisher–Yates) with `rand`; returns it. */
+export function shuffle<T>(xs: T[], rand: () => number): T[] {
   for (let i = xs.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [xs[i], xs[j]] = [xs[j], xs[i]];

@@ -9,13 +9,13 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { tf } from "../backend.ts";
-import { Bert } from "../bert.ts";
+import { Bert, type BertInputs } from "../bert.ts";
 import { loadBert, saveBert } from "../checkpoint.ts";
 import { type BertConfig, makeConfig, numLabels } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeJsonAtomic } from "../fsutil.ts";
 import { classificationMetrics, regressionMetrics } from "../metrics.ts";
-import type { DataParallel, HostBatch } from "../parallel.ts";
+import type { DataParallel, HostArray, HostBatch } from "../parallel.ts";
 import { PartReader } from "../parquet_store.ts";
 import type { Pipeline } from "../spec.ts";
 import type { CurvePoint, EvalPoint } from "../train.ts";
@@ -82,6 +82,28 @@ export function padRows(t: TokenRows, rows: number[], withLabels = true): HostBa
     tokenTypeIds: { data: tt, shape: [b, S] },
     ...(withLabels ? { labels: { data: labels, shape: [b] } } : {}),
   };
+}
+
+/** The model inputs of a host batch as int32 tensors (the caller disposes them, e.g. by tidy). */
+export function inputTensors(b: HostBatch): BertInputs {
+  const t = (a: HostArray) =>
+    tf.tensor2d(a.data as Int32Array, a.shape as [number, number], "int32");
+  return {
+    inputIds: t(b.inputIds),
+    attentionMask: t(b.attentionMask),
+    tokenTypeIds: t(b.tokenTypeIds),
+  };
+}
+
+/** The index of each row's largest logit (`logits` is `[rows × C]`, row-major). */
+export function argmaxRows(logits: Float32Array, C: number): Int32Array {
+  const n = logits.length / C, out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    let best = 0;
+    for (let c = 1; c < C; c++) if (logits[i * C + c] > logits[i * C + best]) best = c;
+    out[i] = best;
+  }
+  return out;
 }
 
 /** Rows `[start, end)` as a list. */
@@ -287,32 +309,13 @@ export async function evaluateRows(
     let logits: Float32Array;
     if (dp) logits = (await dp.forward(batch, ["logits"])).logits!.data as Float32Array;
     else {
-      const t = {
-        inputIds: tf.tensor2d(
-          batch.inputIds.data,
-          batch.inputIds.shape as [number, number],
-          "int32",
-        ),
-        attentionMask: tf.tensor2d(
-          batch.attentionMask.data,
-          batch.attentionMask.shape as [number, number],
-          "int32",
-        ),
-        tokenTypeIds: tf.tensor2d(
-          batch.tokenTypeIds.data,
-          batch.tokenTypeIds.shape as [number, number],
-          "int32",
-        ),
-      };
-      const out = model.forward(t, { hiddenStates: false, attentionScores: false });
-      logits = out.logits!.dataSync() as Float32Array;
-      tf.dispose([...Object.values(t), ...out.hiddenStates, out.pooled, out.logits!]);
+      logits = tf.tidy(() =>
+        model.forward(inputTensors(batch), { hiddenStates: false, attentionScores: false })
+          .logits!.dataSync() as Float32Array
+      );
     }
-    idx.forEach((r, i) => {
-      let best = 0;
-      for (let c = 1; c < C; c++) if (logits[i * C + c] > logits[i * C + best]) best = c;
-      pred[r] = rows.targets ? logits[i * C] : best;
-    });
+    const best = argmaxRows(logits, C);
+    idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
   }
   return rows.targets
     ? { ...regressionMetrics(pred, rows.targets) }

@@ -48,6 +48,7 @@ import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
   evaluateRows,
+  inputTensors,
   isRegression,
   loadForTask,
   LoopParams,
@@ -271,14 +272,8 @@ function onlineSource(
     lengths: tokens.lengths,
     load(_group, rows) {
       const batch = padRows(tokens, rows);
-      const [B, S] = batch.inputIds.shape;
       tf.tidy(() => {
-        const t = (a: HostArray) => tf.tensor2d(a.data as Int32Array, [B, S], "int32");
-        const out = teacher.forward({
-          inputIds: t(batch.inputIds),
-          attentionMask: t(batch.attentionMask),
-          tokenTypeIds: t(batch.tokenTypeIds),
-        }, {
+        const out = teacher.forward(inputTensors(batch), {
           hiddenStates: needs.has("hidden"),
           attentionScores: needs.has("scores") || needs.has("values"),
           values: needs.has("values"),

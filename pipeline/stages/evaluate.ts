@@ -37,6 +37,8 @@ import {
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import type { CurvePoint, EvalPoint } from "../train.ts";
 import {
+  argmaxRows,
+  inputTensors,
   isRegression,
   modelDirOf,
   padRows,
@@ -102,32 +104,15 @@ async function makeRunner(
   }
   return {
     engine: `tfjs-${tf.getBackend()}`,
-    run: (b) => {
-      const [B, S] = b.inputIds.shape;
-      const logits = tf.tidy(() => {
-        const t = (a: { data: Int32Array | Float32Array }) =>
-          tf.tensor2d(a.data as Int32Array, [B, S], "int32");
-        const out = bert.forward({
-          inputIds: t(b.inputIds),
-          attentionMask: t(b.attentionMask),
-          tokenTypeIds: t(b.tokenTypeIds),
-        }, { hiddenStates: false, attentionScores: false });
-        return out.logits!.dataSync() as Float32Array;
-      });
-      return Promise.resolve(logits);
-    },
+    run: (b) =>
+      Promise.resolve(
+        tf.tidy(() =>
+          bert.forward(inputTensors(b), { hiddenStates: false, attentionScores: false }).logits!
+            .dataSync() as Float32Array
+        ),
+      ),
     close: () => Promise.resolve(),
   };
-}
-
-function argmaxRows(logits: Float32Array, C: number): Int32Array {
-  const n = logits.length / C, out = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    let best = 0;
-    for (let c = 1; c < C; c++) if (logits[i * C + c] > logits[i * C + best]) best = c;
-    out[i] = best;
-  }
-  return out;
 }
 
 /** Metrics, throughput and batch-1 latency of one model on a split. */

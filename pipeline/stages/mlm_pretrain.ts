@@ -32,6 +32,7 @@ import { defineStage, type StageResult } from "../runner.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { type BatchSource, train } from "../train.ts";
 import {
+  inputTensors,
   LoopParams,
   OptimParams,
   readTokenMeta,
@@ -100,13 +101,7 @@ export function mlmScore(model: Bert, batches: HostBatch[]): { loss: number; acc
     if (pos.length === 0) continue;
     const [B, S] = b.inputIds.shape;
     const { lossSum, correct } = tf.tidy(() => {
-      const t = (a: { data: Int32Array | Float32Array }) =>
-        tf.tensor2d(a.data as Int32Array, [B, S], "int32");
-      const out = model.forward({
-        inputIds: t(b.inputIds),
-        attentionMask: t(b.attentionMask),
-        tokenTypeIds: t(b.tokenTypeIds),
-      }, { hiddenStates: false, attentionScores: false });
+      const out = model.forward(inputTensors(b), { hiddenStates: false, attentionScores: false });
       const last = out.hiddenStates[out.hiddenStates.length - 1];
       const H = last.shape[2];
       const rows = tf.gather(last.reshape([B * S, H]), tf.tensor1d(pos, "int32")) as tf.Tensor2D;

@@ -11,7 +11,7 @@
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import { datasetHash, loadDataset } from "../data/mod.ts";
-import { seededRandom } from "../data/split.ts";
+import { seededRandom, shuffle } from "../data/split.ts";
 import type { Dataset, DatasetSpec } from "../data/types.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../fsutil.ts";
@@ -94,13 +94,7 @@ export function encodeExample(
 
 /** A seeded permutation of `xs` (Fisher–Yates over mulberry32). */
 export function shuffled<T>(xs: readonly T[], seed: number): T[] {
-  const rand = seededRandom(seed ^ 0x2545f491);
-  const out = xs.slice();
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
+  return shuffle(xs.slice(), seededRandom(seed ^ 0x2545f491));
 }
 
 /** The tokenize stage. */
