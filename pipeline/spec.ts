@@ -50,6 +50,11 @@ export const DatasetSchema = z.strictObject({
   limit: z.number().int().positive().optional(),
   /** TSV only: honour double quotes like CSV (GLUE TSVs are unquoted). */
   quote: z.boolean().optional(),
+  /** Drop the examples whose text occurs in these splits of another dataset of this file. */
+  exclude: z.strictObject({
+    dataset: z.string().min(1),
+    splits: z.array(z.enum(["train", "dev", "test"])).min(1).default(["dev", "test"]),
+  }).optional(),
 }) satisfies z.ZodType<Omit<DatasetSpec, "name">>;
 
 /** A model the pipeline reads (`checkpoint`) or builds from a Hugging Face `config`. */

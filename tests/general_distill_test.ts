@@ -78,6 +78,12 @@ stages:
       layer_map: last
       replicas: 1
       phases: [{ name: p, losses: { soft_ce: 1 }, steps: 1, lr: 1.0e-12 }]
+  - distill@packed:
+      tokens: [tokenize@general, tokenize]
+      pack: 24
+      teacher_outputs: null
+      replicas: 1
+      phases: [{ name: general, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 2, lr: 1.0e-3 }]
 `;
     const reports = await runPipeline(parsePipeline(yaml, join(dir, "p.yaml")), { quiet: true });
     const by = (k: string) => reports.find((r) => r.key === k) as StageReport;
@@ -112,6 +118,13 @@ stages:
     }
     const emb = "embeddings.word_embeddings.weight";
     assert.ok(maxAbsDiff(layers.p(emb).dataSync(), teacher.p(emb).dataSync()) < 1e-6);
-    for (const m of [general, task, fresh, layers, teacher]) m.dispose();
+    // two corpora, one of them labelled, packed: unlabeled text, so a general student again
+    const packed = await loadBert(join(by("distill@packed").dir, "model"));
+    assert.equal(packed.heads.classifier, false);
+    const packedCurve = JSON.parse(
+      await Deno.readTextFile(join(by("distill@packed").dir, "curve.json")),
+    );
+    assert.equal(packedCurve.curve.length, 2);
+    for (const m of [general, task, fresh, layers, teacher, packed]) m.dispose();
   });
 });

@@ -89,3 +89,62 @@ Deno.test("tokenize surfaces dataset errors with the file named", async () => {
     await assertInputError(() => runPipeline(p, { quiet: true }), ["missing.csv"]);
   });
 });
+
+Deno.test("tokenize: `exclude` drops another dataset's dev/test texts; bad references are named", async () => {
+  await withTempDir(async (dir) => {
+    const csv = `${FIXTURES}/tiny/sentiment.csv`;
+    const text = (extra: string) =>
+      `name: ex
+output_dir: ${dir}
+datasets:
+  task: { format: csv, path: ${csv}, labels: [neg, pos], split: { dev: 0.2, test: 0.2, seed: 3 } }
+  corpus:
+    format: csv
+    path: ${csv}
+    labels: [neg, pos]
+    split: { dev: 0, test: 0, seed: 3 }
+    ${extra}
+teacher:
+  checkpoint: ${FIXTURES}/bert-base-uncased
+stages:
+  - tokenize: { dataset: corpus, max_seq_length: 16 }
+`;
+    const p = parsePipeline(
+      text("exclude: { dataset: task, splits: [dev, test] }"),
+      join(dir, "ex.yaml"),
+    );
+    const [report] = await runPipeline(p, { quiet: true });
+    const task = await loadDataset({
+      format: "csv",
+      path: csv,
+      labels: ["neg", "pos"],
+      split: { dev: 0.2, test: 0.2, seed: 3 },
+    });
+    const held = new Set([...task.dev, ...task.test].map((e) => e.text));
+    assert.ok(held.size > 0);
+    const manifest = JSON.parse(await Deno.readTextFile(join(report.dir, "manifest.json")));
+    // every example is either kept for pretraining or held out by the task, never both
+    assert.equal(manifest.counts.train, task.train.length);
+    const reader = await PartReader.open(join(report.dir, "train"));
+    const tok = await loadTokenizer(`${FIXTURES}/bert-base-uncased`);
+    const heldIds = new Set(
+      [...held].map((t) =>
+        tok.encode(t, undefined, { maxLength: 16, truncation: true }).inputIds.join()
+      ),
+    );
+    for await (const part of reader.parts(["input_ids"])) {
+      for (const ids of part.columns.input_ids as Int32Array[]) {
+        assert.ok(!heldIds.has(Array.from(ids).join()), "a held-out text reached the corpus");
+      }
+    }
+
+    const bad = parsePipeline(
+      text("exclude: { dataset: nope }"),
+      join(dir, "bad.yaml"),
+    );
+    await assertInputError(() => runPipeline(bad, { quiet: true }), [
+      "unknown dataset 'nope'",
+      "datasets.corpus.exclude.dataset",
+    ]);
+  });
+});

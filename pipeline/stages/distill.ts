@@ -43,7 +43,9 @@ import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from ".
 import { LOSS_TERMS, type LossTermName } from "../losses.ts";
 import type { HostArray, HostBatch } from "../parallel.ts";
 import { saveOnnxFolder } from "../onnx/export.ts";
+import { packExamples } from "../mlm.ts";
 import { PartReader } from "../parquet_store.ts";
+import { loadTokenizer } from "../tokenizer.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
@@ -88,8 +90,16 @@ export const DistillPhase = z.strictObject({
 
 /** Params of the distill stage. */
 export const DistillParams = z.strictObject({
-  /** The tokenize stage whose shards to train on. */
-  tokens: z.string().min(1).default("tokenize"),
+  /**
+   * The tokenize stage whose shards to train on; a list (general distillation over several
+   * corpora) concatenates their training splits and needs the teacher online.
+   */
+  tokens: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).default("tokenize"),
+  /**
+   * Pack whole examples into blocks of up to this many tokens, as `mlm-pretrain` does (general
+   * distillation on short sentences); the data is then unlabeled and the teacher online.
+   */
+  pack: z.number().int().min(8).optional(),
   /** The teacher-forward stage (the cache), or null to run the teacher online. */
   teacher_outputs: z.string().min(1).nullable().default("teacher-forward"),
   /** The stage that trained the teacher (its `model/`); default `teacher.checkpoint`. */
@@ -298,13 +308,43 @@ function onlineSource(
   };
 }
 
+const list = (t: string | string[]) => (Array.isArray(t) ? t : [t]);
+
+/**
+ * The training splits of several tokenize outputs as one unlabeled set of rows, optionally packed
+ * into blocks of up to `pack` tokens (see `packExamples`).
+ */
+async function generalRows(dirs: string[], pack: number | undefined): Promise<TokenRows | null> {
+  let ids: Int32Array[] = [];
+  for (const dir of dirs) {
+    const rows = await readTokenSplit(dir, "train");
+    if (rows) ids.push(...rows.ids);
+  }
+  if (ids.length === 0) return null;
+  if (pack !== undefined) {
+    const tok = await loadTokenizer(join(dirs[0], "tokenizer"));
+    ids = packExamples(ids, pack, {
+      cls: tok.clsId,
+      sep: tok.sepId,
+      mask: tok.maskId ?? tok.unkId,
+      pad: tok.padId,
+    });
+  }
+  return {
+    ids,
+    types: ids.map((r) => new Int32Array(r.length)),
+    lengths: Int32Array.from(ids, (r) => r.length),
+    labels: new Int32Array(ids.length),
+  };
+}
+
 /** The distill stage. */
 export const distill = defineStage({
   name: "distill",
   version: 2,
   params: DistillParams,
   needs: (p) => [
-    p.tokens,
+    ...list(p.tokens),
     ...(p.teacher_outputs ? [p.teacher_outputs] : []),
     ...(p.teacher ? [p.teacher] : []),
     ...(p.init_from ? [p.init_from] : []),
@@ -327,11 +367,42 @@ export const distill = defineStage({
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;
-    const tokensDir = ctx.inputs[params.tokens];
-    const meta = await readTokenMeta(tokensDir);
-    const tokens = await readTokenSplit(tokensDir, "train");
-    const dev = await readTokenSplit(tokensDir, "dev");
-    if (!tokens) throw new InputError("the training split is empty", { file: p.file });
+    const tokenDirs = list(params.tokens).map((k) => ctx.inputs[k]);
+    const tokensDir = tokenDirs[0];
+    const general = tokenDirs.length > 1 || params.pack !== undefined;
+    if (general && params.teacher_outputs) {
+      throw new InputError("several token inputs or `pack` need the teacher online", {
+        file: p.file,
+        field: `${ctx.key}.teacher_outputs`,
+        expected: "null",
+        got: params.teacher_outputs,
+        hint: "A teacher-forward cache is row-aligned with one tokenize output, unpacked.",
+      });
+    }
+    let meta = await readTokenMeta(tokensDir);
+    let rows: TokenRows | null, dev: TokenRows | null;
+    if (general) {
+      const metas = await Promise.all(tokenDirs.map(readTokenMeta));
+      if (metas.some((m) => m.vocab_size !== meta.vocab_size)) {
+        throw new InputError("the token inputs use different vocabularies", {
+          file: p.file,
+          field: `${ctx.key}.tokens`,
+        });
+      }
+      // several corpora (or packed blocks) make unlabeled text: labels would not mean one thing
+      meta = { ...meta, labels: null, task: null };
+      rows = await generalRows(tokenDirs, params.pack);
+      dev = null;
+      ctx.log(
+        `${rows?.lengths.length ?? 0} training rows from ${tokenDirs.length} token input(s)` +
+          (params.pack ? `, packed to ≤ ${params.pack} tokens` : ""),
+      );
+    } else {
+      rows = await readTokenSplit(tokensDir, "train");
+      dev = await readTokenSplit(tokensDir, "dev");
+    }
+    if (!rows) throw new InputError("the training split is empty", { file: p.file });
+    const tokens = rows;
     const teacherDir = modelDirOf(
       p,
       ctx.inputs,

@@ -10,7 +10,7 @@
 
 import { dirname, join } from "node:path";
 import { z } from "zod";
-import { datasetHash, loadDataset } from "../data/mod.ts";
+import { datasetHash, excludeExamples, loadDataset } from "../data/mod.ts";
 import { seededRandom, shuffle } from "../data/split.ts";
 import type { Dataset, DatasetSpec } from "../data/types.ts";
 import { InputError } from "../errors.ts";
@@ -69,11 +69,43 @@ function tokenizerDir(p: Pipeline, params: TokenizeParams, resolve: (s: string) 
 }
 
 const loaded = new Map<string, Promise<Dataset>>();
-/** Load a pipeline dataset once per process (fingerprint and run both need it). */
-function dataset(p: Pipeline, name: string): Promise<Dataset> {
-  const spec = p.datasets[name] as DatasetSpec;
-  const key = `${dirname(p.file)}\n${JSON.stringify(spec)}`;
-  if (!loaded.has(key)) loaded.set(key, loadDataset({ name, ...spec }, dirname(p.file)));
+/**
+ * Load a pipeline dataset once per process (fingerprint and run both need it), with its
+ * `exclude` applied: the named splits of another dataset of the same file are removed by text.
+ */
+function dataset(p: Pipeline, name: string, chain: string[] = []): Promise<Dataset> {
+  const spec = p.datasets[name] as DatasetSpec | undefined;
+  const field = chain.length ? `datasets.${chain[chain.length - 1]}.exclude.dataset` : "dataset";
+  if (!spec) {
+    return Promise.reject(
+      new InputError(`unknown dataset '${name}'`, {
+        file: p.file,
+        field,
+        expected: `one of ${Object.keys(p.datasets).join(", ")}`,
+        got: name,
+      }),
+    );
+  }
+  if (chain.includes(name)) {
+    return Promise.reject(
+      new InputError(`datasets exclude each other in a cycle: ${[...chain, name].join(" → ")}`, {
+        file: p.file,
+        field,
+      }),
+    );
+  }
+  const key = `${dirname(p.file)}\n${name}\n${JSON.stringify(spec)}`;
+  if (!loaded.has(key)) {
+    const { exclude, ...rest } = spec;
+    loaded.set(
+      key,
+      loadDataset({ name, ...rest }, dirname(p.file)).then(async (data) => {
+        if (!exclude) return data;
+        const other = await dataset(p, exclude.dataset, [...chain, name]);
+        return excludeExamples(data, exclude.splits.flatMap((s) => other[s]));
+      }),
+    );
+  }
   return loaded.get(key)!;
 }
 
@@ -111,6 +143,12 @@ export const tokenize = defineStage({
     const { params, pipeline } = ctx;
     const data = await dataset(pipeline, params.dataset);
     const tok = await loadTokenizer(tokenizerDir(pipeline, params, ctx.resolve));
+    if (data.excluded !== undefined) {
+      const ex = pipeline.datasets[params.dataset].exclude!;
+      ctx.log(
+        `left out ${data.excluded} examples found in ${ex.dataset} (${ex.splits.join(", ")})`,
+      );
+    }
     const total = SPLITS.reduce((n, s) => n + data[s].length, 0);
     const bar = ctx.progress(total, "examples");
     const counts: Record<string, number> = { truncated: 0, tokens: 0 };
