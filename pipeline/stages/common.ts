@@ -183,15 +183,17 @@ export function modelFromConfig(
   role: "teacher" | "student",
   meta: TokenMeta,
   seed: number,
+  /** The architecture to use when the section has no `config` (e.g. a checkpoint's). */
+  base?: Partial<BertConfig>,
 ): Bert {
   const section = p[role];
-  if (!section?.config) {
+  if (!section?.config && !base) {
     throw new InputError(`${role}.config is needed to build the ${role}`, {
       file: p.file,
       field: `${role}.config`,
     });
   }
-  const given = section.config as Partial<BertConfig>;
+  const given = (section?.config ?? base) as Partial<BertConfig>;
   if (given.vocab_size !== undefined && given.vocab_size !== meta.vocab_size) {
     throw new InputError(`${role}.config.vocab_size differs from the tokenizer's`, {
       file: p.file,

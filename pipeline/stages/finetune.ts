@@ -12,7 +12,7 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { numLabels } from "../config.ts";
+import { type BertConfig, numLabels, readConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
@@ -40,6 +40,12 @@ export const FinetuneParams = z.strictObject({
   from: z.string().min(1).optional(),
   /** The tokenize stage to train on. */
   tokens: z.string().min(1).default("tokenize"),
+  /**
+   * `random`: a fresh model of the same architecture (the section's `config`, else its
+   * checkpoint's) — the labels-only baseline of a student whose checkpoint is general-distilled.
+   * Default: the checkpoint (or `from`) when there is one.
+   */
+  init: z.enum(["checkpoint", "random"]).optional(),
   ...OptimParams,
   ...LoopParams,
 }).refine((p) => !(p.epochs !== undefined && p.steps !== undefined), {
@@ -66,6 +72,9 @@ export const finetune = defineStage({
   async fingerprint(params, { pipeline, resolve }) {
     const section = pipeline[params.model];
     if (params.from || !section?.checkpoint) return "";
+    if (params.init === "random") {
+      return sha256Hex(await Deno.readFile(join(resolve(section.checkpoint), "config.json")));
+    }
     const dir = resolve(section.checkpoint);
     const w = await Deno.readFile(join(dir, "model.safetensors")).catch(() => new Uint8Array());
     return sha256Hex(w);
@@ -88,14 +97,29 @@ export const finetune = defineStage({
     if (!train_) throw new InputError("the training split is empty", { file: pipeline.file });
     const seed = pipeline.seed;
     const section = pipeline[params.model];
-    const model = params.from || section?.checkpoint
+    const fromCheckpoint = params.init !== "random" && !!(params.from || section?.checkpoint);
+    if (params.init === "checkpoint" && !fromCheckpoint) {
+      throw new InputError(`init: checkpoint needs ${params.model}.checkpoint or from`, {
+        file: pipeline.file,
+        field: `${ctx.key}.init`,
+      });
+    }
+    let base: Partial<BertConfig> | undefined;
+    if (params.init === "random" && !section?.config && section?.checkpoint) {
+      const { id2label: _i, label2id: _l, problem_type: _p, architectures: _a, ...arch } =
+        await readConfig(ctx.resolve(section.checkpoint)) as BertConfig & {
+          architectures?: string[];
+        };
+      base = arch;
+    }
+    const model = fromCheckpoint
       ? await loadForTask(
         modelDirOf(pipeline, ctx.inputs, ctx.resolve, params.from, params.model, ctx.key),
         labels,
         seed,
         regression,
       )
-      : modelFromConfig(pipeline, params.model, meta, seed);
+      : modelFromConfig(pipeline, params.model, meta, seed, base);
     if (model.config.vocab_size !== meta.vocab_size) {
       throw new InputError("the model's vocabulary does not match the tokenizer's", {
         field: "vocab_size",

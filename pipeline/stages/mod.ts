@@ -10,3 +10,4 @@ export { finetune, FinetuneParams } from "./finetune.ts";
 export { distill, DistillParams, DistillPhase } from "./distill.ts";
 export { evaluate, EvaluateParams } from "./evaluate.ts";
 export { mlmPretrain, MlmPretrainParams } from "./mlm_pretrain.ts";
+export { publish, PublishParams } from "./publish.ts";
