@@ -28,6 +28,7 @@ Deno.test("the README's pipeline file is valid", async () => {
     "teacher-forward",
     "distill",
     "finetune@student",
+    "finetune@general",
     "evaluate",
   ]);
   assert.equal((p.stages[2]["teacher-forward"] as { dtype: string }).dtype, "F16");
@@ -40,11 +41,19 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
   const files = [...Deno.readDirSync("tasks")].map((e) => e.name).filter((n) =>
     n.endsWith(".yaml")
   );
-  assert.deepEqual(files.sort(), ["brown-genre.yaml", "hf-teacher.yaml", "spam.yaml"]);
+  assert.deepEqual(files.sort(), [
+    "brown-genre.yaml",
+    "hf-teacher.yaml",
+    "pretrain.yaml",
+    "spam.yaml",
+  ]);
   for (const f of files) {
     const p = await loadPipeline(`tasks/${f}`);
     const kinds = p.stages.map((s) => Object.keys(s)[0]);
-    assert.ok(kinds.includes("distill") && kinds.includes("evaluate"), f);
+    assert.ok(kinds.includes("distill"), f);
+    if (f === "pretrain.yaml") {
+      assert.ok(kinds.includes("mlm-pretrain") && kinds.includes("publish"), f);
+    } else assert.ok(kinds.includes("evaluate"), f);
     if (f === "hf-teacher.yaml") continue; // its checkpoint and CSV are the user's
     const plan = await planPipeline(p);
     assert.equal(new Set(plan.map((s) => s.hash)).size, plan.length, f);

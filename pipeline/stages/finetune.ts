@@ -73,7 +73,8 @@ export const finetune = defineStage({
     const section = pipeline[params.model];
     if (params.from || !section?.checkpoint) return "";
     if (params.init === "random") {
-      return sha256Hex(await Deno.readFile(join(resolve(section.checkpoint), "config.json")));
+      const cfg = join(resolve(section.checkpoint), "config.json");
+      return sha256Hex(await Deno.readFile(cfg).catch(() => new Uint8Array()));
     }
     const dir = resolve(section.checkpoint);
     const w = await Deno.readFile(join(dir, "model.safetensors")).catch(() => new Uint8Array());
