@@ -21,7 +21,7 @@ import { z } from "zod";
 import { tf } from "../backend.ts";
 import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../cache_size.ts";
 import { loadBert } from "../checkpoint.ts";
-import { numLabels } from "../config.ts";
+import { numLabels, readConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeJsonAtomic } from "../fsutil.ts";
 import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
@@ -77,13 +77,21 @@ function teacherDir(
   return modelDirOf(p, inputs, resolve, params.teacher, "teacher", "teacher-forward.teacher");
 }
 
-function studentLayers(p: Pipeline, params: TeacherForwardParams): number {
-  const n = params.student_layers ?? p.student?.config?.num_hidden_layers;
+/** The student's layer count: the param, else `student.config`, else `student.checkpoint`'s. */
+async function studentLayers(
+  p: Pipeline,
+  params: TeacherForwardParams,
+  resolve: (s: string) => string,
+): Promise<number> {
+  let n = params.student_layers ?? p.student?.config?.num_hidden_layers;
+  if (n === undefined && p.student?.checkpoint) {
+    n = (await readConfig(resolve(p.student.checkpoint))).num_hidden_layers;
+  }
   if (typeof n !== "number") {
     throw new InputError("the student's layer count is needed to choose the teacher layers", {
       file: p.file,
       field: "teacher-forward.student_layers",
-      hint: "Set it, or student.config.num_hidden_layers.",
+      hint: "Set it, student.config.num_hidden_layers or student.checkpoint.",
     });
   }
   return n;
@@ -101,7 +109,7 @@ export const teacherForward = defineStage({
   shardable: true,
   needs: (params) => [params.input, ...(params.teacher ? [params.teacher] : [])],
   async fingerprint(params, { pipeline, resolve }) {
-    const layers = studentLayers(pipeline, params);
+    const layers = await studentLayers(pipeline, params, resolve);
     // a teacher trained by an earlier stage is covered by that stage's hash
     if (params.teacher) return `student-layers=${layers}`;
     const dir = teacherDir(pipeline, resolve, params);
@@ -139,7 +147,7 @@ export const teacherForward = defineStage({
         });
       }
     }
-    const M = studentLayers(pipeline, params);
+    const M = await studentLayers(pipeline, params, ctx.resolve);
     const map = resolveLayerMap(
       params.layer_map,
       cfg.num_hidden_layers,
