@@ -56,6 +56,11 @@ export interface Stage<P> {
   params: z.ZodType<P>;
   /** Keys of earlier stages whose outputs this stage reads, from its params. */
   needs?(params: P): string[];
+  /**
+   * The pipeline's model sections (`teacher`, `student`: config, checkpoint, tokenizer, init)
+   * whose content the stage reads; they join its hash. Default: both.
+   */
+  models?(params: P): ("teacher" | "student")[];
   /** The stage can split its work among processes (`--shard i/n`). */
   shardable?: boolean;
   /** A digest of external inputs (files, checkpoints) that the hash must cover. */
@@ -167,6 +172,9 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
       params,
       seed: p.seed,
       inputs: Object.fromEntries(needs.map((n) => [n, hashes.get(n)])),
+      models: Object.fromEntries(
+        (stage.models?.(params) ?? ["teacher", "student"]).map((r) => [r, p[r] ?? null]),
+      ),
       fingerprint,
     }))).slice(0, 16);
     hashes.set(key, hash);

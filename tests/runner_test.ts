@@ -238,3 +238,36 @@ Deno.test("a second run of the same pipeline is refused while the first holds th
     await assert.rejects(Deno.stat(join(root, ".lock")), Deno.errors.NotFound);
   });
 });
+
+defineStage({
+  name: "student-only",
+  version: 1,
+  params: z.strictObject({}),
+  models: () => ["student"],
+  run(ctx) {
+    runs.push(ctx.key);
+    return Promise.resolve({});
+  },
+});
+
+Deno.test("a changed teacher/student section reruns the stages that read it, only those", async () => {
+  await withTempDir(async (dir) => {
+    const p = (teacherLayers: number, studentLayers: number) =>
+      parsePipeline(
+        `name: models\noutput_dir: ${join(dir, "runs")}\n` +
+          `teacher: { config: { num_hidden_layers: ${teacherLayers} } }\n` +
+          `student: { config: { num_hidden_layers: ${studentLayers} } }\n` +
+          `stages:\n  - emit: { n: 1 }\n  - student-only: {}\n`,
+        join(dir, "m.yaml"),
+      );
+    runs.length = 0;
+    await runPipeline(p(4, 2), { quiet: true });
+    assert.deepEqual(runs, ["emit", "student-only"]);
+    runs.length = 0; // the teacher changed: emit (reads both by default) reruns, student-only not
+    await runPipeline(p(6, 2), { quiet: true });
+    assert.deepEqual(runs, ["emit"]);
+    runs.length = 0; // the student changed: both
+    await runPipeline(p(6, 1), { quiet: true });
+    assert.deepEqual(runs, ["emit", "student-only"]);
+  });
+});

@@ -68,6 +68,7 @@ export const finetune = defineStage({
   name: "finetune",
   version: 2,
   params: FinetuneParams,
+  models: (p) => [p.model],
   needs: (p) => [p.tokens, ...(p.from ? [p.from] : [])],
   async fingerprint(params, { pipeline, resolve }) {
     const section = pipeline[params.model];

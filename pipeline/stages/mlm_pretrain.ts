@@ -127,6 +127,7 @@ export const mlmPretrain = defineStage({
   name: "mlm-pretrain",
   version: 1,
   params: MlmPretrainParams,
+  models: (p) => [p.model],
   needs: (p) => list(p.tokens),
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;

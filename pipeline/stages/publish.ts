@@ -186,6 +186,7 @@ export const publish = defineStage({
   name: "publish",
   version: 1,
   params: PublishParams,
+  models: () => [],
   needs: (p) => [p.model],
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;

@@ -134,6 +134,7 @@ export const tokenize = defineStage({
   name: "tokenize",
   version: 3,
   params: TokenizeParams,
+  models: () => [],
   async fingerprint(params, { pipeline, resolve }) {
     const data = await dataset(pipeline, params.dataset);
     const tok = await loadTokenizer(tokenizerDir(pipeline, params, resolve));
