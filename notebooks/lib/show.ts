@@ -1,0 +1,226 @@
+/**
+ * What the notebooks display, as Jupyter MIME bundles: any object with a
+ * `Symbol.for("Jupyter.display")` method is rendered by the Deno kernel when a cell evaluates to
+ * it. SVG charts come from `pipeline/report.ts` (line and bar charts) and {@link heatmapSvg}.
+ * @module
+ */
+
+import { join } from "node:path";
+import {
+  barChartSvg,
+  type BertTokenizer,
+  lineChartSvg,
+  loadBert,
+  loadTokenizer,
+  PartReader,
+  tf,
+} from "../../mod.ts";
+
+const DISPLAY = Symbol.for("Jupyter.display");
+
+/** Something a notebook cell can evaluate to and have rendered. */
+export interface Displayable {
+  [DISPLAY](): Record<string, string>;
+  /** The same content as MIME type → data (for tests and non-Jupyter use). */
+  bundle: Record<string, string>;
+}
+
+function displayable(bundle: Record<string, string>): Displayable {
+  return { bundle, [DISPLAY]: () => bundle };
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(
+    /"/g,
+    "&quot;",
+  );
+}
+
+/** An SVG image. */
+export function svg(markup: string, alt = "chart"): Displayable {
+  return displayable({ "image/svg+xml": markup, "text/plain": `[${alt}]` });
+}
+
+/** HTML (with a plain-text fallback). */
+export function html(markup: string, text = "[html]"): Displayable {
+  return displayable({ "text/html": markup, "text/plain": text });
+}
+
+/** Markdown (rendered by Jupyter; the source is the plain-text fallback). */
+export function markdown(md: string): Displayable {
+  return displayable({ "text/markdown": md, "text/plain": md });
+}
+
+/** Several SVGs side by side (one HTML output). */
+export function sideBySide(svgs: string[]): Displayable {
+  const cells = svgs.map((s) => `<div style="flex:1;min-width:300px">${s}</div>`).join("");
+  return html(`<div style="display:flex;gap:12px;flex-wrap:wrap">${cells}</div>`, "[svg charts]");
+}
+
+/** An HTML table from rows of cells (the first row is the header). */
+export function htmlTable(rows: (string | number)[][]): Displayable {
+  const [head, ...body] = rows;
+  const tr = (r: (string | number)[], tag: string) =>
+    `<tr>${r.map((c) => `<${tag}>${escapeHtml(String(c))}</${tag}>`).join("")}</tr>`;
+  const text = rows.map((r) => r.join("\t")).join("\n");
+  return html(
+    `<table><thead>${tr(head, "th")}</thead><tbody>${
+      body.map((r) => tr(r, "td")).join("")
+    }</tbody></table>`,
+    text,
+  );
+}
+
+/** Viridis-like colour for t ∈ [0, 1]. */
+function colour(t: number): string {
+  const stops = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  const x = Math.min(1, Math.max(0, t)) * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(x));
+  const f = x - i;
+  const c = stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * f));
+  return `rgb(${c.join(",")})`;
+}
+
+/**
+ * A heatmap of `matrix[row][col]` (e.g. attention probabilities: query rows, key columns), with
+ * optional axis labels (tokens), scaled to the matrix's own min..max.
+ */
+export function heatmapSvg(
+  matrix: number[][],
+  opts: { title: string; rowLabels?: string[]; colLabels?: string[]; cell?: number },
+): string {
+  const n = matrix.length, m = matrix[0]?.length ?? 0;
+  const cell = opts.cell ?? 18;
+  const left = opts.rowLabels ? 70 : 10, top = opts.colLabels ? 80 : 30;
+  const width = left + m * cell + 10, height = top + n * cell + 10;
+  let lo = Infinity, hi = -Infinity;
+  for (const r of matrix) {
+    for (const v of r) if (Number.isFinite(v)) (lo = Math.min(lo, v), hi = Math.max(hi, v));
+  }
+  const span = hi > lo ? hi - lo : 1;
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+    `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="10">`,
+    `<text x="${left}" y="14" font-size="12" font-weight="bold">${escapeHtml(opts.title)}</text>`,
+  ];
+  matrix.forEach((r, i) =>
+    r.forEach((v, j) => {
+      parts.push(
+        `<rect x="${left + j * cell}" y="${top + i * cell}" width="${cell}" height="${cell}" ` +
+          `fill="${colour((v - lo) / span)}"><title>${v.toFixed(3)}</title></rect>`,
+      );
+    })
+  );
+  opts.rowLabels?.forEach((l, i) =>
+    parts.push(
+      `<text x="${left - 4}" y="${top + i * cell + cell * 0.7}" text-anchor="end">${
+        escapeHtml(l)
+      }</text>`,
+    )
+  );
+  opts.colLabels?.forEach((l, j) => {
+    const x = left + j * cell + cell * 0.7, y = top - 4;
+    parts.push(
+      `<text x="${x}" y="${y}" transform="rotate(-60 ${x} ${y})">${escapeHtml(l)}</text>`,
+    );
+  });
+  parts.push("</svg>");
+  return parts.join("\n");
+}
+
+/** Counts of `values` in `bins` equal-width bins, as a bar chart SVG. */
+export function histogramSvg(
+  values: number[],
+  bins: number,
+  title: string,
+  xLabel: string,
+): string {
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const w = Math.max(1, Math.ceil((hi - lo + 1) / bins));
+  const counts = new Map<number, number>();
+  for (const v of values) {
+    const b = lo + Math.floor((v - lo) / w) * w;
+    counts.set(b, (counts.get(b) ?? 0) + 1);
+  }
+  const bars = [...counts.entries()].sort((a, b) => a[0] - b[0]).map(([b, c]) => ({
+    label: w === 1 ? String(b) : `${b}–${b + w - 1}`,
+    value: c,
+  }));
+  return barChartSvg(bars, { title, yLabel: `examples (by ${xLabel})` });
+}
+
+/** The rows of a tokenize split: ids, lengths and labels. */
+export async function tokenRows(tokensDir: string, split: string) {
+  const reader = await PartReader.open(join(tokensDir, split));
+  const ids: Int32Array[] = [], lengths: number[] = [], labels: number[] = [];
+  for await (const part of reader.parts(["input_ids", "length", "label"])) {
+    ids.push(...(part.columns.input_ids as Int32Array[]));
+    lengths.push(...(part.columns.length as Int32Array));
+    labels.push(...(part.columns.label as Int32Array));
+  }
+  return { ids, lengths, labels };
+}
+
+/** A table of the first `n` examples of a split: tokens as the model sees them. */
+export async function tokenTable(tokensDir: string, split = "train", n = 5): Promise<Displayable> {
+  const tok = await loadTokenizer(join(tokensDir, "tokenizer"));
+  const meta = JSON.parse(await Deno.readTextFile(join(tokensDir, "labels.json")));
+  const rows = await tokenRows(tokensDir, split);
+  const table: (string | number)[][] = [["#", "label", "length", "tokens"]];
+  for (let i = 0; i < Math.min(n, rows.ids.length); i++) {
+    table.push([
+      i,
+      meta.labels?.[rows.labels[i]] ?? "",
+      rows.lengths[i],
+      Array.from(rows.ids[i], (id) => tok.idToToken[id]).join(" "),
+    ]);
+  }
+  return htmlTable(table);
+}
+
+/** The training curve of a stage (`curve.json`) as a line chart, one line per phase. */
+export async function lossCurveSvg(stageDir: string, title: string): Promise<string> {
+  const c = JSON.parse(await Deno.readTextFile(join(stageDir, "curve.json")));
+  const phases = [...new Set(c.curve.map((p: { phase: string }) => p.phase))] as string[];
+  return lineChartSvg(
+    phases.map((ph) => ({
+      name: ph,
+      points: c.curve.filter((p: { phase: string }) => p.phase === ph).map((
+        p: { globalStep: number; loss: number },
+      ) => [p.globalStep, p.loss] as [number, number]),
+    })),
+    { title, xLabel: "step", yLabel: "loss" },
+  );
+}
+
+/** Attention probabilities of every layer and head of a model on one text. */
+export async function attentionMaps(
+  modelDir: string,
+  text: string,
+  tokenizer?: BertTokenizer,
+): Promise<{ tokens: string[]; maps: number[][][][] }> {
+  const tok = tokenizer ?? await loadTokenizer(modelDir);
+  const model = await loadBert(modelDir);
+  try {
+    const enc = tok.encodeBatch([text], undefined, { maxLength: 32 });
+    const tokens = Array.from(enc.inputIds.dataSync(), (id) => tok.idToToken[id]);
+    const maps = tf.tidy(() => {
+      const out = model.forward(enc, { attentionScores: true, hiddenStates: false });
+      return out.attentionScores.map((s) => (tf.softmax(s).arraySync() as number[][][][])[0]);
+    });
+    tf.dispose(Object.values(enc));
+    return { tokens, maps };
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Size on disk of a directory tree, in bytes. */
+export async function diskBytes(dir: string): Promise<number> {
+  let n = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const p = join(dir, e.name);
+    n += e.isDirectory ? await diskBytes(p) : (await Deno.stat(p)).size;
+  }
+  return n;
+}
