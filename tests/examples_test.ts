@@ -49,7 +49,7 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
   ]);
   for (const f of files) {
     const p = await loadPipeline(`tasks/${f}`);
-    const kinds = p.stages.map((s) => Object.keys(s)[0]);
+    const kinds = p.stages.map((s) => Object.keys(s)[0].split("@")[0]);
     assert.ok(kinds.includes("distill"), f);
     if (f === "pretrain.yaml") {
       assert.ok(kinds.includes("mlm-pretrain") && kinds.includes("publish"), f);

@@ -107,6 +107,8 @@ export const teacherForward = defineStage({
   version: 1,
   params: TeacherForwardParams,
   shardable: true,
+  // the student only through its layer count, which the fingerprint covers
+  models: (params) => (params.teacher ? [] : ["teacher"]),
   needs: (params) => [params.input, ...(params.teacher ? [params.teacher] : [])],
   async fingerprint(params, { pipeline, resolve }) {
     const layers = await studentLayers(pipeline, params, resolve);
