@@ -36,8 +36,11 @@ class CellFailure(Exception):
     pass
 
 
-def collect(kc, msg_id, timeout, grace, stats):
-    """Outputs of one execute request: read IOPub until idle, then `grace` s past the last output."""
+def collect(kc, msg_id, timeout, grace, stats, displays, alive=lambda: True):
+    """Outputs of one execute request: read IOPub until idle, then `grace` s past the last output.
+
+    `displays` maps display ids to the outputs shown under them (update_display_data redraws
+    them, also when the display was made by an earlier cell)."""
     outputs, count, error = [], None, None
     idle_at = None
     deadline = time.monotonic() + timeout
@@ -52,8 +55,11 @@ def collect(kc, msg_id, timeout, grace, stats):
             if wait <= 0:
                 break
         try:
-            msg = kc.get_iopub_msg(timeout=wait)
+            # wake up every 2 s to notice a dead kernel (crash, out of memory) before the timeout
+            msg = kc.get_iopub_msg(timeout=min(wait, 2.0))
         except queue.Empty:
+            if idle_at is None and not alive():
+                raise CellFailure("the kernel died")
             continue
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
@@ -66,6 +72,7 @@ def collect(kc, msg_id, timeout, grace, stats):
             late = time.monotonic() - idle_at
             stats["late"] += 1
             stats["late_max_ms"] = max(stats["late_max_ms"], late * 1000)
+            stats["late_outputs"].append([stats["cells"] + 1, kind, round(late * 1000, 3)])
             idle_at = time.monotonic()  # keep listening after each late output
         if kind == "execute_input":
             count = content.get("execution_count")
@@ -77,13 +84,16 @@ def collect(kc, msg_id, timeout, grace, stats):
         elif kind in ("display_data", "execute_result", "error"):
             out = nbformat.v4.output_from_msg(msg)
             outputs.append(out)
+            did = content.get("transient", {}).get("display_id")
+            if did:
+                displays.setdefault(did, []).append(out)
             if kind == "error":
                 error = f"{content.get('ename')}: {content.get('evalue')}"
         elif kind == "update_display_data":
-            did = content.get("transient", {}).get("display_id")
-            for out in outputs:
-                if out.get("metadata", {}).get("display_id") == did or out.get("transient", {}).get("display_id") == did:
-                    out["data"] = content["data"]
+            # redraw every output shown under this display id (e.g. a live loss chart)
+            for out in displays.get(content.get("transient", {}).get("display_id"), []):
+                out["data"] = content["data"]
+                out["metadata"] = content.get("metadata", {})
         elif kind == "clear_output":
             outputs = []
     return outputs, count, error
@@ -113,7 +123,7 @@ def run_notebook(path, kernel, timeout, grace, stats):
     km.start_kernel(cwd=os.path.dirname(os.path.abspath(path)))
     kc = km.client()
     kc.start_channels()
-    failure = None
+    failure, displays = None, {}
     try:
         kc.wait_for_ready(timeout=120)
         code_cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -125,13 +135,16 @@ def run_notebook(path, kernel, timeout, grace, stats):
                 continue
             msg_id = kc.execute(cell.source, store_history=True, allow_stdin=False)
             try:
-                outputs, count, error = collect(kc, msg_id, timeout, grace, stats)
+                outputs, count, error = collect(kc, msg_id, timeout, grace, stats, displays, km.is_alive)
                 reply = shell_reply(kc, msg_id, timeout)
             except CellFailure as e:
                 failure = f"{where}: {e}"
                 break
             cell.outputs, cell.execution_count = outputs, count
             stats["cells"] += 1
+            stats["outputs"].append(sorted({
+                f"{o.output_type}:{o.name}" if o.output_type == "stream" else f"{o.output_type}:{','.join(sorted(o.get('data', {})))}"
+                for o in outputs}))
             if error or reply.get("status") == "error":
                 failure = f"{where} raised {error or reply.get('ename', 'an error')}\n" + "".join(
                     line for line in reply.get("traceback", [])[:20]
@@ -185,7 +198,7 @@ def main():
     ap.add_argument("notebooks", nargs="+")
     ap.add_argument("--kernel", default="deno")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per cell")
-    ap.add_argument("--grace", type=float, default=0.5, help="seconds to keep reading IOPub after idle")
+    ap.add_argument("--grace", type=float, default=0.3, help="seconds to keep reading IOPub after idle")
     ap.add_argument("--out", default=None, help="directory for the executed copies")
     ap.add_argument("--html", default=None, help="also write an HTML page per notebook here")
     ap.add_argument("--repeat", type=int, default=1, help="run each notebook this many times")
@@ -194,7 +207,8 @@ def main():
     failures, summary = [], []
     for path in args.notebooks:
         for rep in range(args.repeat):
-            stats = {"notebook": path, "run": rep + 1, "cells": 0, "late": 0, "late_max_ms": 0.0}
+            stats = {"notebook": path, "run": rep + 1, "cells": 0, "late": 0, "late_max_ms": 0.0,
+                     "late_outputs": [], "outputs": []}
             t0 = time.monotonic()
             nb, failure = run_notebook(path, args.kernel, args.timeout, args.grace, stats)
             stats["seconds"] = round(time.monotonic() - t0, 2)

@@ -1,12 +1,13 @@
 /**
- * `deno task notebooks [files…] [--html DIR] [--repeat N] [--stats FILE]`
+ * `deno task notebooks [files…] [--html DIR] [--fresh] [--repeat N] [--stats FILE]`
  *
  * Executes the notebooks (default: every `notebooks/*.ipynb`) headless on the Deno Jupyter
  * kernel, failing on any cell error and on any missing expected output (see `notebooks/run.py`).
  * Set-up: Debian `python3-nbclient` (it brings `jupyter_client` and `nbformat`); the Deno
  * kernelspec is installed here with `deno jupyter --install --force` into `.jupyter/` inside the
  * repository (gitignored), so nothing outside it changes. Executed copies go to
- * `.jupyter/executed/`.
+ * `.jupyter/executed/`. `--fresh` runs the tiny pipeline into a new temporary directory (removed
+ * afterwards) instead of `runs/notebook-tiny/`, so every stage is computed as on a clean clone.
  * @module
  */
 
@@ -51,7 +52,10 @@ if (!install?.success) {
   Deno.exit(2);
 }
 
-const args = [...Deno.args];
+const args = Deno.args.filter((a) => a !== "--fresh");
+const fresh = args.length < Deno.args.length
+  ? await Deno.makeTempDir({ prefix: "tinystill_notebooks_" })
+  : undefined;
 if (!args.some((a) => a.endsWith(".ipynb"))) {
   const dir = join(REPO, "notebooks");
   const all = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".ipynb"))
@@ -59,10 +63,11 @@ if (!args.some((a) => a.endsWith(".ipynb"))) {
   args.unshift(...all.map((n) => join(dir, n)));
 }
 if (!args.includes("--out")) args.push("--out", join(REPO, ".jupyter", "executed"));
-Deno.exit(
-  await run(python, [join(REPO, "notebooks", "run.py"), ...args], {
-    JUPYTER_PATH: join(DATA, "jupyter"),
-    JUPYTER_DATA_DIR: join(DATA, "jupyter"),
-    NO_COLOR: "1",
-  }),
-);
+const code = await run(python, [join(REPO, "notebooks", "run.py"), ...args], {
+  JUPYTER_PATH: join(DATA, "jupyter"),
+  JUPYTER_DATA_DIR: join(DATA, "jupyter"),
+  NO_COLOR: "1",
+  ...(fresh ? { TINYSTILL_NOTEBOOK_RUNS: fresh } : {}),
+});
+if (fresh) await Deno.remove(fresh, { recursive: true });
+Deno.exit(code);

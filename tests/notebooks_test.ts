@@ -1,13 +1,16 @@
 /**
  * The notebooks: committed without outputs, each declaring what it must show; and the headless
- * runner (`deno task notebooks`) fails when a cell raises or an expected output is missing.
- * The runner needs Debian's python3-nbclient; without it these runner tests skip with a message,
- * except under CI (CI=true), where they fail.
+ * runner (`deno task notebooks`) fails when a cell raises, an expected output is missing or the
+ * kernel dies; the live loss chart redraws one display. The runner needs Debian's python3-nbclient
+ * and the Deno kernel (`deno jupyter --install`); without them the runner test skips with a
+ * message, except under CI (CI=true), where the file fails.
  */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { withTempDir } from "./_util.ts";
+import { LossCurves, parseStepLine, withLiveLoss } from "../notebooks/lib/live.ts";
+import type { StageReport } from "../mod.ts";
 
 const NOTEBOOKS = [...Deno.readDirSync("notebooks")].map((e) => e.name).filter((n) =>
   n.endsWith(".ipynb")
@@ -47,23 +50,84 @@ Deno.test("notebooks: one per stage plus the quickstart, committed without outpu
   }
 });
 
+Deno.test("live loss: step lines become a chart that is redrawn in place, then from curve.json", async () => {
+  assert.deepEqual(
+    parseStepLine("distill: intermediate step 4/40 loss 3.231 lr 5.00e-3 |g| 0.674"),
+    { stage: "distill", phase: "intermediate", step: 4, total: 40, loss: 3.231 },
+  );
+  assert.equal(parseStepLine("distill: prediction step 40: dev accuracy 0.9167"), null);
+  const curves = new LossCurves();
+  for (
+    const l of ["a: p1 step 5/10 loss 2", "a: p1 step 10/10 loss 1", "a: p2 step 4/8 loss 0.5"]
+  ) {
+    assert.ok(curves.add(l));
+  }
+  assert.deepEqual(curves.series.get("a · p2")?.points, [[14, 0.5]]); // steps run on across phases
+
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      join(dir, "curve.json"),
+      JSON.stringify({
+        curve: [1, 2, 3].map((k) => ({ phase: "p1", globalStep: k, loss: 1 / k })),
+      }),
+    );
+    const shown: { update: boolean; svg: string }[] = [];
+    const ids = new Set<string>();
+    const report: StageReport = { key: "a", hash: "h", dir, status: "ran", seconds: 1 };
+    const out = await withLiveLoss(async () => {
+      console.error("a: p1 step 1/3 loss 1");
+      await new Promise((r) => setTimeout(r, 5));
+      console.error("a: p1 step 2/3 loss 0.5");
+      return [report];
+    }, {
+      title: "t",
+      everyMs: 0,
+      display: (bundle, o) => {
+        ids.add(o.display_id);
+        shown.push({ update: o.update, svg: bundle["image/svg+xml"] });
+        return Promise.resolve();
+      },
+    });
+    assert.deepEqual(out, [report]);
+    assert.equal(ids.size, 1, "one display, updated in place");
+    assert.deepEqual(shown.map((s) => s.update), [false, true, true, true]);
+    assert.match(shown[0].svg, /waiting for the first step/);
+    assert.match(shown.at(-1)!.svg, /a · p1/);
+  });
+});
+
 const PYTHON = Deno.env.get("TINYSTILL_PYTHON") ?? "/usr/bin/python3";
-async function runnerAvailable(): Promise<boolean> {
+/** Why the runner cannot run here (no jupyter_client/nbformat, no Deno kernel), or null. */
+async function runnerMissing(): Promise<string | null> {
+  const ok = async (cmd: string, args: string[], env?: Record<string, string>) => {
+    try {
+      return (await new Deno.Command(cmd, { args, env, stdout: "null", stderr: "null" }).output())
+        .success;
+    } catch {
+      return false;
+    }
+  };
+  if (!await ok(PYTHON, ["-c", "import jupyter_client, nbformat"])) {
+    return `${PYTHON} lacks jupyter_client/nbformat (apt-get install python3-nbclient)`;
+  }
+  // the kernelspec the runner installs (into a throwaway dir here)
+  const data = await Deno.makeTempDir({ prefix: "tinystill_kernel_" });
   try {
-    const out = await new Deno.Command(PYTHON, {
-      args: ["-c", "import jupyter_client, nbformat"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
+    const installed = await ok(Deno.execPath(), ["jupyter", "--install", "--force"], {
+      XDG_DATA_HOME: data,
+    }) && await Deno.stat(join(data, "jupyter", "kernels", "deno", "kernel.json")).then(
+      () => true,
+      () => false,
+    );
+    return installed ? null : "`deno jupyter --install` does not install the Deno kernel";
+  } finally {
+    await Deno.remove(data, { recursive: true });
   }
 }
-const available = await runnerAvailable();
-if (!available) {
-  const msg = `notebooks runner tests: ${PYTHON} lacks jupyter_client/nbformat ` +
-    "(apt-get install python3-nbclient)";
+const missing = await runnerMissing();
+const available = missing === null;
+if (missing) {
+  const msg = `notebooks runner tests: ${missing}`;
   if (Deno.env.get("CI") === "true") throw new Error(msg);
   console.warn(`${msg}; skipped`);
 }
@@ -100,7 +164,8 @@ const SVG = `{ [Symbol.for("Jupyter.display")]: () => ({ "image/svg+xml": ` +
   `'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>' }) }`;
 
 Deno.test({
-  name: "notebook runner: passes a good notebook, fails on a raising cell and a missing output",
+  name:
+    "notebook runner: passes a good notebook, fails on a raising cell, a missing output, a dead kernel",
   ignore: !available,
   async fn() {
     await withTempDir(async (dir) => {
@@ -110,13 +175,25 @@ Deno.test({
         notebook([
           { source: 'console.log("hello from a cell")', expect: ["stream"] },
           { source: SVG, expect: ["image/svg+xml"] },
+          {
+            // a display redrawn in place (what the live loss chart does)
+            source:
+              'await Deno.jupyter.display({ "text/plain": "v1" }, { raw: true, display_id: "d" });\n' +
+              'await Deno.jupyter.display({ "text/plain": "v2" }, { raw: true, display_id: "d", update: true });',
+            expect: ["text/plain"],
+          },
         ]),
       );
       assert.equal(good.code, 0, good.text);
-      assert.match(good.text, /ok +\S*good\.ipynb \(2 cells/);
+      assert.match(good.text, /ok +\S*good\.ipynb \(3 cells/);
       const executed = JSON.parse(await Deno.readTextFile(join(dir, "out", "good.ipynb")));
       assert.match(JSON.stringify(executed.cells[0].outputs), /hello from a cell/);
       assert.ok("image/svg+xml" in executed.cells[1].outputs[0].data);
+      // nbformat stores text as a list of lines
+      const redrawn = executed.cells[2].outputs.map((o: { data: Record<string, string[]> }) =>
+        o.data["text/plain"].join("")
+      );
+      assert.deepEqual(redrawn, ["v2"]);
 
       const raising = await runNotebook(
         dir,
@@ -140,6 +217,15 @@ Deno.test({
         missing.text,
         /missing\.ipynb: code cell 1: expected output image\/svg\+xml is missing \(got: stream\)/,
       );
+
+      // a kernel that dies mid-notebook is a failure, noticed without waiting for the timeout
+      const dies = await runNotebook(
+        dir,
+        "dies.ipynb",
+        notebook([{ source: "Deno.exit(3)" }, { source: "1" }]),
+      );
+      assert.equal(dies.code, 1, dies.text);
+      assert.match(dies.text, /dies\.ipynb: code cell 1: the kernel died/);
     });
   },
 });

@@ -13,6 +13,7 @@ import {
   loadBert,
   loadTokenizer,
   PartReader,
+  type StageReport,
   tf,
 } from "../../mod.ts";
 
@@ -68,6 +69,27 @@ export function htmlTable(rows: (string | number)[][]): Displayable {
       body.map((r) => tr(r, "td")).join("")
     }</tbody></table>`,
     text,
+  );
+}
+
+/** What a pipeline run did, stage by stage: ran or skipped (up to date), seconds, output dir. */
+export function stageTable(reports: StageReport[] | Record<string, StageReport>): Displayable {
+  const list = Array.isArray(reports) ? reports : Object.values(reports);
+  return htmlTable([
+    ["stage", "status", "seconds", "output"],
+    ...list.map((r) => [r.key, r.status, r.seconds.toFixed(1), r.dir.split(/[\\/]/).at(-1)!]),
+  ]);
+}
+
+/**
+ * An evaluate stage's `report.md` as Markdown, without its image links (they point at SVG files
+ * next to it, which a notebook cannot resolve; show those with {@link svg}).
+ */
+export async function reportMarkdown(evaluateDir: string): Promise<Displayable> {
+  const md = await Deno.readTextFile(join(evaluateDir, "report.md"));
+  return markdown(
+    md.split("\n").filter((l) => !/^!\[[^\]]*\]\([^)]*\.svg\)\s*$/.test(l)).join("\n").trimEnd() +
+      "\n",
   );
 }
 

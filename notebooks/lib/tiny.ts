@@ -3,7 +3,7 @@
  * fine-tune → teacher-forward cache → distill → labels-only baseline → evaluate) on
  * 400 SpamAssassin emails (cut to 32 tokens) with toy model sizes, so every notebook runs in
  * seconds. Outputs go to
- * `runs/notebook-tiny/`; stages are content-addressed, so a notebook reuses what an earlier one
+ * `runs/notebook-tiny/` (see {@link defaultOutputDir}); stages are content-addressed, so a notebook reuses what an earlier one
  * computed.
  * @module
  */
@@ -11,13 +11,20 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parsePipeline, type Pipeline, runPipeline, type StageReport } from "../../mod.ts";
-import "../../pipeline/stages/mod.ts";
 
 /** The repository root. */
 export const REPO = fileURLToPath(new URL("../../", import.meta.url));
 
+/**
+ * Where the tiny pipeline writes: `TINYSTILL_NOTEBOOK_RUNS` if set (`deno task notebooks --fresh`
+ * sets a new temporary directory), else `runs/` in the repository.
+ */
+export function defaultOutputDir(): string {
+  return Deno.env.get("TINYSTILL_NOTEBOOK_RUNS") || join(REPO, "runs");
+}
+
 /** The tiny pipeline file's text (absolute paths, so it runs from any working directory). */
-export function tinyPipelineYaml(outputDir = join(REPO, "runs")): string {
+export function tinyPipelineYaml(outputDir = defaultOutputDir()): string {
   return `name: notebook-tiny
 seed: 7
 backend: wasm
