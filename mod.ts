@@ -156,6 +156,8 @@ export {
   barChartSvg,
   comparisonTable,
   lineChartSvg,
+  type LossPoint,
+  lossSeries,
   markdownTable,
   type ModelRow,
   reportMarkdown,

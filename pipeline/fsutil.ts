@@ -33,6 +33,19 @@ export async function writeFileAtomic(
   await Deno.rename(tmp, path);
 }
 
+/**
+ * Swap a finished directory `tmp` into place at `dest`: an existing `dest` is first renamed to
+ * `old` (a stale `old` is removed beforehand) and removed only after `tmp` has taken its place,
+ * so a crash leaves `dest` or `old` whole, never a mix.
+ */
+export async function swapDir(tmp: string, dest: string, old = `${dest}.old`): Promise<void> {
+  await Deno.remove(old, { recursive: true }).catch(() => {});
+  const had = await exists(dest);
+  if (had) await Deno.rename(dest, old);
+  await Deno.rename(tmp, dest);
+  if (had) await Deno.remove(old, { recursive: true });
+}
+
 /** Write a JSON value atomically, pretty-printed with a trailing newline. */
 export function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   return writeFileAtomic(path, JSON.stringify(value, null, 2) + "\n");

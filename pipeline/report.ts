@@ -515,6 +515,32 @@ function noData(f: Frame): string {
     `text-anchor="middle" dominant-baseline="middle" fill="#888888">no data</text>`;
 }
 
+/** One logged training step, as `curve.json` holds it (see `train.ts`). */
+export interface LossPoint {
+  phase: string;
+  /** Step over the whole run. */
+  globalStep: number;
+  loss: number;
+}
+
+/**
+ * Loss-curve series of one training run: one per phase (named `name: phase` when there are
+ * several, else `name`), x = step over the whole run. With `smooth`, each point is the running
+ * mean over ~2% of the phase's steps, so the trend is readable.
+ */
+export function lossSeries(name: string, curve: LossPoint[], smooth = true): LineSeries[] {
+  const phases = [...new Set(curve.map((p) => p.phase))];
+  return phases.map((ph) => {
+    const pts = curve.filter((p) => p.phase === ph);
+    const w = smooth ? Math.max(1, Math.round(pts.length / 50)) : 1;
+    const points: [number, number][] = pts.map((p, i) => {
+      const win = pts.slice(Math.max(0, i - w + 1), i + 1);
+      return [p.globalStep, win.reduce((a, q) => a + q.loss, 0) / win.length];
+    });
+    return { name: phases.length > 1 ? `${name}: ${ph}` : name, points };
+  });
+}
+
 /** One line of {@link lineChartSvg}. */
 export interface LineSeries {
   name: string;

@@ -17,7 +17,7 @@ import { dirname, isAbsolute, join, resolve } from "node:path";
 import type { z } from "zod";
 import { setBackend } from "./backend.ts";
 import { InputError } from "./errors.ts";
-import { exists, writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
+import { exists, swapDir, writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
 import { canonicalJson, sha256Hex } from "./hash.ts";
 import { Progress } from "./progress.ts";
 import { type Pipeline, registerStage, resolvedYaml, stageKind } from "./spec.ts";
@@ -377,13 +377,7 @@ async function runStage(env: RunEnv, s: Planned): Promise<StageReport> {
     ...result,
   });
   // Swap into place; an older copy (a forced rerun) is removed only after the rename.
-  let old: string | null = null;
-  if (await exists(s.dir)) {
-    old = `${s.dir}.old-${Date.now()}`;
-    await Deno.rename(s.dir, old);
-  }
-  await Deno.rename(partial, s.dir);
-  if (old) await Deno.remove(old, { recursive: true });
+  await swapDir(partial, s.dir, `${s.dir}.old-${Date.now()}`);
   log(`${s.key}: done in ${seconds.toFixed(1)}s`);
   return { key: s.key, hash: s.hash, dir: s.dir, status: "ran", seconds, result };
 }

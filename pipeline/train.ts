@@ -17,7 +17,7 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "./bert.ts";
 import { seededRandom, shuffle } from "./data/split.ts";
-import { exists, writeJsonAtomic } from "./fsutil.ts";
+import { exists, swapDir, writeJsonAtomic } from "./fsutil.ts";
 import { AdamW, linearWarmupDecay } from "./optim.ts";
 import { DataParallel, type HostBatch, NonFiniteLossError } from "./parallel.ts";
 import type { Progress } from "./progress.ts";
@@ -226,11 +226,7 @@ async function saveCheckpoint(
     metadata: { step: String(s.step) },
   });
   await writeJsonAtomic(join(tmp, "state.json"), state);
-  const old = `${dir}.old`;
-  await Deno.remove(old, { recursive: true }).catch(() => {});
-  if (await exists(dir)) await Deno.rename(dir, old);
-  await Deno.rename(tmp, dir);
-  await Deno.remove(old, { recursive: true }).catch(() => {});
+  await swapDir(tmp, dir); // `${dir}.old` is what findCheckpoint falls back to
 }
 
 /** The checkpoint to resume from: `ckpt/`, or `ckpt.old/` when a kill hit the swap. */

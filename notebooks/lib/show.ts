@@ -12,6 +12,8 @@ import {
   lineChartSvg,
   loadBert,
   loadTokenizer,
+  type LossPoint,
+  lossSeries,
   PartReader,
   type StageReport,
   tf,
@@ -202,17 +204,14 @@ export async function tokenTable(tokensDir: string, split = "train", n = 5): Pro
 
 /** The training curve of a stage (`curve.json`) as a line chart, one line per phase. */
 export async function lossCurveSvg(stageDir: string, title: string): Promise<string> {
-  const c = JSON.parse(await Deno.readTextFile(join(stageDir, "curve.json")));
-  const phases = [...new Set(c.curve.map((p: { phase: string }) => p.phase))] as string[];
-  return lineChartSvg(
-    phases.map((ph) => ({
-      name: ph,
-      points: c.curve.filter((p: { phase: string }) => p.phase === ph).map((
-        p: { globalStep: number; loss: number },
-      ) => [p.globalStep, p.loss] as [number, number]),
-    })),
-    { title, xLabel: "step", yLabel: "loss" },
+  const c: { curve: LossPoint[] } = JSON.parse(
+    await Deno.readTextFile(join(stageDir, "curve.json")),
   );
+  return lineChartSvg(lossSeries("loss", c.curve, false), {
+    title,
+    xLabel: "step",
+    yLabel: "loss",
+  });
 }
 
 /** Attention probabilities of every layer and head of a model on one text. */

@@ -137,6 +137,9 @@ export function taskLabels(meta: TokenMeta): string[] | null {
   return isRegression(meta) ? ["LABEL_0"] : meta.labels;
 }
 
+/** A param that takes one stage key or a list of them, as a list. */
+export const asList = (t: string | string[]): string[] => (Array.isArray(t) ? t : [t]);
+
 /** A reference to a model: an earlier stage's key (its `model/`), or a pipeline section. */
 export const ModelRef = z.string().min(1);
 

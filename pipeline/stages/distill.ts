@@ -49,6 +49,7 @@ import { loadTokenizer } from "../tokenizer.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
+  asList,
   evaluateRows,
   inputTensors,
   isRegression,
@@ -308,8 +309,6 @@ function onlineSource(
   };
 }
 
-const list = (t: string | string[]) => (Array.isArray(t) ? t : [t]);
-
 /**
  * The training splits of several tokenize outputs as one unlabeled set of rows, optionally packed
  * into blocks of up to `pack` tokens (see `packExamples`).
@@ -344,7 +343,7 @@ export const distill = defineStage({
   version: 2,
   params: DistillParams,
   needs: (p) => [
-    ...list(p.tokens),
+    ...asList(p.tokens),
     ...(p.teacher_outputs ? [p.teacher_outputs] : []),
     ...(p.teacher ? [p.teacher] : []),
     ...(p.init_from ? [p.init_from] : []),
@@ -367,7 +366,7 @@ export const distill = defineStage({
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;
-    const tokenDirs = list(params.tokens).map((k) => ctx.inputs[k]);
+    const tokenDirs = asList(params.tokens).map((k) => ctx.inputs[k]);
     const tokensDir = tokenDirs[0];
     const general = tokenDirs.length > 1 || params.pack !== undefined;
     if (general && params.teacher_outputs) {

@@ -29,7 +29,7 @@ import {
   barChartSvg,
   comparisonTable,
   lineChartSvg,
-  type LineSeries,
+  lossSeries,
   type ModelRow,
   reportMarkdown,
   textTable,
@@ -170,21 +170,6 @@ interface Curves {
   evals: EvalPoint[];
 }
 
-/** Loss-curve series of one training stage: one per phase, x = step over the whole run. */
-function lossSeries(name: string, c: Curves): LineSeries[] {
-  const phases = [...new Set(c.curve.map((p) => p.phase))];
-  return phases.map((ph) => {
-    const pts = c.curve.filter((p) => p.phase === ph);
-    // a running mean over ~2% of the steps, so the trend is readable
-    const w = Math.max(1, Math.round(pts.length / 50));
-    const smooth: [number, number][] = pts.map((p, i) => {
-      const win = pts.slice(Math.max(0, i - w + 1), i + 1);
-      return [p.globalStep, win.reduce((a, q) => a + q.loss, 0) / win.length];
-    });
-    return { name: phases.length > 1 ? `${name}: ${ph}` : name, points: smooth };
-  });
-}
-
 /** The evaluate stage. */
 export const evaluate = defineStage({
   name: "evaluate",
@@ -302,7 +287,7 @@ export const evaluate = defineStage({
       const file = `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}.svg`;
       await writeFileAtomic(
         join(ctx.out, file),
-        lineChartSvg(lossSeries(m.name, c), {
+        lineChartSvg(lossSeries(m.name, c.curve), {
           title: `${m.name}: training loss (${m.stage})`,
           xLabel: "step",
           yLabel: "loss",

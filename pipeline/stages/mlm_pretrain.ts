@@ -32,6 +32,7 @@ import { defineStage, type StageResult } from "../runner.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { type BatchSource, train } from "../train.ts";
 import {
+  asList,
   inputTensors,
   LoopParams,
   OptimParams,
@@ -57,8 +58,6 @@ export const MlmPretrainParams = z.strictObject({
 });
 /** Validated mlm-pretrain params. */
 export type MlmPretrainParams = z.infer<typeof MlmPretrainParams>;
-
-const list = (t: string | string[]) => (Array.isArray(t) ? t : [t]);
 
 /** Pad blocks `rows` (masked with `seedOf(row)`) into one host batch with `mlmLabels`. */
 function maskedBatch(
@@ -128,10 +127,10 @@ export const mlmPretrain = defineStage({
   version: 1,
   params: MlmPretrainParams,
   models: (p) => [p.model],
-  needs: (p) => list(p.tokens),
+  needs: (p) => asList(p.tokens),
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;
-    const inputs = list(params.tokens).map((k) => ctx.inputs[k]);
+    const inputs = asList(params.tokens).map((k) => ctx.inputs[k]);
     const metas = await Promise.all(inputs.map(readTokenMeta));
     const vocabSize = metas[0].vocab_size;
     if (metas.some((m) => m.vocab_size !== vocabSize)) {

@@ -22,10 +22,10 @@ import { cpus, totalmem } from "node:os";
 import { basename, join, relative } from "node:path";
 import { z } from "zod";
 import { loadBert, saveBert } from "../checkpoint.ts";
-import { exists, writeFileAtomic } from "../fsutil.ts";
-import { lineChartSvg } from "../report.ts";
+import { exists, swapDir, writeFileAtomic } from "../fsutil.ts";
+import { lineChartSvg, lossSeries } from "../report.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
-import type { CurvePoint, EvalPoint } from "../train.ts";
+import type { CurvePoint } from "../train.ts";
 import { modelDirOf } from "./common.ts";
 
 /** Params of the publish stage. */
@@ -71,13 +71,9 @@ async function copyFlat(src: string, dest: string): Promise<void> {
 /** Replace folder `dest` by a copy of `src`: copy to a sibling, then swap with renames. */
 export async function replaceFolder(src: string, dest: string): Promise<void> {
   const tmp = `${dest}.tmp-${Deno.pid}`;
-  const old = `${dest}.old-${Deno.pid}`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await copyFlat(src, tmp);
-  const had = await exists(dest);
-  if (had) await Deno.rename(dest, old);
-  await Deno.rename(tmp, dest);
-  if (had) await Deno.remove(old, { recursive: true });
+  await swapDir(tmp, dest, `${dest}.old-${Deno.pid}`);
 }
 
 /** A count with thousands separators, or a measurement to 4 significant digits. */
@@ -213,19 +209,10 @@ export const publish = defineStage({
     const curveFile = join(stageDir, "curve.json");
     let hasCurve = false;
     if (await exists(curveFile)) {
-      const c: { curve: CurvePoint[]; evals: EvalPoint[] } = JSON.parse(
-        await Deno.readTextFile(curveFile),
-      );
-      const phases = [...new Set(c.curve.map((q) => q.phase))];
-      const series = phases.map((ph) => ({
-        name: `loss (${ph})`,
-        points: c.curve.filter((q) => q.phase === ph).map((q) =>
-          [q.globalStep, q.loss] as [number, number]
-        ),
-      }));
+      const c: { curve: CurvePoint[] } = JSON.parse(await Deno.readTextFile(curveFile));
       await writeFileAtomic(
         join(out, "training_curve.svg"),
-        lineChartSvg(series, {
+        lineChartSvg(lossSeries("loss", c.curve, false), {
           title: `${ctx.key}: training loss`,
           xLabel: "step",
           yLabel: "loss",
