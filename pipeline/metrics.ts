@@ -304,3 +304,65 @@ export function regressionMetrics(
     mse: se / pred.length,
   };
 }
+
+/** Two classifiers compared on the same examples: see {@link pairedAccuracy}. */
+export interface PairedComparison {
+  /** Accuracy of A minus accuracy of B. */
+  diff: number;
+  /** 95% confidence interval of `diff` (normal approximation for paired proportions). */
+  ci95: [number, number];
+  /** Examples A gets right and B wrong. */
+  onlyA: number;
+  /** Examples B gets right and A wrong. */
+  onlyB: number;
+  /** Two-sided exact McNemar p-value: how likely a split this uneven is if A and B are equal. */
+  p: number;
+}
+
+/**
+ * Is A more accurate than B on the same examples, beyond chance? Only the examples the two
+ * disagree on carry information: with `b` = right only for A and `c` = right only for B, the
+ * accuracy difference is `(b − c) / n`, its standard error `√((b + c)/n − ((b − c)/n)²) / √n`,
+ * and the exact McNemar test asks how likely a split at least this uneven is for a fair coin
+ * over the `b + c` disagreements (two-sided, binomial).
+ * @throws Error when the arrays are empty or differ in length.
+ */
+export function pairedAccuracy(
+  predA: ArrayLike<number>,
+  predB: ArrayLike<number>,
+  gold: ArrayLike<number>,
+): PairedComparison {
+  checkPair("pairedAccuracy", predA, gold, ["predA", "gold"]);
+  checkPair("pairedAccuracy", predB, gold, ["predB", "gold"]);
+  let b = 0, c = 0;
+  for (let i = 0; i < gold.length; i++) {
+    const a = predA[i] === gold[i], bb = predB[i] === gold[i];
+    if (a && !bb) b++;
+    else if (bb && !a) c++;
+  }
+  const n = gold.length;
+  const diff = (b - c) / n;
+  const se = Math.sqrt(Math.max(0, (b + c) / n - diff * diff) / n);
+  return {
+    diff,
+    ci95: [diff - 1.96 * se, diff + 1.96 * se],
+    onlyA: b,
+    onlyB: c,
+    p: mcnemarExact(b, c),
+  };
+}
+
+/** Two-sided exact McNemar p-value: `min(1, 2·P(X ≤ min(b, c)))`, X ~ Binomial(b + c, ½). */
+export function mcnemarExact(b: number, c: number): number {
+  const n = b + c;
+  if (n === 0) return 1;
+  const k = Math.min(b, c);
+  // Σ_{i≤k} C(n, i) / 2^n in log space (n can be thousands)
+  let logTerm = -n * Math.LN2; // log(C(n,0) / 2^n)
+  let sum = Math.exp(logTerm);
+  for (let i = 1; i <= k; i++) {
+    logTerm += Math.log((n - i + 1) / i);
+    sum += Math.exp(logTerm);
+  }
+  return Math.min(1, 2 * sum);
+}

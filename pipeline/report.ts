@@ -758,6 +758,8 @@ export interface ReportInput {
   table: Table;
   /** Bullet points under the table (datasets, hardware, caveats). */
   notes?: string[];
+  /** Further tables after the notes, each under a `## title`, with its own notes. */
+  sections?: { title: string; table: Table; notes?: string[] }[];
   /** Charts to embed, by path relative to the report. */
   charts?: { file: string; caption: string }[];
 }
@@ -769,7 +771,12 @@ export interface ReportInput {
 export function reportMarkdown(input: ReportInput): string {
   const parts = [`# ${input.title.replace(/\r?\n/g, " ")}`, markdownTable(input.table).trimEnd()];
   const notes = input.notes ?? [];
-  if (notes.length > 0) parts.push(notes.map((n) => `- ${n.replace(/\r?\n/g, " ")}`).join("\n"));
+  const bullets = (ns: string[]) => ns.map((n) => `- ${n.replace(/\r?\n/g, " ")}`).join("\n");
+  if (notes.length > 0) parts.push(bullets(notes));
+  for (const s of input.sections ?? []) {
+    parts.push(`## ${s.title.replace(/\r?\n/g, " ")}`, markdownTable(s.table).trimEnd());
+    if (s.notes?.length) parts.push(bullets(s.notes));
+  }
   for (const c of input.charts ?? []) {
     const caption = c.caption.replace(/\r?\n/g, " ").replace(/([\\[\]])/g, "\\$1");
     const file = /[\s()<>]/.test(c.file)

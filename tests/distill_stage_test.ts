@@ -164,6 +164,24 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     const retention = (100 * s.metrics.accuracy / t.metrics.accuracy).toFixed(1);
     assert.ok(md.includes(retention) || t.metrics.accuracy === 0, md);
     assert.match(md, /\| teacher \|/);
+    // paired comparisons: student vs labels-only, student and labels-only vs teacher; each
+    // difference is the difference of the two accuracies in the table
+    const acc = Object.fromEntries(
+      rep.models.map((m: { name: string; metrics: { accuracy: number } }) => [
+        m.name,
+        m.metrics.accuracy,
+      ]),
+    );
+    assert.deepEqual(
+      rep.paired.map((c: { a: string; b: string }) => `${c.a}|${c.b}`),
+      ["student|labels-only", "student|teacher", "labels-only|teacher"],
+    );
+    for (const c of rep.paired) {
+      assert.ok(Math.abs(c.diff - (acc[c.a] - acc[c.b])) < 1e-9, JSON.stringify(c));
+      assert.equal(c.onlyA - c.onlyB, Math.round((acc[c.a] - acc[c.b]) * rep.examples));
+      assert.ok(c.p > 0 && c.p <= 1 && c.ci95[0] <= c.diff && c.diff <= c.ci95[1]);
+    }
+    assert.match(md, /## Paired comparisons[^]*\| student \| labels-only \|/);
     for (
       const f of ["metrics.svg", "loss-teacher.svg", "loss-student.svg", "loss-labels-only.svg"]
     ) {

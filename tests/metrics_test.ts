@@ -8,6 +8,8 @@ import {
   confusionMatrix,
   macroF1,
   mcc,
+  mcnemarExact,
+  pairedAccuracy,
   pearson,
   regressionMetrics,
   spearman,
@@ -166,4 +168,33 @@ Deno.test("bad inputs are clear errors", () => {
   assertThrows(() => spearman([], []), ["spearman", "no examples"]);
   assertThrows(() => pearson([1, NaN], [1, 2]), ["pearson", "x[1] is NaN"]);
   assertThrows(() => regressionMetrics([1, 2], [1, Infinity]), ["gold[1] is Infinity"]);
+});
+
+Deno.test("mcnemarExact: hand-computed binomial tails, and the normal approximation at large n", () => {
+  assert.equal(mcnemarExact(5, 0), 2 / 32);
+  assert.equal(mcnemarExact(0, 5), 2 / 32);
+  assert.ok(Math.abs(mcnemarExact(10, 2) - 158 / 4096) < 1e-12); // 2·(1 + 12 + 66) / 2^12
+  assert.equal(mcnemarExact(3, 3), 1);
+  assert.equal(mcnemarExact(0, 0), 1);
+  // 1,100 disagreements, 600 vs 500: continuity-corrected z = 99 / √1100 = 2.985 → p ≈ 0.0028
+  const p = mcnemarExact(600, 500);
+  assert.ok(p > 0.0024 && p < 0.0032, String(p));
+});
+
+Deno.test("pairedAccuracy: the difference, its interval and the discordant counts", () => {
+  const gold = [0, 1, 2, 0, 1];
+  const a = [0, 1, 2, 1, 1]; // 4 right
+  const b = [0, 0, 2, 0, 0]; // 3 right
+  const r = pairedAccuracy(a, b, gold);
+  assert.equal(r.onlyA, 2);
+  assert.equal(r.onlyB, 1);
+  assert.ok(Math.abs(r.diff - (accuracy(a, gold) - accuracy(b, gold))) < 1e-12);
+  const se = Math.sqrt((3 / 5 - 0.2 ** 2) / 5);
+  assert.ok(Math.abs(r.ci95[0] - (0.2 - 1.96 * se)) < 1e-12);
+  assert.ok(Math.abs(r.ci95[1] - (0.2 + 1.96 * se)) < 1e-12);
+  assert.equal(r.p, 1); // 2·(1 + 3)/8, capped
+  const back = pairedAccuracy(b, a, gold);
+  assert.equal(back.diff, -r.diff);
+  assert.equal(back.p, r.p);
+  assert.throws(() => pairedAccuracy([0], [0, 1], [0, 1]), /predA has 1 values but gold has 2/);
 });

@@ -165,3 +165,59 @@ stages:
     bert.dispose();
   });
 });
+
+Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it left off", async () => {
+  await setBackend("wasm");
+  await withTempDir(async (dir) => {
+    const yaml = `name: mlm-more
+output_dir: ${dir}
+backend: wasm
+datasets:
+  moby: { format: moby-dick, limit: 120, split: { dev: 0, test: 0, seed: 1 } }
+teacher:
+  tokenizer: ../fixtures/bert-base-uncased
+  config: { num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 48,
+            max_position_embeddings: 64 }
+stages:
+  - tokenize: { dataset: moby, max_seq_length: 32 }
+  - mlm-pretrain: { max_seq_length: 64, steps: 25, batch_size: 16, lr: 3.0e-3, held_out: 0.1,
+                    replicas: 1 }
+  - mlm-pretrain@more: { from: mlm-pretrain, max_seq_length: 64, steps: 15, batch_size: 16,
+                         lr: 1.0e-3, held_out: 0.1, replicas: 1 }
+`;
+    const file = join(Deno.cwd(), "tasks", "mlm.yaml");
+    const p = parsePipeline(yaml, file);
+    const [, first, more] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
+    const m1 = JSON.parse(await Deno.readTextFile(join(first.dir, "manifest.json"))).metrics;
+    const m2 = JSON.parse(await Deno.readTextFile(join(more.dir, "manifest.json"))).metrics;
+    // the same held-out blocks and masks: stage 2 starts exactly where stage 1 ended …
+    assert.ok(
+      Math.abs(m2.initial_mlm_loss - m1.held_out_mlm_loss) < 1e-4,
+      JSON.stringify({ m1, m2 }),
+    );
+    assert.equal(m2.initial_mlm_accuracy, m1.held_out_mlm_accuracy);
+    // … and goes on learning
+    assert.ok(m2.held_out_mlm_loss < m2.initial_mlm_loss, JSON.stringify(m2));
+
+    // the same from a checkpoint folder (no teacher.config needed)
+    const ckpt = join(first.dir, "model");
+    const yaml2 = yaml.replace(/config: \{[^}]*\}/s, `checkpoint: ${ckpt}`)
+      .replace("mlm-pretrain@more: { from: mlm-pretrain,", "mlm-pretrain@ckpt: { init: checkpoint,")
+      .replace(/ {2}- mlm-pretrain: \{[^}]*\}\n/s, "");
+    const p2 = parsePipeline(yaml2, file);
+    const [, viaCkpt] = await runPipeline({ ...p2, output_dir: dir }, { quiet: true });
+    const m3 = JSON.parse(await Deno.readTextFile(join(viaCkpt.dir, "manifest.json"))).metrics;
+    assert.ok(Math.abs(m3.initial_mlm_loss - m1.held_out_mlm_loss) < 1e-4);
+
+    // contradictory settings are refused, naming the field
+    const bad = parsePipeline(
+      yaml.replace("from: mlm-pretrain,", "from: mlm-pretrain, init: random,"),
+      file,
+    );
+    await assert.rejects(
+      () => runPipeline({ ...bad, output_dir: dir }, { quiet: true }),
+      (e: Error) =>
+        /init: random and from/.test(e.message) && /mlm-pretrain@more\.init/.test(e.message),
+    );
+  });
+});

@@ -475,4 +475,17 @@ Deno.test("report markdown embeds the title, table, notes and charts", () => {
   assert.ok(md.endsWith("\n") && !md.endsWith("\n\n"));
   const bare = reportMarkdown({ title: "t", table });
   assert.equal(bare, `# t\n\n${markdownTable(table)}`);
+  // a further section sits between the notes and the charts
+  const extra = { headers: ["A", "B"], cells: [["x", "1"]] };
+  const withSection = reportMarkdown({
+    title: "t",
+    table,
+    notes: ["n"],
+    sections: [{ title: "Paired", table: extra, notes: ["why"] }],
+    charts: [{ file: "c.svg", caption: "c" }],
+  });
+  assert.ok(
+    withSection.includes(`\n- n\n\n## Paired\n\n${markdownTable(extra)}\n- why\n\n![c](c.svg)\n`),
+    withSection,
+  );
 });

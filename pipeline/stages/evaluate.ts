@@ -22,7 +22,12 @@ import { loadBert } from "../checkpoint.ts";
 import { numLabels } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../fsutil.ts";
-import { classificationMetrics, regressionMetrics } from "../metrics.ts";
+import {
+  classificationMetrics,
+  pairedAccuracy,
+  type PairedComparison,
+  regressionMetrics,
+} from "../metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import {
@@ -32,6 +37,7 @@ import {
   lossSeries,
   type ModelRow,
   reportMarkdown,
+  type Table,
   textTable,
 } from "../report.ts";
 import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
@@ -122,7 +128,14 @@ export async function measureModel(
   opts: { engine: "onnx" | "tfjs"; threads?: number; batchSize: number; latencyExamples: number },
   log: (m: string) => void = () => {},
 ): Promise<
-  { metrics: Record<string, number>; latency_ms: number; throughput: number; engine: string }
+  {
+    metrics: Record<string, number>;
+    latency_ms: number;
+    throughput: number;
+    engine: string;
+    /** Per example, in data order: the class id (classification) or the output (regression). */
+    predictions: Float32Array | Int32Array;
+  }
 > {
   const C = numLabels(bert.config);
   const runner = await makeRunner(bert, opts.engine, opts.threads, log);
@@ -157,6 +170,7 @@ export async function measureModel(
       latency_ms: times[Math.floor(times.length / 2)],
       throughput,
       engine: runner.engine,
+      predictions: pred,
     };
   } finally {
     // released before returning: a native release still running when the process or its
@@ -168,6 +182,49 @@ export async function measureModel(
 interface Curves {
   curve: CurvePoint[];
   evals: EvalPoint[];
+}
+
+/** One row of the paired comparisons: model `a` against model `b`. */
+export interface PairedRow extends PairedComparison {
+  a: string;
+  b: string;
+}
+
+/**
+ * Which pairs to test: every student against every baseline and against the teacher, and every
+ * baseline against the teacher.
+ */
+function pairedComparisons(
+  models: { name: string; role: ModelRow["role"] }[],
+  predictions: Map<string, Int32Array>,
+  gold: ArrayLike<number>,
+): PairedRow[] {
+  const of = (role: ModelRow["role"]) => models.filter((m) => m.role === role).map((m) => m.name);
+  const pairs: [string, string][] = [
+    ...of("student").flatMap((s) => of("baseline").map((b) => [s, b] as [string, string])),
+    ...[...of("student"), ...of("baseline")].map((m) => [m, "teacher"] as [string, string]),
+  ];
+  return pairs
+    .filter(([a, b]) => predictions.has(a) && predictions.has(b))
+    .map(([a, b]) => ({ a, b, ...pairedAccuracy(predictions.get(a)!, predictions.get(b)!, gold) }));
+}
+
+/** The paired comparisons as a table (differences in points). */
+export function pairedTable(rows: PairedRow[]): Table {
+  const pts = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(100 * x).toFixed(1)}`;
+  return {
+    headers: ["A", "B", "Δ accuracy (points)", "95% interval", "A only", "B only", "p"],
+    cells: rows.map((r) => [
+      r.a,
+      r.b,
+      pts(r.diff),
+      `${pts(r.ci95[0])} … ${pts(r.ci95[1])}`,
+      String(r.onlyA),
+      String(r.onlyB),
+      r.p < 0.001 ? "< 0.001" : r.p.toFixed(3),
+    ]),
+    align: ["left", "left", "right", "right", "right", "right", "right"],
+  };
 }
 
 /** The evaluate stage. */
@@ -233,6 +290,7 @@ export const evaluate = defineStage({
     ];
     const result:
       (ModelRow & { engine: string; stage?: string; layers: number; hidden: number })[] = [];
+    const predictions = new Map<string, Int32Array>();
     const bar = ctx.progress(models.length, "models");
     for (const m of models) {
       const bert = await loadBert(m.dir);
@@ -255,6 +313,7 @@ export const evaluate = defineStage({
           batchSize: params.batch_size,
           latencyExamples: params.latency_examples,
         }, ctx.log);
+        if (r.predictions instanceof Int32Array) predictions.set(m.name, r.predictions);
         const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
         result.push({
           name: m.name,
@@ -277,6 +336,7 @@ export const evaluate = defineStage({
     bar.finish();
 
     const table = comparisonTable(result, { metric });
+    const paired = regression ? [] : pairedComparisons(models, predictions, rows.labels);
     // loss curves and dev curves of every model trained in this pipeline
     const charts: { file: string; caption: string }[] = [];
     for (const m of models) {
@@ -322,19 +382,41 @@ export const evaluate = defineStage({
       examples: rows.lengths.length,
       metric,
       models: result,
+      paired,
     });
     await writeFileAtomic(
       join(ctx.out, "report.md"),
-      reportMarkdown({ title: `${p.name}: teacher vs student`, table, notes, charts }),
+      reportMarkdown({
+        title: `${p.name}: teacher vs student`,
+        table,
+        notes,
+        sections: paired.length > 0
+          ? [{
+            title: "Paired comparisons (same examples)",
+            table: pairedTable(paired),
+            notes: [
+              "Δ = accuracy of A − accuracy of B, in points, with its 95% interval; " +
+              "A only / B only = examples one gets right and the other wrong; p = exact " +
+              "McNemar test (a small p: the difference is unlikely to be chance).",
+            ],
+          }]
+          : [],
+        charts,
+      }),
     );
     console.log(`\n${p.name}: ${params.split} split (${rows.lengths.length} examples)\n`);
     console.log(textTable(table));
+    if (paired.length > 0) console.log(`\n${textTable(pairedTable(paired))}`);
     console.log(
       `\nreport: ${join(ctx.out.replace(/\/\.([^/]+)\.partial$/, "/$1"), "report.md")}\n`,
     );
     const metrics: Record<string, number> = {};
     for (const r of result) {
       for (const [k, v] of Object.entries(r.metrics)) metrics[`${r.name}.${k}`] = v;
+    }
+    for (const c of paired) {
+      metrics[`${c.a}-vs-${c.b}.accuracy_diff`] = c.diff;
+      metrics[`${c.a}-vs-${c.b}.p`] = c.p;
     }
     return { counts: { examples: rows.lengths.length }, metrics };
   },

@@ -14,6 +14,12 @@
  *     epochs: 3
  * ```
  *
+ * The model starts from the pipeline's `teacher.config` (random weights, the default), from
+ * `teacher.checkpoint` (`init: checkpoint`), or from an earlier stage's model (`from:
+ * mlm-pretrain@teacher`) — continued pretraining, with a fresh optimiser and schedule, e.g. to
+ * extend a finished run or to adapt a pretrained model to a domain's text. A checkpoint without
+ * an MLM head gets a fresh one (logged).
+ *
  * Writes `model/` (a `BertForMaskedLM` in the Hugging Face layout, with the tokenizer) and
  * `curve.json`; resumes from `train_state/` after a crash.
  * @module
@@ -23,18 +29,21 @@ import { join } from "node:path";
 import { z } from "zod";
 import { tf } from "../backend.ts";
 import { Bert } from "../bert.ts";
+import { loadBert } from "../checkpoint.ts";
 import { type BertConfig, makeConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { IGNORE_INDEX } from "../objectives.ts";
 import { maskBlock, packExamples, type SpecialIds } from "../mlm.ts";
 import type { HostBatch } from "../parallel.ts";
-import { defineStage, type StageResult } from "../runner.ts";
+import type { Pipeline } from "../spec.ts";
+import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { type BatchSource, train } from "../train.ts";
 import {
   asList,
   inputTensors,
   LoopParams,
+  modelDirOf,
   OptimParams,
   readTokenMeta,
   readTokenSplit,
@@ -45,6 +54,10 @@ import {
 export const MlmPretrainParams = z.strictObject({
   /** Which pipeline model (its `config`) to pretrain. */
   model: z.enum(["teacher", "student"]).default("teacher"),
+  /** Start from `<model>.config` with random weights (default) or from `<model>.checkpoint`. */
+  init: z.enum(["random", "checkpoint"]).optional(),
+  /** Continue from an earlier stage's model instead (e.g. `mlm-pretrain@teacher`). */
+  from: z.string().min(1).optional(),
   /** Tokenize stages whose text to train on (every split of each). */
   tokens: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).default("tokenize"),
   /** Block length after packing (≤ the model's max_position_embeddings). */
@@ -121,13 +134,72 @@ export function mlmScore(model: Bert, batches: HostBatch[]): { loss: number; acc
   return { loss: nll / Math.max(1, n), accuracy: hits / Math.max(1, n) };
 }
 
+/** The model to pretrain: from the config (random weights), a checkpoint, or an earlier stage. */
+async function initialModel(
+  key: string,
+  params: MlmPretrainParams,
+  p: Pipeline,
+  inputs: Record<string, string>,
+  resolve: (path: string) => string,
+  vocabSize: number,
+): Promise<Bert> {
+  if (params.from && params.init === "random") {
+    throw new InputError("init: random and from contradict each other", {
+      file: p.file,
+      field: `${key}.init`,
+      hint: "Drop init to continue from the stage named in from.",
+    });
+  }
+  if (params.from || params.init === "checkpoint") {
+    const dir = modelDirOf(p, inputs, resolve, params.from, params.model, `${key}.from`);
+    const model = await loadBert(dir, { heads: { classifier: false, mlm: true }, seed: p.seed });
+    if (model.newlyInitialized?.length) {
+      console.warn(`${key}: ${dir} has no MLM head; starting it from random weights`);
+    }
+    if (model.config.vocab_size !== vocabSize) {
+      model.dispose();
+      throw new InputError("the model's vocabulary does not match the tokenizer's", {
+        file: join(dir, "config.json"),
+        field: "vocab_size",
+        expected: String(vocabSize),
+        got: String(model.config.vocab_size),
+      });
+    }
+    return model;
+  }
+  const section = p[params.model];
+  if (!section?.config) {
+    throw new InputError(`${params.model}.config is needed to pretrain the ${params.model}`, {
+      file: p.file,
+      field: `${params.model}.config`,
+      hint: `Or continue from a checkpoint: init: checkpoint with ${params.model}.checkpoint.`,
+    });
+  }
+  let config: BertConfig;
+  try {
+    config = makeConfig({ ...(section.config as Partial<BertConfig>), vocab_size: vocabSize });
+  } catch (e) {
+    throw new InputError(`${params.model}.config: ${(e as Error).message}`, { file: p.file });
+  }
+  return Bert.create(config, { classifier: false, mlm: true }, p.seed);
+}
+
 /** The mlm-pretrain stage. */
 export const mlmPretrain = defineStage({
   name: "mlm-pretrain",
   version: 1,
   params: MlmPretrainParams,
-  models: (p) => [p.model],
-  needs: (p) => asList(p.tokens),
+  // with `from`, the pipeline's model section is not read
+  models: (p) => p.from ? [] : [p.model],
+  needs: (p) => [...asList(p.tokens), ...(p.from ? [p.from] : [])],
+  async fingerprint(params, { pipeline, resolve }) {
+    const ckpt = pipeline[params.model]?.checkpoint;
+    if (params.from || params.init !== "checkpoint" || !ckpt) return "";
+    const w = await Deno.readFile(join(resolve(ckpt), "model.safetensors")).catch(() =>
+      new Uint8Array()
+    );
+    return sha256Hex(w);
+  },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;
     const inputs = asList(params.tokens).map((k) => ctx.inputs[k]);
@@ -168,28 +240,21 @@ export const mlmPretrain = defineStage({
         `+ ${heldOut.length} held out, ≤ ${params.max_seq_length} tokens each`,
     );
 
-    const section = p[params.model];
-    if (!section?.config) {
-      throw new InputError(`${params.model}.config is needed to pretrain the ${params.model}`, {
-        file: p.file,
-        field: `${params.model}.config`,
-      });
-    }
-    let config: BertConfig;
-    try {
-      config = makeConfig({ ...(section.config as Partial<BertConfig>), vocab_size: vocabSize });
-    } catch (e) {
-      throw new InputError(`${params.model}.config: ${(e as Error).message}`, { file: p.file });
-    }
-    if (params.max_seq_length > config.max_position_embeddings) {
+    const model = await initialModel(ctx.key, params, p, ctx.inputs, ctx.resolve, vocabSize);
+    if (params.max_seq_length > model.config.max_position_embeddings) {
+      model.dispose();
       throw new InputError("max_seq_length exceeds the model's max_position_embeddings", {
         file: p.file,
         field: `${ctx.key}.max_seq_length`,
-        expected: `≤ ${config.max_position_embeddings}`,
+        expected: `≤ ${model.config.max_position_embeddings}`,
         got: String(params.max_seq_length),
       });
     }
-    const model = Bert.create(config, { classifier: false, mlm: true }, p.seed);
+    ctx.log(
+      `${params.from ?? (params.init === "checkpoint" ? "checkpoint" : "random init")}: ` +
+        `${model.config.num_hidden_layers}×${model.config.hidden_size}, ` +
+        `${(model.numParameters() / 1e6).toFixed(2)}M parameters`,
+    );
     const maskOpts = { prob: params.mask_prob, vocabSize, ids, special };
     const lengths = Int32Array.from(trainBlocks, (b) => b.length);
     const source: BatchSource = {
