@@ -13,7 +13,7 @@
  * @module
  */
 
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { z } from "zod";
 import { setBackend } from "./backend.ts";
 import { InputError } from "./errors.ts";
@@ -128,6 +128,14 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
   const root = resolve(p.output_dir, p.name);
   const plan: Planned[] = [];
   const hashes = new Map<string, string>();
+  // A model section as the hash sees it: its paths by where they lead (relative to the output
+  // root), not by how the file spells them, so two pipeline files in different folders that
+  // name the same checkpoint share their stages.
+  const sectionKey = (s: Pipeline["teacher"]) => {
+    if (!s) return null;
+    const at = (path: string | undefined) => path && relative(root, resolvePath(path));
+    return { ...s, checkpoint: at(s.checkpoint), tokenizer: at(s.tokenizer) };
+  };
   for (let i = 0; i < p.stages.length; i++) {
     const key = keys[i];
     const params = p.stages[i][key];
@@ -173,7 +181,7 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
       seed: p.seed,
       inputs: Object.fromEntries(needs.map((n) => [n, hashes.get(n)])),
       models: Object.fromEntries(
-        (stage.models?.(params) ?? ["teacher", "student"]).map((r) => [r, p[r] ?? null]),
+        (stage.models?.(params) ?? ["teacher", "student"]).map((r) => [r, sectionKey(p[r])]),
       ),
       fingerprint,
     }))).slice(0, 16);

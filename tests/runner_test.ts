@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { z } from "zod";
 import { Progress } from "../pipeline/progress.ts";
-import { canonicalJson, defineStage, runPipeline } from "../pipeline/runner.ts";
+import { canonicalJson, defineStage, planPipeline, runPipeline } from "../pipeline/runner.ts";
 import { parsePipeline } from "../pipeline/spec.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
@@ -269,5 +269,23 @@ Deno.test("a changed teacher/student section reruns the stages that read it, onl
     runs.length = 0; // the student changed: both
     await runPipeline(p(6, 1), { quiet: true });
     assert.deepEqual(runs, ["emit", "student-only"]);
+  });
+});
+
+Deno.test("a checkpoint path counts by where it leads, not by how the pipeline file spells it", async () => {
+  await withTempDir(async (dir) => {
+    const p = (file: string, ckpt: string) =>
+      parsePipeline(
+        `name: paths\noutput_dir: ${join(dir, "runs")}\n` +
+          `teacher: { checkpoint: ${ckpt} }\nstages:\n  - emit: { n: 1 }\n`,
+        join(dir, file),
+      );
+    const [a] = await planPipeline(p("tasks/a.yaml", "../models/t"));
+    const [b] = await planPipeline(p("tasks/experiments/b.yaml", "../../models/t"));
+    const [c] = await planPipeline(p("c.yaml", join(dir, "models", "t")));
+    const [other] = await planPipeline(p("tasks/a.yaml", "../models/u"));
+    assert.equal(b.hash, a.hash);
+    assert.equal(c.hash, a.hash);
+    assert.notEqual(other.hash, a.hash);
   });
 });
