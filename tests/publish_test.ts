@@ -71,6 +71,9 @@ stages:
     assert.ok(card.includes("lr: 1.0e-3") && card.includes("- publish:"));
     assert.ok(card.includes("- teacher: `../other`"));
     assert.ok(card.includes("![training loss](training_curve.svg)"));
+    // the chart is titled by the stage that trained the model, not by publish
+    const svg = await Deno.readTextFile(join(dest, "training_curve.svg"));
+    assert.ok(svg.includes(`${pre.key}: training loss`) && !svg.includes("publish"), svg);
 
     // a second publish (the model changed) replaces the folder, leaving no temporary siblings
     await Deno.writeTextFile(file, yaml("2.0e-3"));

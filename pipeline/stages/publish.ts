@@ -213,7 +213,7 @@ export const publish = defineStage({
       await writeFileAtomic(
         join(out, "training_curve.svg"),
         lineChartSvg(lossSeries("loss", c.curve, false), {
-          title: `${ctx.key}: training loss`,
+          title: `${params.model}: training loss`,
           xLabel: "step",
           yLabel: "loss",
           logY: true,
