@@ -59,3 +59,17 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
     assert.equal(new Set(plan.map((s) => s.hash)).size, plan.length, f);
   }
 });
+
+Deno.test("every experiment in tasks/experiments/ is valid and plans", async () => {
+  await import("../pipeline/stages/mod.ts");
+  const { loadPipeline } = await import("../pipeline/spec.ts");
+  const { planPipeline } = await import("../pipeline/runner.ts");
+  const files = [...Deno.readDirSync("tasks/experiments")].map((e) => e.name).filter((n) =>
+    n.endsWith(".yaml")
+  );
+  assert.ok(files.length >= 4, files.join(", "));
+  for (const f of files) {
+    const plan = await planPipeline(await loadPipeline(`tasks/experiments/${f}`));
+    assert.ok(plan.length > 1, f);
+  }
+});

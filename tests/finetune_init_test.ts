@@ -42,6 +42,10 @@ stages:
   - tokenize: { dataset: tiny, max_seq_length: 16 }
   - finetune@pretrained: { model: student, steps: 1, lr: 1.0e-12, replicas: 1 }
   - finetune@random: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1 }
+  - finetune@random-s42: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1,
+                           seed: 42 }
+  - finetune@random-s7: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1,
+                          seed: 7 }
 `;
     const reports = await runPipeline(parsePipeline(yaml, join(dir, "ft.yaml")), { quiet: true });
     const w = "encoder.layer.1.attention.self.query.weight";
@@ -58,6 +62,15 @@ stages:
       assert.equal(rnd.config[k], general.config[k], k);
     }
     assert.deepEqual(rnd.config.id2label, { "0": "neg", "1": "pos" });
-    for (const m of [general, pre, rnd]) m.dispose();
+    // a stage seed: the pipeline's own (42) changes nothing, another draws other weights
+    const s42 = await loadBert(join(reports[3].dir, "model"));
+    const s7 = await loadBert(join(reports[4].dir, "model"));
+    const maxDiff = (a: Bert, b: Bert) => {
+      const x = a.p(w).dataSync(), y = b.p(w).dataSync();
+      return Math.max(...Array.from(x, (v, i) => Math.abs(v - y[i])));
+    };
+    assert.equal(maxDiff(s42, rnd), 0);
+    assert.ok(maxDiff(s7, rnd) > 1e-3, "seed 7 drew the same weights as seed 42");
+    for (const m of [general, pre, rnd, s42, s7]) m.dispose();
   });
 });

@@ -284,6 +284,11 @@ export const OptimParams = {
 
 /** Run-level training settings. */
 export const LoopParams = {
+  /**
+   * Seed of this stage's fresh weights, data order and dropout (default: the pipeline's `seed`).
+   * Repeating a stage with other seeds measures the run-to-run spread.
+   */
+  seed: z.number().int().optional(),
   /** Write a resumable checkpoint every this many steps. */
   checkpoint_every: z.number().int().min(0).default(50),
   /** Restore the best dev checkpoint at the end. */

@@ -434,16 +434,17 @@ export const distill = defineStage({
     }
 
     // the student
+    const seed = params.seed ?? p.seed;
     const init = params.init ?? p.student?.init ??
       (p.student?.checkpoint || params.init_from ? "checkpoint" : "random");
     const student = init === "checkpoint"
       ? await loadForTask(
         modelDirOf(p, ctx.inputs, ctx.resolve, params.init_from, "student", `${ctx.key}.init_from`),
         taskLabels(meta),
-        p.seed,
+        seed,
         regression,
       )
-      : modelFromConfig(p, "student", meta, p.seed);
+      : modelFromConfig(p, "student", meta, seed);
     const M = student.config.num_hidden_layers;
     const map = resolveLayerMap(
       params.layer_map,
@@ -469,7 +470,7 @@ export const distill = defineStage({
       embeddings: params.embeddings,
       projection: params.projection,
     });
-    addProjections(student, teacherConfig.hidden_size, objective(allTerms), p.seed);
+    addProjections(student, teacherConfig.hidden_size, objective(allTerms), seed);
 
     // the teacher's outputs: each phase reads only what its own terms need
     let sourceFor: (terms: LossTermSpec[]) => Promise<BatchSource>;
@@ -550,7 +551,7 @@ export const distill = defineStage({
         source: sources[0],
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
-        seed: p.seed,
+        seed: seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
         evaluate: labelled && dev
           ? (m) => evaluateRows(null, m, dev, params.eval_batch_size)

@@ -97,7 +97,7 @@ export const finetune = defineStage({
     const train_ = await readTokenSplit(tokensDir, "train");
     const dev = await readTokenSplit(tokensDir, "dev");
     if (!train_) throw new InputError("the training split is empty", { file: pipeline.file });
-    const seed = pipeline.seed;
+    const seed = params.seed ?? pipeline.seed;
     const section = pipeline[params.model];
     const fromCheckpoint = params.init !== "random" && !!(params.from || section?.checkpoint);
     if (params.init === "checkpoint" && !fromCheckpoint) {

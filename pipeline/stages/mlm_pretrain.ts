@@ -152,7 +152,10 @@ async function initialModel(
   }
   if (params.from || params.init === "checkpoint") {
     const dir = modelDirOf(p, inputs, resolve, params.from, params.model, `${key}.from`);
-    const model = await loadBert(dir, { heads: { classifier: false, mlm: true }, seed: p.seed });
+    const model = await loadBert(dir, {
+      heads: { classifier: false, mlm: true },
+      seed: params.seed ?? p.seed,
+    });
     if (model.newlyInitialized?.length) {
       console.warn(`${key}: ${dir} has no MLM head; starting it from random weights`);
     }
@@ -181,7 +184,7 @@ async function initialModel(
   } catch (e) {
     throw new InputError(`${params.model}.config: ${(e as Error).message}`, { file: p.file });
   }
-  return Bert.create(config, { classifier: false, mlm: true }, p.seed);
+  return Bert.create(config, { classifier: false, mlm: true }, params.seed ?? p.seed);
 }
 
 /** The mlm-pretrain stage. */
@@ -263,7 +266,7 @@ export const mlmPretrain = defineStage({
       load: (_g, rows, epoch = 0) =>
         Promise.resolve(
           maskedBatch(trainBlocks, rows, (r) =>
-            (p.seed * 7919 + epoch * 1_000_003 + r) >>> 0, maskOpts),
+            ((params.seed ?? p.seed) * 7919 + epoch * 1_000_003 + r) >>> 0, maskOpts),
         ),
     };
     // fixed masks on the held-out blocks
@@ -297,7 +300,7 @@ export const mlmPretrain = defineStage({
         source,
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
-        seed: p.seed,
+        seed: params.seed ?? p.seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
         evaluate: heldOut.length > 0 ? score : undefined,
         metric: "mlm_accuracy",
