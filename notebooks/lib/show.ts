@@ -105,6 +105,15 @@ function colour(t: number): string {
   return `rgb(${c.join(",")})`;
 }
 
+/** Softmax of one row of logits or pre-softmax scores (max-subtracted, so large values are safe). */
+export function softmax(row: ArrayLike<number>): number[] {
+  const xs = Array.from(row);
+  const m = Math.max(...xs);
+  const e = xs.map((v) => Math.exp(v - m));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+}
+
 /**
  * A heatmap of `matrix[row][col]` (e.g. attention probabilities: query rows, key columns), with
  * optional axis labels (tokens), scaled to the matrix's own min..max.
