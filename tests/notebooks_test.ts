@@ -229,3 +229,30 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "notebook runner: an output that arrives after the kernel reported idle is kept and counted",
+  ignore: !available,
+  async fn() {
+    await withTempDir(async (dir) => {
+      const late = await runNotebook(
+        dir,
+        "late.ipynb",
+        notebook([
+          // the cell returns at once; its output comes 100 ms after the kernel went idle
+          { source: 'setTimeout(() => console.log("printed late"), 100);', expect: ["stream"] },
+          { source: "1 + 1" },
+        ]),
+      );
+      assert.equal(late.code, 0, late.text);
+      assert.match(
+        late.text,
+        /late\.ipynb \(2 cells, [\d.]+ s, 1 outputs after idle, max \d+\.\d ms\)/,
+      );
+      const executed = JSON.parse(await Deno.readTextFile(join(dir, "out", "late.ipynb")));
+      assert.match(JSON.stringify(executed.cells[0].outputs), /printed late/);
+      assert.doesNotMatch(JSON.stringify(executed.cells[1].outputs), /printed late/);
+    });
+  },
+});
