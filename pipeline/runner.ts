@@ -71,7 +71,7 @@ export interface Stage<P> {
   run(ctx: StageContext<P>): Promise<StageResult>;
 }
 
-export { canonicalJson, sha256Hex } from "./hash.ts";
+export { canonicalJson, fileDigest, sha256Hex } from "./hash.ts";
 
 // deno-lint-ignore no-explicit-any
 const stages = new Map<string, Stage<any>>();

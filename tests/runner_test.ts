@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { z } from "zod";
 import { Progress } from "../pipeline/progress.ts";
-import { canonicalJson, defineStage, planPipeline, runPipeline } from "../pipeline/runner.ts";
+import {
+  canonicalJson,
+  defineStage,
+  fileDigest,
+  planPipeline,
+  runPipeline,
+  sha256Hex,
+} from "../pipeline/runner.ts";
 import { parsePipeline } from "../pipeline/spec.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
@@ -287,5 +294,18 @@ Deno.test("a checkpoint path counts by where it leads, not by how the pipeline f
     assert.equal(b.hash, a.hash);
     assert.equal(c.hash, a.hash);
     assert.notEqual(other.hash, a.hash);
+  });
+});
+
+Deno.test("fileDigest: the SHA-256 of the bytes, of nothing when missing, renewed when the file changes", async () => {
+  await withTempDir(async (dir) => {
+    const f = join(dir, "w.bin");
+    assert.equal(await fileDigest(f), await sha256Hex(new Uint8Array()));
+    await Deno.writeFile(f, new Uint8Array([1, 2, 3]));
+    const a = await fileDigest(f);
+    assert.equal(a, await sha256Hex(new Uint8Array([1, 2, 3])));
+    assert.equal(await fileDigest(f), a); // remembered
+    await Deno.writeFile(f, new Uint8Array([1, 2, 3, 4]));
+    assert.equal(await fileDigest(f), await sha256Hex(new Uint8Array([1, 2, 3, 4])));
   });
 });

@@ -46,7 +46,7 @@ import { saveOnnxFolder } from "../onnx/export.ts";
 import { packExamples } from "../mlm.ts";
 import { PartReader } from "../parquet_store.ts";
 import { loadTokenizer } from "../tokenizer.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { defineStage, fileDigest, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
   asList,
@@ -357,10 +357,7 @@ export const distill = defineStage({
       ) {
         continue;
       }
-      const w = await Deno.readFile(join(resolve(ckpt), "model.safetensors")).catch(() =>
-        new Uint8Array()
-      );
-      parts.push(`${role}:${await sha256Hex(w)}`);
+      parts.push(`${role}:${await fileDigest(join(resolve(ckpt), "model.safetensors"))}`);
     }
     return parts.join(",");
   },
@@ -551,7 +548,7 @@ export const distill = defineStage({
         source: sources[0],
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
-        seed: seed,
+        seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
         evaluate: labelled && dev
           ? (m) => evaluateRows(null, m, dev, params.eval_batch_size)

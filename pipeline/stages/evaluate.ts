@@ -40,7 +40,7 @@ import {
   type Table,
   textTable,
 } from "../report.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { defineStage, fileDigest, type StageResult } from "../runner.ts";
 import type { CurvePoint, EvalPoint } from "../train.ts";
 import {
   argmaxRows,
@@ -240,9 +240,7 @@ export const evaluate = defineStage({
   ],
   async fingerprint(params, { pipeline, resolve }) {
     if (params.teacher || !pipeline.teacher?.checkpoint) return "";
-    const w = await Deno.readFile(join(resolve(pipeline.teacher.checkpoint), "model.safetensors"))
-      .catch(() => new Uint8Array());
-    return sha256Hex(w);
+    return await fileDigest(join(resolve(pipeline.teacher.checkpoint), "model.safetensors"));
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;

@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { type BertConfig, numLabels, readConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { defineStage, fileDigest, type StageResult } from "../runner.ts";
 import { type BatchSource, type Phase, train } from "../train.ts";
 import {
   evaluateRows,
@@ -74,12 +74,9 @@ export const finetune = defineStage({
     const section = pipeline[params.model];
     if (params.from || !section?.checkpoint) return "";
     if (params.init === "random") {
-      const cfg = join(resolve(section.checkpoint), "config.json");
-      return sha256Hex(await Deno.readFile(cfg).catch(() => new Uint8Array()));
+      return await fileDigest(join(resolve(section.checkpoint), "config.json"));
     }
-    const dir = resolve(section.checkpoint);
-    const w = await Deno.readFile(join(dir, "model.safetensors")).catch(() => new Uint8Array());
-    return sha256Hex(w);
+    return await fileDigest(join(resolve(section.checkpoint), "model.safetensors"));
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline } = ctx;

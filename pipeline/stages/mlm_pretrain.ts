@@ -36,7 +36,7 @@ import { IGNORE_INDEX } from "../objectives.ts";
 import { maskBlock, packExamples, type SpecialIds } from "../mlm.ts";
 import type { HostBatch } from "../parallel.ts";
 import type { Pipeline } from "../spec.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { defineStage, fileDigest, type StageResult } from "../runner.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { type BatchSource, train } from "../train.ts";
 import {
@@ -142,6 +142,7 @@ async function initialModel(
   inputs: Record<string, string>,
   resolve: (path: string) => string,
   vocabSize: number,
+  seed: number,
 ): Promise<Bert> {
   if (params.from && params.init === "random") {
     throw new InputError("init: random and from contradict each other", {
@@ -154,7 +155,7 @@ async function initialModel(
     const dir = modelDirOf(p, inputs, resolve, params.from, params.model, `${key}.from`);
     const model = await loadBert(dir, {
       heads: { classifier: false, mlm: true },
-      seed: params.seed ?? p.seed,
+      seed,
     });
     if (model.newlyInitialized?.length) {
       console.warn(`${key}: ${dir} has no MLM head; starting it from random weights`);
@@ -184,7 +185,7 @@ async function initialModel(
   } catch (e) {
     throw new InputError(`${params.model}.config: ${(e as Error).message}`, { file: p.file });
   }
-  return Bert.create(config, { classifier: false, mlm: true }, params.seed ?? p.seed);
+  return Bert.create(config, { classifier: false, mlm: true }, seed);
 }
 
 /** The mlm-pretrain stage. */
@@ -198,10 +199,7 @@ export const mlmPretrain = defineStage({
   async fingerprint(params, { pipeline, resolve }) {
     const ckpt = pipeline[params.model]?.checkpoint;
     if (params.from || params.init !== "checkpoint" || !ckpt) return "";
-    const w = await Deno.readFile(join(resolve(ckpt), "model.safetensors")).catch(() =>
-      new Uint8Array()
-    );
-    return sha256Hex(w);
+    return await fileDigest(join(resolve(ckpt), "model.safetensors"));
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline: p } = ctx;
@@ -243,7 +241,8 @@ export const mlmPretrain = defineStage({
         `+ ${heldOut.length} held out, ≤ ${params.max_seq_length} tokens each`,
     );
 
-    const model = await initialModel(ctx.key, params, p, ctx.inputs, ctx.resolve, vocabSize);
+    const seed = params.seed ?? p.seed;
+    const model = await initialModel(ctx.key, params, p, ctx.inputs, ctx.resolve, vocabSize, seed);
     if (params.max_seq_length > model.config.max_position_embeddings) {
       model.dispose();
       throw new InputError("max_seq_length exceeds the model's max_position_embeddings", {
@@ -266,7 +265,7 @@ export const mlmPretrain = defineStage({
       load: (_g, rows, epoch = 0) =>
         Promise.resolve(
           maskedBatch(trainBlocks, rows, (r) =>
-            ((params.seed ?? p.seed) * 7919 + epoch * 1_000_003 + r) >>> 0, maskOpts),
+            (seed * 7919 + epoch * 1_000_003 + r) >>> 0, maskOpts),
         ),
     };
     // fixed masks on the held-out blocks
@@ -300,7 +299,7 @@ export const mlmPretrain = defineStage({
         source,
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
-        seed: params.seed ?? p.seed,
+        seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
         evaluate: heldOut.length > 0 ? score : undefined,
         metric: "mlm_accuracy",

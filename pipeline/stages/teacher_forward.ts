@@ -33,7 +33,7 @@ import {
   toTensors,
 } from "../parallel.ts";
 import { type ColumnSpec, finalize, PartReader, PartWriter } from "../parquet_store.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
+import { defineStage, fileDigest, type StageResult } from "../runner.ts";
 import type { Pipeline } from "../spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
@@ -115,11 +115,9 @@ export const teacherForward = defineStage({
     // a teacher trained by an earlier stage is covered by that stage's hash
     if (params.teacher) return `student-layers=${layers}`;
     const dir = teacherDir(pipeline, resolve, params);
-    const weights = await Deno.readFile(join(dir, "model.safetensors")).catch(() =>
-      new Uint8Array()
-    );
-    const config = await Deno.readTextFile(join(dir, "config.json")).catch(() => "");
-    return `${await sha256Hex(weights)}:${await sha256Hex(config)}:student-layers=${layers}`;
+    const weights = await fileDigest(join(dir, "model.safetensors"));
+    const config = await fileDigest(join(dir, "config.json"));
+    return `${weights}:${config}:student-layers=${layers}`;
   },
   async run(ctx): Promise<StageResult> {
     const { params, pipeline } = ctx;
