@@ -133,10 +133,9 @@ Deno.test("the mlm objective equals cross-entropy of the full MLM logits at mask
   bert.dispose();
 });
 
-Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM is written", async () => {
-  await setBackend("wasm");
-  await withTempDir(async (dir) => {
-    const yaml = `name: mlm
+/** A pipeline over 120 Moby-Dick examples and a 1-layer teacher config; `stages` follow tokenize. */
+function mlmPipeline(name: string, dir: string, stages: string): string {
+  return `name: ${name}
 output_dir: ${dir}
 backend: wasm
 datasets:
@@ -146,10 +145,21 @@ teacher:
   config: { num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 48,
             max_position_embeddings: 64 }
 stages:
-  - tokenize: { dataset: moby, max_seq_length: 32 }
+  - tokenize: { dataset: moby, max_seq_length: 32 }${stages.trimEnd()}
+`;
+}
+
+Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM is written", async () => {
+  await setBackend("wasm");
+  await withTempDir(async (dir) => {
+    const yaml = mlmPipeline(
+      "mlm",
+      dir,
+      `
   - mlm-pretrain: { max_seq_length: 64, steps: 40, batch_size: 16, lr: 3.0e-3, held_out: 0.1,
                     replicas: 2 }
-`;
+`,
+    );
     const p = parsePipeline(yaml, join(Deno.cwd(), "tasks", "mlm.yaml"));
     const [, r] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
     const m = JSON.parse(await Deno.readTextFile(join(r.dir, "manifest.json")));
@@ -169,22 +179,16 @@ stages:
 Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it left off", async () => {
   await setBackend("wasm");
   await withTempDir(async (dir) => {
-    const yaml = `name: mlm-more
-output_dir: ${dir}
-backend: wasm
-datasets:
-  moby: { format: moby-dick, limit: 120, split: { dev: 0, test: 0, seed: 1 } }
-teacher:
-  tokenizer: ../fixtures/bert-base-uncased
-  config: { num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 48,
-            max_position_embeddings: 64 }
-stages:
-  - tokenize: { dataset: moby, max_seq_length: 32 }
+    const yaml = mlmPipeline(
+      "mlm-more",
+      dir,
+      `
   - mlm-pretrain: { max_seq_length: 64, steps: 25, batch_size: 16, lr: 3.0e-3, held_out: 0.1,
                     replicas: 1 }
   - mlm-pretrain@more: { from: mlm-pretrain, max_seq_length: 64, steps: 15, batch_size: 16,
                          lr: 1.0e-3, held_out: 0.1, replicas: 1 }
-`;
+`,
+    );
     const file = join(Deno.cwd(), "tasks", "mlm.yaml");
     const p = parsePipeline(yaml, file);
     const [, first, more] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
