@@ -8,10 +8,9 @@
  */
 
 import { InputError } from "./pipeline/errors.ts";
-import { parseShard } from "./pipeline/parquet_store.ts";
-import { type RunOptions, runPipeline } from "./pipeline/runner.ts";
-import { loadPipeline } from "./pipeline/spec.ts";
-import "./pipeline/stages/mod.ts";
+import { parseShard, type RunOptions, runPipeline } from "./pipeline/run/runner.ts";
+import { loadPipeline } from "./pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "./pipeline/stages/mod.ts";
 
 const USAGE = "usage: deno task distill [pipeline.yaml] [--force] [--from STAGE] " +
   "[--only STAGE] [--shard i/n] [--quiet]";
@@ -45,7 +44,7 @@ try {
   const { file, opts } = parseArgs(Deno.args);
   const path = file ?? new URL("./tasks/spam.yaml", import.meta.url).pathname;
   if (file === undefined) console.error(`tinystill distill: running the default job ${path}`);
-  const reports = await runPipeline(await loadPipeline(path), opts);
+  const reports = await runPipeline(await loadPipeline(path, BUILTIN_STAGES), opts);
   for (const r of reports) {
     console.log(`${r.key.padEnd(20)} ${r.status.padEnd(8)} ${r.seconds.toFixed(1)}s  ${r.dir}`);
   }

@@ -23,7 +23,7 @@ export {
   tf,
   wasmHeapBytes,
   WasmHeapExhaustedError,
-} from "./pipeline/backend.ts";
+} from "./pipeline/tfjs/backend.ts";
 
 /** The model: Hugging Face `BertModel` semantics, HF parameter names. */
 export {
@@ -38,7 +38,7 @@ export {
   linear,
   MASK_VALUE,
   parameterShapes,
-} from "./pipeline/bert.ts";
+} from "./pipeline/model/bert.ts";
 
 /** Hugging Face checkpoints: `config.json`, `model.safetensors`. */
 export {
@@ -48,7 +48,7 @@ export {
   type LoadedBert,
   saveBert,
   type SaveBertOptions,
-} from "./pipeline/checkpoint.ts";
+} from "./pipeline/model/checkpoint.ts";
 export {
   BERT_DEFAULTS,
   type BertConfig,
@@ -56,13 +56,13 @@ export {
   numLabels,
   readConfig,
   writeConfig,
-} from "./pipeline/config.ts";
+} from "./pipeline/model/config.ts";
 export {
   type FloatDType,
   readSafetensors,
   type SafeTensors,
   writeSafetensors,
-} from "./pipeline/safetensors.ts";
+} from "./pipeline/model/safetensors.ts";
 
 /** WordPiece tokenization (`vocab.txt` or `tokenizer.json`). */
 export {
@@ -72,29 +72,41 @@ export {
   type EncodingTensors,
   loadTokenizer,
   saveTokenizer,
-} from "./pipeline/tokenizer.ts";
+} from "./pipeline/model/tokenizer.ts";
 
 /** Training: AdamW, schedules, objectives, data-parallel replicas. */
-export { AdamW, type AdamWOptions, type AdamWState, linearWarmupDecay } from "./pipeline/optim.ts";
-export { type Batch, getObjective, type Objective, OBJECTIVES } from "./pipeline/objectives.ts";
+export {
+  AdamW,
+  type AdamWOptions,
+  type AdamWState,
+  linearWarmupDecay,
+} from "./pipeline/train/optim.ts";
+export {
+  type Batch,
+  getObjective,
+  type Objective,
+  OBJECTIVES,
+} from "./pipeline/train/objectives.ts";
 export {
   computeGradients,
   DataParallel,
   type DataParallelOptions,
   type GradientResult,
-  type HostBatch,
-  toTensors,
-} from "./pipeline/parallel.ts";
+} from "./pipeline/train/parallel.ts";
+export { type HostBatch, toTensors } from "./pipeline/train/batch.ts";
 
-/** The declarative pipeline: file schema, runner, stages, datasets, Parquet part stores. */
+/**
+ * The declarative pipeline: file schema, runner, stages, datasets, Parquet part stores. The stage
+ * kinds a file may use are passed in: `loadPipeline(file, BUILTIN_STAGES)`, or a list with your
+ * own `defineStage(...)` kinds added.
+ */
 export {
-  knownStages,
   loadPipeline,
   parsePipeline,
   type Pipeline,
-  registerStage,
   resolvedYaml,
-} from "./pipeline/spec.ts";
+  type StageKind,
+} from "./pipeline/run/spec.ts";
 export {
   defineStage,
   planPipeline,
@@ -104,8 +116,9 @@ export {
   type StageContext,
   type StageReport,
   type StageResult,
-} from "./pipeline/runner.ts";
+} from "./pipeline/run/runner.ts";
 export * as stages from "./pipeline/stages/mod.ts";
+export { BUILTIN_STAGES } from "./pipeline/stages/mod.ts";
 export { datasetHash, loadDataset } from "./pipeline/data/mod.ts";
 export type { Dataset, DatasetSpec, Example } from "./pipeline/data/types.ts";
 export {
@@ -114,23 +127,23 @@ export {
   PartReader,
   PartWriter,
   type StoreIndex,
-} from "./pipeline/parquet_store.ts";
-export { type LayerMapSpec, resolveLayerMap } from "./pipeline/layer_map.ts";
-export { estimateCacheBytes } from "./pipeline/cache_size.ts";
-export { Progress } from "./pipeline/progress.ts";
+} from "./pipeline/store/parquet.ts";
+export { type LayerMapSpec, resolveLayerMap } from "./pipeline/distill/layer_map.ts";
+export { estimateCacheBytes } from "./pipeline/distill/teacher_cache.ts";
+export { Progress } from "./pipeline/run/progress.ts";
 
 /**
  * Distillation: the named loss terms (TinyBERT, DistilBERT, MiniLM), the objective that sums
  * them, and the training loop shared by `finetune`, `distill` and `mlm-pretrain`.
  */
-export * as losses from "./pipeline/losses.ts";
-export { LOSS_TERMS, type LossTermName, matchHeads } from "./pipeline/losses.ts";
+export * as losses from "./pipeline/distill/losses.ts";
+export { LOSS_TERMS, type LossTermName, matchHeads } from "./pipeline/distill/losses.ts";
 export {
   addProjections,
   distillationObjective,
   type DistillObjectiveOptions,
   type LossTermSpec,
-} from "./pipeline/distill_objective.ts";
+} from "./pipeline/distill/objective.ts";
 export {
   type BatchSource,
   epochBatches,
@@ -139,8 +152,8 @@ export {
   TrainingDivergedError,
   type TrainOptions,
   type TrainResult,
-} from "./pipeline/train.ts";
-export { maskBlock, packExamples } from "./pipeline/mlm.ts";
+} from "./pipeline/train/loop.ts";
+export { maskBlock, packExamples } from "./pipeline/train/mlm.ts";
 
 /** Evaluation metrics and the teacher-vs-student report (tables, Markdown, SVG charts). */
 export {
@@ -151,7 +164,7 @@ export {
   pearson,
   regressionMetrics,
   spearman,
-} from "./pipeline/metrics.ts";
+} from "./pipeline/report/metrics.ts";
 export {
   barChartSvg,
   comparisonTable,
@@ -162,7 +175,7 @@ export {
   type ModelRow,
   reportMarkdown,
   textTable,
-} from "./pipeline/report.ts";
+} from "./pipeline/report/report.ts";
 
 /** ONNX export (transformers.js layout) and ONNX Runtime inference. */
 export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";

@@ -9,26 +9,21 @@
  * @module
  */
 
-import { type BackendName, setBackend, tf, wasmHeapBytes } from "../pipeline/backend.ts";
-import { Bert, parameterShapes } from "../pipeline/bert.ts";
-import { type BertConfig, makeConfig } from "../pipeline/config.ts";
-import { classification } from "../pipeline/objectives.ts";
-import { AdamW } from "../pipeline/optim.ts";
+import { type BackendName, setBackend, tf, wasmHeapBytes } from "../pipeline/tfjs/backend.ts";
+import { Bert, parameterShapes } from "../pipeline/model/bert.ts";
+import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
+import { classification } from "../pipeline/train/objectives.ts";
+import { AdamW } from "../pipeline/train/optim.ts";
 import { loadDataset } from "../pipeline/data/mod.ts";
 import * as ort from "onnxruntime-node";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { DataType, GraphBuilder } from "../pipeline/onnx/graph.ts";
 import { exportOnnx } from "../pipeline/onnx/export.ts";
-import { measureThroughput } from "../pipeline/parquet_store.ts";
+import { measureThroughput } from "../pipeline/store/parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
-import { loadTokenizer } from "../pipeline/tokenizer.ts";
-import {
-  computeGradients,
-  DataParallel,
-  forwardToHost,
-  type HostBatch,
-  toTensors,
-} from "../pipeline/parallel.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { computeGradients, DataParallel, forwardToHost } from "../pipeline/train/parallel.ts";
+import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
 
 /** TinyBERT4 (General_TinyBERT_4L_312D) with a 2-label classifier. */
 export const TINYBERT4: Partial<BertConfig> = {

@@ -4,10 +4,10 @@
  * step, and at the end prints `digest <weights digest> loss <last loss>`.
  */
 
-import { setBackend } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { digestWeights } from "../pipeline/parallel.ts";
-import { train } from "../pipeline/train.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { digestWeights } from "../pipeline/train/parallel.ts";
+import { train } from "../pipeline/train/loop.ts";
 import { tinySource, TRAIN_CONFIG } from "./_train_data.ts";
 
 await setBackend("wasm");

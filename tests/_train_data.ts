@@ -1,7 +1,7 @@
 /** Tiny labelled data and model config shared by the training-loop tests. */
 
 import { padRows, type TokenRows } from "../pipeline/stages/common.ts";
-import type { BatchSource } from "../pipeline/train.ts";
+import type { BatchSource } from "../pipeline/train/loop.ts";
 import { rng } from "./_util.ts";
 
 /** A 2-layer BERT small enough to train in milliseconds; dropout on (as in real training). */

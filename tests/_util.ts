@@ -1,7 +1,7 @@
 /** Shared test helpers: relative-error comparison and running a computation on two backends. */
 
 import assert from "node:assert/strict";
-import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
+import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { InputError } from "../pipeline/errors.ts";
 
 /** max |a − b| / max(1e-6, max |b|): the relative error used throughout the tests. */

@@ -9,8 +9,8 @@ import {
   setBackend,
   tf,
   WasmHeapExhaustedError,
-} from "../pipeline/backend.ts";
-import { stockGradients } from "../pipeline/tape.ts";
+} from "../pipeline/tfjs/backend.ts";
+import { stockGradients } from "../pipeline/tfjs/tape.ts";
 import { assertClose, onBackends, randomArray } from "./_util.ts";
 
 const TOL = 1e-4;

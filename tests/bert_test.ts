@@ -4,11 +4,11 @@
  */
 
 import assert from "node:assert/strict";
-import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
-import { Bert, MASK_VALUE } from "../pipeline/bert.ts";
-import type { BertConfig } from "../pipeline/config.ts";
-import { classification } from "../pipeline/objectives.ts";
-import { computeGradients } from "../pipeline/parallel.ts";
+import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert, MASK_VALUE } from "../pipeline/model/bert.ts";
+import type { BertConfig } from "../pipeline/model/config.ts";
+import { classification } from "../pipeline/train/objectives.ts";
+import { computeGradients } from "../pipeline/train/parallel.ts";
 import { assertClose } from "./_util.ts";
 
 // ---------------------------------------------------------------------------------------------

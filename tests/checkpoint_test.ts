@@ -7,11 +7,11 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { Bert, type BertHeads, parameterShapes } from "../pipeline/bert.ts";
-import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
-import { type BertConfig, makeConfig } from "../pipeline/config.ts";
-import { readSafetensors, writeSafetensors } from "../pipeline/safetensors.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert, type BertHeads, parameterShapes } from "../pipeline/model/bert.ts";
+import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
+import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
+import { readSafetensors, writeSafetensors } from "../pipeline/model/safetensors.ts";
 import { assertInputError, randomArray, relErr, withTempDir } from "./_util.ts";
 
 await setBackend("cpu");

@@ -10,7 +10,7 @@ import {
   numLabels,
   readConfig,
   writeConfig,
-} from "../pipeline/config.ts";
+} from "../pipeline/model/config.ts";
 
 /** bert-base-uncased's config.json as published (legacy keys included). */
 const BERT_BASE = {

@@ -8,13 +8,13 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { loadBert } from "../pipeline/checkpoint.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { loadBert } from "../pipeline/model/checkpoint.ts";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
-import { readSafetensors } from "../pipeline/safetensors.ts";
-import { runPipeline, type StageReport } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/mod.ts";
+import { readSafetensors } from "../pipeline/model/safetensors.ts";
+import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { PYTHON, runTorch } from "./_torch.ts";
 import { assertInputError, relErr } from "./_util.ts";
 
@@ -74,7 +74,7 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
   await setBackend("wasm");
   const dir = await Deno.makeTempDir({ prefix: "tinystill_distill_" });
   try {
-    const p = parsePipeline(yaml(dir), join(dir, "p.yaml"));
+    const p = parsePipeline(yaml(dir), join(dir, "p.yaml"), BUILTIN_STAGES);
     const reports = await runPipeline(p, { quiet: true });
     const by = (k: string) => reports.find((r) => r.key === k) as StageReport;
     assert.deepEqual(reports.map((r) => r.status), Array(7).fill("ran"));
@@ -193,12 +193,17 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     const bad = parsePipeline(
       yaml(dir, { studentHeads: 3 }).replace("hidden_size: 16", "hidden_size: 18"),
       join(dir, "p.yaml"),
+      BUILTIN_STAGES,
     );
     await assertInputError(
       () => runPipeline(bad, { quiet: true, only: "distill" }),
       ["head counts are incompatible", "student.config.num_attention_heads"],
     );
-    const other = parsePipeline(yaml(dir, { distillMap: "[1, 4]" }), join(dir, "p.yaml"));
+    const other = parsePipeline(
+      yaml(dir, { distillMap: "[1, 4]" }),
+      join(dir, "p.yaml"),
+      BUILTIN_STAGES,
+    );
     await assertInputError(
       () => runPipeline(other, { quiet: true, only: "distill" }),
       ["cache was built for another layer map", "[0,1,4]"],

@@ -17,11 +17,11 @@ Deno.test("examples/quickstart.ts runs: save, load, encode, forward, one AdamW s
 });
 
 Deno.test("the README's pipeline file is valid", async () => {
-  await import("../pipeline/stages/mod.ts");
-  const { parsePipeline } = await import("../pipeline/spec.ts");
+  const { BUILTIN_STAGES } = await import("../pipeline/stages/mod.ts");
+  const { parsePipeline } = await import("../pipeline/run/spec.ts");
   const readme = await Deno.readTextFile("README.md");
   const yaml = readme.match(/```yaml\n([\s\S]*?)```/)![1];
-  const p = parsePipeline(yaml, "tasks/README.yaml");
+  const p = parsePipeline(yaml, "tasks/README.yaml", BUILTIN_STAGES);
   assert.deepEqual(p.stages.map((s) => Object.keys(s)[0]), [
     "tokenize",
     "finetune@teacher",
@@ -35,9 +35,9 @@ Deno.test("the README's pipeline file is valid", async () => {
 });
 
 Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, hashes)", async () => {
-  await import("../pipeline/stages/mod.ts");
-  const { loadPipeline } = await import("../pipeline/spec.ts");
-  const { planPipeline } = await import("../pipeline/runner.ts");
+  const { BUILTIN_STAGES } = await import("../pipeline/stages/mod.ts");
+  const { loadPipeline } = await import("../pipeline/run/spec.ts");
+  const { planPipeline } = await import("../pipeline/run/runner.ts");
   const files = [...Deno.readDirSync("tasks")].map((e) => e.name).filter((n) =>
     n.endsWith(".yaml")
   );
@@ -48,7 +48,7 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
     "spam.yaml",
   ]);
   for (const f of files) {
-    const p = await loadPipeline(`tasks/${f}`);
+    const p = await loadPipeline(`tasks/${f}`, BUILTIN_STAGES);
     const kinds = p.stages.map((s) => Object.keys(s)[0].split("@")[0]);
     assert.ok(kinds.includes("distill"), f);
     if (f === "pretrain.yaml") {
@@ -61,15 +61,15 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
 });
 
 Deno.test("every experiment in tasks/experiments/ is valid and plans", async () => {
-  await import("../pipeline/stages/mod.ts");
-  const { loadPipeline } = await import("../pipeline/spec.ts");
-  const { planPipeline } = await import("../pipeline/runner.ts");
+  const { BUILTIN_STAGES } = await import("../pipeline/stages/mod.ts");
+  const { loadPipeline } = await import("../pipeline/run/spec.ts");
+  const { planPipeline } = await import("../pipeline/run/runner.ts");
   const files = [...Deno.readDirSync("tasks/experiments")].map((e) => e.name).filter((n) =>
     n.endsWith(".yaml")
   );
   assert.ok(files.length >= 4, files.join(", "));
   for (const f of files) {
-    const plan = await planPipeline(await loadPipeline(`tasks/experiments/${f}`));
+    const plan = await planPipeline(await loadPipeline(`tasks/experiments/${f}`, BUILTIN_STAGES));
     assert.ok(plan.length > 1, f);
   }
 });

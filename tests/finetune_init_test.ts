@@ -2,12 +2,12 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
-import { runPipeline } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/mod.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
+import { runPipeline } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
@@ -47,7 +47,9 @@ stages:
   - finetune@random-s7: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1,
                           seed: 7 }
 `;
-    const reports = await runPipeline(parsePipeline(yaml, join(dir, "ft.yaml")), { quiet: true });
+    const reports = await runPipeline(parsePipeline(yaml, join(dir, "ft.yaml"), BUILTIN_STAGES), {
+      quiet: true,
+    });
     const w = "encoder.layer.1.attention.self.query.weight";
     const ref = general.p(w).dataSync();
     const diff = (m: Bert) => {

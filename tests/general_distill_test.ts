@@ -7,12 +7,12 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
-import { runPipeline, type StageReport } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/mod.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
+import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
@@ -85,7 +85,9 @@ stages:
       replicas: 1
       phases: [{ name: general, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 2, lr: 1.0e-3 }]
 `;
-    const reports = await runPipeline(parsePipeline(yaml, join(dir, "p.yaml")), { quiet: true });
+    const reports = await runPipeline(parsePipeline(yaml, join(dir, "p.yaml"), BUILTIN_STAGES), {
+      quiet: true,
+    });
     const by = (k: string) => reports.find((r) => r.key === k) as StageReport;
     assert.ok(reports.every((r) => r.status === "ran"));
 

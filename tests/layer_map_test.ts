@@ -5,7 +5,7 @@ import {
   resolveLayerMap,
   teacherAttentionLayers,
   teacherHiddenIndices,
-} from "../pipeline/layer_map.ts";
+} from "../pipeline/distill/layer_map.ts";
 import { assertInputError } from "./_util.ts";
 
 Deno.test("uniform maps student m to teacher m·N/M (TinyBERT4 of BERT-base: 3, 6, 9, 12)", () => {

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { setBackend, tf } from "../pipeline/backend.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import {
   attentionKl,
   attentionMse,
@@ -19,7 +19,7 @@ import {
   mseRegression,
   softCrossEntropy,
   valueRelationKl,
-} from "../pipeline/losses.ts";
+} from "../pipeline/distill/losses.ts";
 import { assertClose, assertInputError, onBackends, randomArray } from "./_util.ts";
 
 const BACKENDS = ["cpu", "wasm"] as const;

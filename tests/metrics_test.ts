@@ -13,7 +13,7 @@ import {
   pearson,
   regressionMetrics,
   spearman,
-} from "../pipeline/metrics.ts";
+} from "../pipeline/report/metrics.ts";
 import { rng } from "./_util.ts";
 
 function near(actual: number, expected: number, what: string, tol = 1e-12): void {

@@ -2,14 +2,14 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { loadBert } from "../pipeline/checkpoint.ts";
-import { maskBlock, packExamples } from "../pipeline/mlm.ts";
-import { IGNORE_INDEX, mlm } from "../pipeline/objectives.ts";
-import { runPipeline } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/mod.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { loadBert } from "../pipeline/model/checkpoint.ts";
+import { maskBlock, packExamples } from "../pipeline/train/mlm.ts";
+import { IGNORE_INDEX, mlm } from "../pipeline/train/objectives.ts";
+import { runPipeline } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { rng, withTempDir } from "./_util.ts";
 
 const IDS = { cls: 101, sep: 102, mask: 103, pad: 0 };
@@ -160,7 +160,7 @@ Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM
                     replicas: 2 }
 `,
     );
-    const p = parsePipeline(yaml, join(Deno.cwd(), "tasks", "mlm.yaml"));
+    const p = parsePipeline(yaml, join(Deno.cwd(), "tasks", "mlm.yaml"), BUILTIN_STAGES);
     const [, r] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
     const m = JSON.parse(await Deno.readTextFile(join(r.dir, "manifest.json")));
     assert.ok(m.counts.held_out_blocks > 0 && m.counts.blocks > m.counts.held_out_blocks);
@@ -190,7 +190,7 @@ Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it
 `,
     );
     const file = join(Deno.cwd(), "tasks", "mlm.yaml");
-    const p = parsePipeline(yaml, file);
+    const p = parsePipeline(yaml, file, BUILTIN_STAGES);
     const [, first, more] = await runPipeline({ ...p, output_dir: dir }, { quiet: true });
     const m1 = JSON.parse(await Deno.readTextFile(join(first.dir, "manifest.json"))).metrics;
     const m2 = JSON.parse(await Deno.readTextFile(join(more.dir, "manifest.json"))).metrics;
@@ -208,7 +208,7 @@ Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it
     const yaml2 = yaml.replace(/config: \{[^}]*\}/s, `checkpoint: ${ckpt}`)
       .replace("mlm-pretrain@more: { from: mlm-pretrain,", "mlm-pretrain@ckpt: { init: checkpoint,")
       .replace(/ {2}- mlm-pretrain: \{[^}]*\}\n/s, "");
-    const p2 = parsePipeline(yaml2, file);
+    const p2 = parsePipeline(yaml2, file, BUILTIN_STAGES);
     const [, viaCkpt] = await runPipeline({ ...p2, output_dir: dir }, { quiet: true });
     const m3 = JSON.parse(await Deno.readTextFile(join(viaCkpt.dir, "manifest.json"))).metrics;
     assert.ok(Math.abs(m3.initial_mlm_loss - m1.held_out_mlm_loss) < 1e-4);
@@ -217,6 +217,7 @@ Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it
     const bad = parsePipeline(
       yaml.replace("from: mlm-pretrain,", "from: mlm-pretrain, init: random,"),
       file,
+      BUILTIN_STAGES,
     );
     await assert.rejects(
       () => runPipeline({ ...bad, output_dir: dir }, { quiet: true }),

@@ -6,10 +6,10 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
-import { Bert, type BertHeads } from "../pipeline/bert.ts";
-import type { BertConfig } from "../pipeline/config.ts";
-import { BertTokenizer } from "../pipeline/tokenizer.ts";
+import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
+import type { BertConfig } from "../pipeline/model/config.ts";
+import { BertTokenizer } from "../pipeline/model/tokenizer.ts";
 import {
   exportOnnx,
   mlmOutputName,

@@ -1,8 +1,8 @@
 /** AdamW against values computed by hand from torch.optim.AdamW's update rule. */
 
 import assert from "node:assert/strict";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { AdamW, linearWarmupDecay } from "../pipeline/optim.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { AdamW, linearWarmupDecay } from "../pipeline/train/optim.ts";
 
 function adamRef(
   p: number[],

@@ -1,20 +1,19 @@
 /** Data-parallel replicas: same gradients as one replica, weights stay in sync, errors surface. */
 
 import assert from "node:assert/strict";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { classification } from "../pipeline/objectives.ts";
-import { AdamW } from "../pipeline/optim.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { classification } from "../pipeline/train/objectives.ts";
+import { AdamW } from "../pipeline/train/optim.ts";
 import {
   computeGradients,
   DataParallel,
   forwardToHost,
   GradLayout,
-  type HostBatch,
   readGradients,
-  toTensors,
   writeGradients,
-} from "../pipeline/parallel.ts";
+} from "../pipeline/train/parallel.ts";
+import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
 import { assertClose, rng } from "./_util.ts";
 
 const CONFIG = {

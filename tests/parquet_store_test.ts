@@ -9,12 +9,12 @@ import {
   type ColumnSpec,
   finalize,
   measureThroughput,
-  parseShard,
   partFileName,
   PartReader,
   PartWriter,
   type StoreLayout,
-} from "../pipeline/parquet_store.ts";
+} from "../pipeline/store/parquet.ts";
+import { parseShard } from "../pipeline/run/runner.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 // Deterministic data: every value is a function of (row, element), so any run — resumed,
@@ -227,8 +227,11 @@ Deno.test("resume after a simulated crash: orphan removed, no duplicated or miss
 
 /** A writer script for `deno run`: writes its shard's pending parts, one per `delay` ms. */
 async function writerScript(root: string, layout: StoreLayout): Promise<string> {
-  const src = `import { PartWriter, parseShard } from ${
-    JSON.stringify(new URL("../pipeline/parquet_store.ts", import.meta.url).href)
+  const src = `import { PartWriter } from ${
+    JSON.stringify(new URL("../pipeline/store/parquet.ts", import.meta.url).href)
+  };
+import { parseShard } from ${
+    JSON.stringify(new URL("../pipeline/run/runner.ts", import.meta.url).href)
   };
 ${val.toString()}
 ${cacheRows.toString()}

@@ -2,12 +2,12 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend } from "../pipeline/backend.ts";
-import { loadBert } from "../pipeline/checkpoint.ts";
-import { runPipeline } from "../pipeline/runner.ts";
-import { readSafetensors } from "../pipeline/safetensors.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/mod.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
+import { loadBert } from "../pipeline/model/checkpoint.ts";
+import { runPipeline } from "../pipeline/run/runner.ts";
+import { readSafetensors } from "../pipeline/model/safetensors.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { withTempDir } from "./_util.ts";
 
 Deno.test("publish: F16 weights equal the trained model to F16 precision; the card says how it was made", async () => {
@@ -36,7 +36,9 @@ stages:
 `;
     const file = join(dir, "pub.yaml");
     await Deno.writeTextFile(file, yaml("1.0e-3"));
-    const reports = await runPipeline(parsePipeline(yaml("1.0e-3"), file), { quiet: true });
+    const reports = await runPipeline(parsePipeline(yaml("1.0e-3"), file, BUILTIN_STAGES), {
+      quiet: true,
+    });
     const pre = reports[1], pub = reports[2];
     const dest = join(dir, "models", "tiny-mlm");
 
@@ -77,7 +79,9 @@ stages:
 
     // a second publish (the model changed) replaces the folder, leaving no temporary siblings
     await Deno.writeTextFile(file, yaml("2.0e-3"));
-    const again = await runPipeline(parsePipeline(yaml("2.0e-3"), file), { quiet: true });
+    const again = await runPipeline(parsePipeline(yaml("2.0e-3"), file, BUILTIN_STAGES), {
+      quiet: true,
+    });
     assert.equal(again[2].status, "ran");
     assert.notEqual(again[2].result?.metrics?.sha256, pub.result?.metrics?.sha256);
     const entries = [...Deno.readDirSync(join(dir, "models"))].map((e) => e.name);

@@ -8,12 +8,12 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/backend.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { loadDataset } from "../pipeline/data/mod.ts";
-import { runPipeline, type StageReport } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
+import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
 import { readTokenSplit } from "../pipeline/stages/common.ts";
-import "../pipeline/stages/mod.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
@@ -77,9 +77,12 @@ Deno.test("regression: float targets, MSE teacher, logit_mse distillation, Pears
   );
 
   await withTempDir(async (dir) => {
-    const reports = await runPipeline(parsePipeline(yaml(dir), join(dir, "p.yaml")), {
-      quiet: true,
-    });
+    const reports = await runPipeline(
+      parsePipeline(yaml(dir), join(dir, "p.yaml"), BUILTIN_STAGES),
+      {
+        quiet: true,
+      },
+    );
     const by = (k: string) => reports.find((r) => r.key === k) as StageReport;
     const tokens = by("tokenize").dir;
     const meta = JSON.parse(await Deno.readTextFile(join(tokens, "labels.json")));
@@ -107,7 +110,7 @@ Deno.test("regression: float targets, MSE teacher, logit_mse distillation, Pears
     );
 
     // a classification term on a regression task is refused before training
-    const bad = parsePipeline(yaml(dir, "soft_ce: 1"), join(dir, "p.yaml"));
+    const bad = parsePipeline(yaml(dir, "soft_ce: 1"), join(dir, "p.yaml"), BUILTIN_STAGES);
     await assertInputError(
       () => runPipeline(bad, { quiet: true, only: "distill" }),
       ["soft_ce needs classes", "logit_mse"],

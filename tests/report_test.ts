@@ -19,7 +19,7 @@ import {
   reportMarkdown,
   type Table,
   textTable,
-} from "../pipeline/report.ts";
+} from "../pipeline/report/report.ts";
 import { rng } from "./_util.ts";
 
 const TEACHER: ModelRow = {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { z } from "zod";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../pipeline/run/progress.ts";
 import {
   canonicalJson,
   defineStage,
@@ -14,15 +14,15 @@ import {
   planPipeline,
   runPipeline,
   sha256Hex,
-} from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
+} from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 const runs: string[] = [];
 /** Crash injection outside the params, so the crashed and the resumed run share one hash. */
 let crashAt: number | null = null;
 
-defineStage({
+const emit = defineStage({
   name: "emit",
   version: 1,
   params: z.strictObject({ n: z.number().int().positive() }),
@@ -47,7 +47,7 @@ defineStage({
   },
 });
 
-defineStage({
+const sum = defineStage({
   name: "sum",
   version: 1,
   params: z.strictObject({ input: z.string(), scale: z.number().default(1) }),
@@ -61,10 +61,14 @@ defineStage({
   },
 });
 
+/** The stage kinds these toy pipelines may use (passed explicitly; nothing is registered). */
+const TOY = [emit, sum];
+
 function pipeline(dir: string, emit: string, sum = "{ input: emit }") {
   return parsePipeline(
     `name: toy\noutput_dir: ${join(dir, "runs")}\nstages:\n  - emit: ${emit}\n  - sum: ${sum}\n`,
     join(dir, "toy.yaml"),
+    TOY,
   );
 }
 
@@ -177,6 +181,7 @@ Deno.test("missing inputs, wrong order and unknown stages are clear errors", asy
     const reversed = parsePipeline(
       `name: toy\noutput_dir: ${dir}\nstages:\n  - sum: { input: emit }\n  - emit: { n: 2 }\n`,
       "rev.yaml",
+      TOY,
     );
     await assertInputError(() => runPipeline(reversed), [
       'stage "sum" needs "emit", which runs after it (a cycle or wrong order)',
@@ -185,10 +190,11 @@ Deno.test("missing inputs, wrong order and unknown stages are clear errors", asy
     const self = parsePipeline(
       `name: toy\noutput_dir: ${dir}\nstages:\n  - sum: { input: sum }\n`,
       "self.yaml",
+      TOY,
     );
     await assertInputError(() => runPipeline(self), ["runs as itself"]);
     await assertInputError(
-      () => parsePipeline(`name: toy\nstages:\n  - emitt: { n: 1 }\n`, "u.yaml"),
+      () => parsePipeline(`name: toy\nstages:\n  - emitt: { n: 1 }\n`, "u.yaml", TOY),
       ['unknown stage "emitt"', "emit", "sum"],
     );
   });
@@ -200,6 +206,7 @@ Deno.test("two runs of one stage kind as kind@label get separate outputs", async
       `name: toy\noutput_dir: ${dir}\nstages:\n  - emit@a: { n: 2 }\n  - emit@b: { n: 3 }\n` +
         `  - sum: { input: emit@b }\n`,
       "two.yaml",
+      TOY,
     );
     const r = await runPipeline(p, { quiet: true });
     assert.deepEqual(r.map((x) => x.key), ["emit@a", "emit@b", "sum"]);
@@ -246,7 +253,7 @@ Deno.test("a second run of the same pipeline is refused while the first holds th
   });
 });
 
-defineStage({
+const studentOnly = defineStage({
   name: "student-only",
   version: 1,
   params: z.strictObject({}),
@@ -266,6 +273,7 @@ Deno.test("a changed teacher/student section reruns the stages that read it, onl
           `student: { config: { num_hidden_layers: ${studentLayers} } }\n` +
           `stages:\n  - emit: { n: 1 }\n  - student-only: {}\n`,
         join(dir, "m.yaml"),
+        [...TOY, studentOnly],
       );
     runs.length = 0;
     await runPipeline(p(4, 2), { quiet: true });
@@ -286,6 +294,7 @@ Deno.test("a checkpoint path counts by where it leads, not by how the pipeline f
         `name: paths\noutput_dir: ${join(dir, "runs")}\n` +
           `teacher: { checkpoint: ${ckpt} }\nstages:\n  - emit: { n: 1 }\n`,
         join(dir, file),
+        TOY,
       );
     const [a] = await planPipeline(p("tasks/a.yaml", "../models/t"));
     const [b] = await planPipeline(p("tasks/experiments/b.yaml", "../../models/t"));

@@ -13,8 +13,11 @@ import {
   f32BitsToF16Bits,
   readSafetensors,
   writeSafetensors,
-} from "../pipeline/safetensors.ts";
-import { readCheckpointTensors, writeCheckpointTensors } from "../pipeline/checkpoint_files.ts";
+} from "../pipeline/model/safetensors.ts";
+import {
+  readCheckpointTensors,
+  writeCheckpointTensors,
+} from "../pipeline/model/checkpoint_files.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.

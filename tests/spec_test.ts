@@ -3,24 +3,26 @@
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { InputError } from "../pipeline/errors.ts";
-import { loadPipeline, parsePipeline, registerStage, resolvedYaml } from "../pipeline/spec.ts";
+import { loadPipeline, parsePipeline, resolvedYaml, type StageKind } from "../pipeline/run/spec.ts";
 import { assertInputError } from "./_util.ts";
 
-// Stages register their params schema; these stand in for real ones.
-registerStage(
-  "tokenize",
-  z.strictObject({
-    dataset: z.string(),
-    max_seq_length: z.number().int().min(8).max(512).default(128),
-  }),
-);
-registerStage(
-  "distill",
-  z.strictObject({
-    layer_map: z.array(z.number().int().min(0).lt(12)).optional(),
-    temperature: z.number().positive().default(1),
-  }),
-);
+// The stage kinds a file may use are passed in; these stand in for real ones.
+const KINDS: StageKind[] = [
+  {
+    name: "tokenize",
+    params: z.strictObject({
+      dataset: z.string(),
+      max_seq_length: z.number().int().min(8).max(512).default(128),
+    }),
+  },
+  {
+    name: "distill",
+    params: z.strictObject({
+      layer_map: z.array(z.number().int().min(0).lt(12)).optional(),
+      temperature: z.number().positive().default(1),
+    }),
+  },
+];
 
 const GOOD = `name: spam
 datasets:
@@ -36,20 +38,20 @@ stages:
 `;
 
 Deno.test("a valid file gets its defaults, and the resolved YAML reads back the same", () => {
-  const p = parsePipeline(GOOD, "tasks/spam.yaml");
+  const p = parsePipeline(GOOD, "tasks/spam.yaml", KINDS);
   assert.equal(p.seed, 42);
   assert.equal(p.backend, "auto");
   assert.equal(p.output_dir, "runs");
   assert.deepEqual(p.stages[0], { tokenize: { dataset: "spam", max_seq_length: 128 } });
   assert.deepEqual(p.stages[1], { distill: { layer_map: [0, 3, 6, 9], temperature: 1 } });
   assert.deepEqual(p.datasets.spam.split, { dev: 0.1, test: 0.1, seed: 7 });
-  const again = parsePipeline(resolvedYaml(p), "resolved.yaml");
+  const again = parsePipeline(resolvedYaml(p), "resolved.yaml", KINDS);
   assert.deepEqual({ ...again, file: "" }, { ...p, file: "" });
 });
 
 Deno.test("a wrong type names file, line, column, path, expected and got", async () => {
   const bad = GOOD.replace("[0, 3, 6, 9]", '[0, "x", 6, 20]');
-  const err = await assertInputError(() => parsePipeline(bad, "tasks/spam.yaml"), [
+  const err = await assertInputError(() => parsePipeline(bad, "tasks/spam.yaml", KINDS), [
     'tasks/spam.yaml:11:22: stages[1].distill.layer_map[1]: expected number, got "x"',
     "tasks/spam.yaml:11:30: stages[1].distill.layer_map[3]: expected number < 12, got 20",
     "2 problems",
@@ -60,53 +62,58 @@ Deno.test("a wrong type names file, line, column, path, expected and got", async
 
 Deno.test("unknown keys, unknown stages and malformed stage entries are rejected", async () => {
   await assertInputError(
-    () => parsePipeline(GOOD.replace("name: spam", "name: spam\nseeed: 3"), "f.yaml"),
+    () => parsePipeline(GOOD.replace("name: spam", "name: spam\nseeed: 3"), "f.yaml", KINDS),
     ['f.yaml:2:1: seeed: unknown key "seeed"'],
   );
   await assertInputError(
-    () => parsePipeline(GOOD.replace("layer_map: [0, 3, 6, 9]", "layermap: [1]"), "f.yaml"),
+    () => parsePipeline(GOOD.replace("layer_map: [0, 3, 6, 9]", "layermap: [1]"), "f.yaml", KINDS),
     ['f.yaml:11:7: stages[1].distill.layermap: unknown key "layermap"'],
   );
   await assertInputError(
-    () => parsePipeline(GOOD + "  - distil: {}\n", "f.yaml"),
+    () => parsePipeline(GOOD + "  - distil: {}\n", "f.yaml", KINDS),
     ['f.yaml:12:5: stages[2].distil: unknown stage "distil" (known: ', "tokenize", "distill"],
   );
   await assertInputError(
-    () => parsePipeline(GOOD + "  - { tokenize: {dataset: spam}, distill: {} }\n", "f.yaml"),
+    () => parsePipeline(GOOD + "  - { tokenize: {dataset: spam}, distill: {} }\n", "f.yaml", KINDS),
     ['stages[2]: expected one stage name as the only key, got "tokenize", "distill"'],
   );
   await assertInputError(
-    () => parsePipeline(GOOD.replace("format: spam-assassin", "format: xls"), "f.yaml"),
+    () => parsePipeline(GOOD.replace("format: spam-assassin", "format: xls"), "f.yaml", KINDS),
     ['f.yaml:4:13: datasets.spam.format: expected one of "csv", "tsv"', 'got "xls"'],
   );
 });
 
 Deno.test("cross-section and structural errors", async () => {
   await assertInputError(
-    () => parsePipeline(GOOD.replace("{ dataset: spam }", "{ dataset: ham }"), "f.yaml"),
+    () => parsePipeline(GOOD.replace("{ dataset: spam }", "{ dataset: ham }"), "f.yaml", KINDS),
     ["f.yaml: stages[0].tokenize.dataset: unknown dataset", 'expected one of "spam"', 'got "ham"'],
   );
   await assertInputError(
-    () => parsePipeline(GOOD.replace("  checkpoint: fixtures/teacher", "  tokenizer: x"), "f.yaml"),
+    () =>
+      parsePipeline(
+        GOOD.replace("  checkpoint: fixtures/teacher", "  tokenizer: x"),
+        "f.yaml",
+        KINDS,
+      ),
     ["teacher: expected `checkpoint` or `config`"],
   );
   await assertInputError(
-    () => parsePipeline(GOOD.replace(/stages:[\s\S]*/, "stages: []\n"), "f.yaml"),
+    () => parsePipeline(GOOD.replace(/stages:[\s\S]*/, "stages: []\n"), "f.yaml", KINDS),
     ["stages: expected array length ≥ 1, got 0"],
   );
-  await assertInputError(() => parsePipeline("name: [unclosed\n", "f.yaml"), [
+  await assertInputError(() => parsePipeline("name: [unclosed\n", "f.yaml", KINDS), [
     "f.yaml: invalid YAML at line",
   ]);
-  await assertInputError(() => parsePipeline("- a\n- b\n", "f.yaml"), [
+  await assertInputError(() => parsePipeline("- a\n- b\n", "f.yaml", KINDS), [
     "a pipeline file must be a YAML mapping",
   ]);
   await assertInputError(
-    () => parsePipeline("name: 'bad name!'\nstages: [{tokenize: {dataset: x}}]", "f.yaml"),
+    () => parsePipeline("name: 'bad name!'\nstages: [{tokenize: {dataset: x}}]", "f.yaml", KINDS),
     [
       "f.yaml:1:7: name:",
     ],
   );
-  await assert.rejects(() => loadPipeline("tasks/does-not-exist.yaml"), (e: Error) => {
+  await assert.rejects(() => loadPipeline("tasks/does-not-exist.yaml", KINDS), (e: Error) => {
     assert.ok(e instanceof InputError);
     assert.match(e.message, /tasks\/does-not-exist\.yaml: pipeline file not found/);
     return true;

@@ -7,14 +7,13 @@ import assert from "node:assert/strict";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { saveBert } from "../pipeline/checkpoint.ts";
-import { PartReader } from "../pipeline/parquet_store.ts";
-import { runPipeline } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import "../pipeline/stages/teacher_forward.ts";
-import "../pipeline/stages/tokenize.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { saveBert } from "../pipeline/model/checkpoint.ts";
+import { PartReader } from "../pipeline/store/parquet.ts";
+import { runPipeline } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { assertClose, assertInputError, withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
@@ -73,6 +72,7 @@ async function cachedOutputsMatch(engine: string) {
     const p = parsePipeline(
       yaml(dir, join(dir, "teacher"), `, dtype: F32, engine: ${engine}`),
       join(dir, "p.yaml"),
+      BUILTIN_STAGES,
     );
     const reports = await runPipeline(p, { quiet: true });
     const cacheDir = reports[1].dir;
@@ -150,24 +150,34 @@ Deno.test("label order, vocabulary and cache size are checked before any compute
     (await makeTeacher(join(dir, "t1"), { "0": "pos", "1": "neg" })).dispose();
     await assertInputError(
       () =>
-        runPipeline(parsePipeline(yaml(dir, join(dir, "t1")), join(dir, "p.yaml")), {
-          quiet: true,
-        }),
+        runPipeline(
+          parsePipeline(yaml(dir, join(dir, "t1")), join(dir, "p.yaml"), BUILTIN_STAGES),
+          {
+            quiet: true,
+          },
+        ),
       ["label order differs", 'expected ["neg","pos"]', 'got ["pos","neg"]'],
     );
     (await makeTeacher(join(dir, "t2"), undefined, 1000)).dispose();
     await assertInputError(
       () =>
-        runPipeline(parsePipeline(yaml(dir, join(dir, "t2")), join(dir, "p.yaml")), {
-          quiet: true,
-        }),
+        runPipeline(
+          parsePipeline(yaml(dir, join(dir, "t2")), join(dir, "p.yaml"), BUILTIN_STAGES),
+          {
+            quiet: true,
+          },
+        ),
       ["vocabulary does not match", "expected 30522 (the tokenizer's), got 1000"],
     );
     (await makeTeacher(join(dir, "t3"))).dispose();
     await assertInputError(
       () =>
         runPipeline(
-          parsePipeline(yaml(dir, join(dir, "t3"), ", max_cache_bytes: 1000"), join(dir, "p.yaml")),
+          parsePipeline(
+            yaml(dir, join(dir, "t3"), ", max_cache_bytes: 1000"),
+            join(dir, "p.yaml"),
+            BUILTIN_STAGES,
+          ),
           { quiet: true },
         ),
       [
@@ -188,11 +198,10 @@ Deno.test("kill -9 during teacher-forward: the rerun resumes to the same parts a
     const root = pathToFileURL(resolve("pipeline")).href;
     await Deno.writeTextFile(
       script,
-      `import { runPipeline } from "${root}/runner.ts";
-import { loadPipeline } from "${root}/spec.ts";
-import "${root}/stages/tokenize.ts";
-import "${root}/stages/teacher_forward.ts";
-await runPipeline(await loadPipeline(Deno.args[0]), { quiet: true });
+      `import { runPipeline } from "${root}/run/runner.ts";
+import { loadPipeline } from "${root}/run/spec.ts";
+import { BUILTIN_STAGES } from "${root}/stages/mod.ts";
+await runPipeline(await loadPipeline(Deno.args[0], BUILTIN_STAGES), { quiet: true });
 `,
     );
     const child = new Deno.Command(Deno.execPath(), {
@@ -229,11 +238,18 @@ await runPipeline(await loadPipeline(Deno.args[0]), { quiet: true });
     assert.equal(status.signal, "SIGKILL");
     assert.ok(partsDone() >= 3 && partsDone() < 18, `killed after ${partsDone()} parts`);
     // resume in this process, and compare with an uninterrupted run elsewhere
-    const resumed = await runPipeline(parsePipeline(text, join(dir, "killed.yaml")), {
-      quiet: true,
-    });
+    const resumed = await runPipeline(
+      parsePipeline(text, join(dir, "killed.yaml"), BUILTIN_STAGES),
+      {
+        quiet: true,
+      },
+    );
     const clean = await runPipeline(
-      parsePipeline(text.replace(join(dir, "killed"), join(dir, "clean")), join(dir, "c.yaml")),
+      parsePipeline(
+        text.replace(join(dir, "killed"), join(dir, "clean")),
+        join(dir, "c.yaml"),
+        BUILTIN_STAGES,
+      ),
       { quiet: true },
     );
     for (const split of ["train", "dev", "test"]) {
@@ -254,7 +270,7 @@ Deno.test("--shard i/n splits teacher-forward; the plain run finalises to a clea
     const text = (out: string) =>
       yaml(join(dir, out), join(dir, "teacher"))
         .replace("batch_size: 5, rows_per_part: 4", "batch_size: 2, rows_per_part: 2");
-    const p = parsePipeline(text("sharded"), join(dir, "s.yaml"));
+    const p = parsePipeline(text("sharded"), join(dir, "s.yaml"), BUILTIN_STAGES);
     await runPipeline(p, { quiet: true, only: "tokenize" });
     const s0 = await runPipeline(p, { quiet: true, shard: { index: 0, count: 2 } });
     assert.equal(s0.length, 2); // stops after the sharded stage
@@ -262,9 +278,12 @@ Deno.test("--shard i/n splits teacher-forward; the plain run finalises to a clea
     await assert.rejects(() => Deno.stat(join(s0[1].dir, "manifest.json")));
     await runPipeline(p, { quiet: true, shard: { index: 1, count: 2 } });
     const done = await runPipeline(p, { quiet: true });
-    const clean = await runPipeline(parsePipeline(text("clean"), join(dir, "c.yaml")), {
-      quiet: true,
-    });
+    const clean = await runPipeline(
+      parsePipeline(text("clean"), join(dir, "c.yaml"), BUILTIN_STAGES),
+      {
+        quiet: true,
+      },
+    );
     for (const split of ["train", "dev", "test"]) {
       const a = JSON.parse(await Deno.readTextFile(join(done[1].dir, split, "index.json")));
       const b = JSON.parse(await Deno.readTextFile(join(clean[1].dir, split, "index.json")));

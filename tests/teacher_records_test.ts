@@ -1,7 +1,7 @@
 /** Cropping a batch's teacher outputs to per-example records, checked element by element. */
 
 import assert from "node:assert/strict";
-import { toRecords } from "../pipeline/teacher_records.ts";
+import { toRecords } from "../pipeline/distill/teacher_cache.ts";
 
 function arange(shape: number[]) {
   const n = shape.reduce((a, b) => a * b, 1);

@@ -3,11 +3,12 @@
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
 import { loadDataset } from "../pipeline/data/mod.ts";
-import { PartReader } from "../pipeline/parquet_store.ts";
-import { runPipeline } from "../pipeline/runner.ts";
-import { parsePipeline } from "../pipeline/spec.ts";
-import { shuffled } from "../pipeline/stages/tokenize.ts";
-import { loadTokenizer } from "../pipeline/tokenizer.ts";
+import { PartReader } from "../pipeline/store/parquet.ts";
+import { runPipeline } from "../pipeline/run/runner.ts";
+import { parsePipeline } from "../pipeline/run/spec.ts";
+import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
+import { shuffled } from "../pipeline/random.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
@@ -30,7 +31,7 @@ stages:
 
 Deno.test("tokenize writes per-split shards equal to direct encoding; counts truncation", async () => {
   await withTempDir(async (dir) => {
-    const p = parsePipeline(yaml(dir, 6), join(dir, "tok.yaml"));
+    const p = parsePipeline(yaml(dir, 6), join(dir, "tok.yaml"), BUILTIN_STAGES);
     const [report] = await runPipeline(p, { quiet: true });
     assert.equal(report.status, "ran");
     const data = await loadDataset({
@@ -76,7 +77,7 @@ Deno.test("tokenize writes per-split shards equal to direct encoding; counts tru
     assert.deepEqual(labels.labels, ["neg", "pos"]);
     // same inputs: skipped; another max_seq_length: a new output directory
     assert.equal((await runPipeline(p, { quiet: true }))[0].status, "skipped");
-    const p2 = parsePipeline(yaml(dir, 16), join(dir, "tok.yaml"));
+    const p2 = parsePipeline(yaml(dir, 16), join(dir, "tok.yaml"), BUILTIN_STAGES);
     const [r2] = await runPipeline(p2, { quiet: true });
     assert.equal(r2.status, "ran");
     assert.notEqual(r2.dir, report.dir);
@@ -85,7 +86,11 @@ Deno.test("tokenize writes per-split shards equal to direct encoding; counts tru
 
 Deno.test("tokenize surfaces dataset errors with the file named", async () => {
   await withTempDir(async (dir) => {
-    const p = parsePipeline(yaml(dir, 8, `${dir}/missing.csv`), join(dir, "tok.yaml"));
+    const p = parsePipeline(
+      yaml(dir, 8, `${dir}/missing.csv`),
+      join(dir, "tok.yaml"),
+      BUILTIN_STAGES,
+    );
     await assertInputError(() => runPipeline(p, { quiet: true }), ["missing.csv"]);
   });
 });
@@ -112,6 +117,7 @@ stages:
     const p = parsePipeline(
       text("exclude: { dataset: task, splits: [dev, test] }"),
       join(dir, "ex.yaml"),
+      BUILTIN_STAGES,
     );
     const [report] = await runPipeline(p, { quiet: true });
     const task = await loadDataset({
@@ -141,6 +147,7 @@ stages:
     const bad = parsePipeline(
       text("exclude: { dataset: nope }"),
       join(dir, "bad.yaml"),
+      BUILTIN_STAGES,
     );
     await assertInputError(() => runPipeline(bad, { quiet: true }), [
       "unknown dataset 'nope'",

@@ -22,7 +22,7 @@ import {
   saveTokenizer,
   SPECIAL_TOKENS,
   tokenizerJsonText,
-} from "../pipeline/tokenizer.ts";
+} from "../pipeline/model/tokenizer.ts";
 import { fileURLToPath } from "node:url";
 
 const FIXTURE = fileURLToPath(new URL("../fixtures/bert-base-uncased/", import.meta.url));
@@ -482,7 +482,7 @@ Deno.test("every code point normalizes and pre-tokenizes as in Rust", () => {
   assert.deepEqual(
     bad.map((cp) => cp.toString(16)).slice(0, 50),
     [],
-    `Unicode handling differs from Rust; RUST_UNICODE in pipeline/tokenizer.ts should be:\n${
+    `Unicode handling differs from Rust; RUST_UNICODE in pipeline/model/tokenizer.ts should be:\n${
       JSON.stringify(measureRustUnicode(), null, 2)
     }`,
   );

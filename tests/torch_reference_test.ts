@@ -16,13 +16,19 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type BackendName, setBackend, tf } from "../pipeline/backend.ts";
-import { Bert, type BertHeads, isNoDecay, MASK_VALUE, parameterShapes } from "../pipeline/bert.ts";
-import { loadBert, saveBert } from "../pipeline/checkpoint.ts";
-import { type BertConfig, makeConfig } from "../pipeline/config.ts";
-import { classification } from "../pipeline/objectives.ts";
-import { AdamW } from "../pipeline/optim.ts";
-import { computeGradients } from "../pipeline/parallel.ts";
+import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import {
+  Bert,
+  type BertHeads,
+  isNoDecay,
+  MASK_VALUE,
+  parameterShapes,
+} from "../pipeline/model/bert.ts";
+import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
+import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
+import { classification } from "../pipeline/train/objectives.ts";
+import { AdamW } from "../pipeline/train/optim.ts";
+import { computeGradients } from "../pipeline/train/parallel.ts";
 import { randomArray, relErr, rng } from "./_util.ts";
 import { type F64Tensor, type Inputs, PYTHON, runTorch as runReference } from "./_torch.ts";
 

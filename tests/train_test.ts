@@ -2,11 +2,11 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, tf } from "../pipeline/backend.ts";
-import { Bert } from "../pipeline/bert.ts";
-import { classification, OBJECTIVE_FACTORIES } from "../pipeline/objectives.ts";
-import { readSafetensors } from "../pipeline/safetensors.ts";
-import { epochBatches, type Phase, train, TrainingDivergedError } from "../pipeline/train.ts";
+import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { classification, OBJECTIVE_FACTORIES } from "../pipeline/train/objectives.ts";
+import { readSafetensors } from "../pipeline/model/safetensors.ts";
+import { epochBatches, type Phase, train, TrainingDivergedError } from "../pipeline/train/loop.ts";
 import { tinySource, TRAIN_CONFIG } from "./_train_data.ts";
 import { withTempDir } from "./_util.ts";
 

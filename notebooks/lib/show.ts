@@ -1,7 +1,7 @@
 /**
  * What the notebooks display, as Jupyter MIME bundles: any object with a
  * `Symbol.for("Jupyter.display")` method is rendered by the Deno kernel when a cell evaluates to
- * it. SVG charts come from `pipeline/report.ts` (line and bar charts) and {@link heatmapSvg}.
+ * it. SVG charts come from `pipeline/report/report.ts` (line and bar charts) and {@link heatmapSvg}.
  * @module
  */
 

@@ -10,7 +10,13 @@
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parsePipeline, type Pipeline, runPipeline, type StageReport } from "../../mod.ts";
+import {
+  BUILTIN_STAGES,
+  parsePipeline,
+  type Pipeline,
+  runPipeline,
+  type StageReport,
+} from "../../mod.ts";
 
 /** The repository root. */
 export const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -63,7 +69,11 @@ stages:
 
 /** The tiny pipeline, parsed and validated. */
 export function tinyPipeline(outputDir?: string): Pipeline {
-  return parsePipeline(tinyPipelineYaml(outputDir), join(REPO, "notebooks", "tiny.yaml"));
+  return parsePipeline(
+    tinyPipelineYaml(outputDir),
+    join(REPO, "notebooks", "tiny.yaml"),
+    BUILTIN_STAGES,
+  );
 }
 
 /** Stage keys of the tiny pipeline, in order. */

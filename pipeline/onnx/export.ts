@@ -25,11 +25,11 @@
  */
 
 import { join } from "node:path";
-import type { Bert } from "../bert.ts";
-import { architectureOf } from "../checkpoint.ts";
-import { numLabels, writeConfig } from "../config.ts";
-import { writeFileAtomic } from "../fsutil.ts";
-import { type BertTokenizer, saveTokenizer } from "../tokenizer.ts";
+import type { Bert } from "../model/bert.ts";
+import { architectureOf } from "../model/checkpoint.ts";
+import { numLabels, writeConfig } from "../model/config.ts";
+import { writeFileAtomic } from "../store/fsutil.ts";
+import { type BertTokenizer, saveTokenizer } from "../model/tokenizer.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
 import { littleEndianBytes } from "./protobuf.ts";
 

@@ -8,17 +8,18 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../backend.ts";
-import { Bert, type BertInputs } from "../bert.ts";
-import { loadBert, saveBert } from "../checkpoint.ts";
-import { type BertConfig, makeConfig, numLabels } from "../config.ts";
+import { tf } from "../tfjs/backend.ts";
+import { Bert } from "../model/bert.ts";
+import { loadBert, saveBert } from "../model/checkpoint.ts";
+import { type BertConfig, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { exists, writeJsonAtomic } from "../fsutil.ts";
-import { classificationMetrics, regressionMetrics } from "../metrics.ts";
-import type { DataParallel, HostArray, HostBatch } from "../parallel.ts";
-import { PartReader } from "../parquet_store.ts";
-import type { Pipeline } from "../spec.ts";
-import type { CurvePoint, EvalPoint } from "../train.ts";
+import { exists, writeJsonAtomic } from "../store/fsutil.ts";
+import { classificationMetrics, regressionMetrics } from "../report/metrics.ts";
+import type { DataParallel } from "../train/parallel.ts";
+import { type HostBatch, inputTensors } from "../train/batch.ts";
+import { PartReader } from "../store/parquet.ts";
+import type { Pipeline } from "../run/spec.ts";
+import type { CurvePoint, EvalPoint } from "../train/loop.ts";
 
 /** Every row of one split's token store, in row order. */
 export interface TokenRows {
@@ -81,17 +82,6 @@ export function padRows(t: TokenRows, rows: number[], withLabels = true): HostBa
     attentionMask: { data: mask, shape: [b, S] },
     tokenTypeIds: { data: tt, shape: [b, S] },
     ...(withLabels ? { labels: { data: labels, shape: [b] } } : {}),
-  };
-}
-
-/** The model inputs of a host batch as int32 tensors (the caller disposes them, e.g. by tidy). */
-export function inputTensors(b: HostBatch): BertInputs {
-  const t = (a: HostArray) =>
-    tf.tensor2d(a.data as Int32Array, a.shape as [number, number], "int32");
-  return {
-    inputIds: t(b.inputIds),
-    attentionMask: t(b.attentionMask),
-    tokenTypeIds: t(b.tokenTypeIds),
   };
 }
 

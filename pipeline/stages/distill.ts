@@ -28,30 +28,33 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../backend.ts";
-import type { Bert } from "../bert.ts";
-import { loadBert } from "../checkpoint.ts";
-import { type BertConfig, readConfig } from "../config.ts";
+import { tf } from "../tfjs/backend.ts";
+import type { Bert } from "../model/bert.ts";
+import { loadBert } from "../model/checkpoint.ts";
+import { type BertConfig, readConfig } from "../model/config.ts";
 import {
   addProjections,
   type DistillObjectiveOptions,
   type LossTermSpec,
   termNeeds,
-} from "../distill_objective.ts";
+} from "../distill/objective.ts";
 import { InputError } from "../errors.ts";
-import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
-import { LOSS_TERMS, type LossTermName } from "../losses.ts";
-import type { HostArray, HostBatch } from "../parallel.ts";
+import {
+  resolveLayerMap,
+  teacherAttentionLayers,
+  teacherHiddenIndices,
+} from "../distill/layer_map.ts";
+import { LOSS_TERMS, type LossTermName } from "../distill/losses.ts";
+import type { HostArray, HostBatch } from "../train/batch.ts";
 import { saveOnnxFolder } from "../onnx/export.ts";
-import { packExamples } from "../mlm.ts";
-import { PartReader } from "../parquet_store.ts";
-import { loadTokenizer } from "../tokenizer.ts";
-import { defineStage, fileDigest, type StageResult } from "../runner.ts";
-import { type BatchSource, type Phase, train } from "../train.ts";
+import { packExamples } from "../train/mlm.ts";
+import { PartReader } from "../store/parquet.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import { type BatchSource, type Phase, train } from "../train/loop.ts";
 import {
   asList,
   evaluateRows,
-  inputTensors,
   isRegression,
   loadForTask,
   LoopParams,
@@ -65,6 +68,7 @@ import {
   type TokenRows,
   writeTrainedModel,
 } from "./common.ts";
+import { inputTensors } from "../train/batch.ts";
 
 const termNames = Object.keys(LOSS_TERMS) as [LossTermName, ...LossTermName[]];
 

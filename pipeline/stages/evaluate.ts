@@ -16,18 +16,18 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../backend.ts";
-import type { Bert } from "../bert.ts";
-import { loadBert } from "../checkpoint.ts";
-import { numLabels } from "../config.ts";
+import { tf } from "../tfjs/backend.ts";
+import type { Bert } from "../model/bert.ts";
+import { loadBert } from "../model/checkpoint.ts";
+import { numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { exists, writeFileAtomic, writeJsonAtomic } from "../fsutil.ts";
+import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import {
   classificationMetrics,
   pairedAccuracy,
   type PairedComparison,
   regressionMetrics,
-} from "../metrics.ts";
+} from "../report/metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import {
@@ -39,12 +39,11 @@ import {
   reportMarkdown,
   type Table,
   textTable,
-} from "../report.ts";
-import { defineStage, fileDigest, type StageResult } from "../runner.ts";
-import type { CurvePoint, EvalPoint } from "../train.ts";
+} from "../report/report.ts";
+import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import type { CurvePoint, EvalPoint } from "../train/loop.ts";
 import {
   argmaxRows,
-  inputTensors,
   isRegression,
   modelDirOf,
   padRows,
@@ -54,6 +53,7 @@ import {
   taskLabels,
   type TokenRows,
 } from "./common.ts";
+import { inputTensors } from "../train/batch.ts";
 
 /** Params of the evaluate stage. */
 export const EvaluateParams = z.strictObject({

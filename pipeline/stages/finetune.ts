@@ -12,10 +12,10 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { type BertConfig, numLabels, readConfig } from "../config.ts";
+import { type BertConfig, numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { defineStage, fileDigest, type StageResult } from "../runner.ts";
-import { type BatchSource, type Phase, train } from "../train.ts";
+import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import { type BatchSource, type Phase, train } from "../train/loop.ts";
 import {
   evaluateRows,
   isRegression,

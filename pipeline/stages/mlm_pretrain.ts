@@ -27,21 +27,20 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../backend.ts";
-import { Bert } from "../bert.ts";
-import { loadBert } from "../checkpoint.ts";
-import { type BertConfig, makeConfig } from "../config.ts";
+import { tf } from "../tfjs/backend.ts";
+import { Bert } from "../model/bert.ts";
+import { loadBert } from "../model/checkpoint.ts";
+import { type BertConfig, makeConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { IGNORE_INDEX } from "../objectives.ts";
-import { maskBlock, packExamples, type SpecialIds } from "../mlm.ts";
-import type { HostBatch } from "../parallel.ts";
-import type { Pipeline } from "../spec.ts";
-import { defineStage, fileDigest, type StageResult } from "../runner.ts";
-import { loadTokenizer } from "../tokenizer.ts";
-import { type BatchSource, train } from "../train.ts";
+import { IGNORE_INDEX } from "../train/objectives.ts";
+import { maskBlock, packExamples, type SpecialIds } from "../train/mlm.ts";
+import type { HostBatch } from "../train/batch.ts";
+import type { Pipeline } from "../run/spec.ts";
+import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { type BatchSource, train } from "../train/loop.ts";
 import {
   asList,
-  inputTensors,
   LoopParams,
   modelDirOf,
   OptimParams,
@@ -49,6 +48,7 @@ import {
   readTokenSplit,
   writeTrainedModel,
 } from "./common.ts";
+import { inputTensors } from "../train/batch.ts";
 
 /** Params of the mlm-pretrain stage. */
 export const MlmPretrainParams = z.strictObject({

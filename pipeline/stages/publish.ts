@@ -21,11 +21,11 @@
 import { cpus, totalmem } from "node:os";
 import { basename, join, relative } from "node:path";
 import { z } from "zod";
-import { loadBert, saveBert } from "../checkpoint.ts";
-import { exists, swapDir, writeFileAtomic } from "../fsutil.ts";
-import { lineChartSvg, lossSeries } from "../report.ts";
-import { defineStage, sha256Hex, type StageResult } from "../runner.ts";
-import type { CurvePoint } from "../train.ts";
+import { loadBert, saveBert } from "../model/checkpoint.ts";
+import { exists, swapDir, writeFileAtomic } from "../store/fsutil.ts";
+import { lineChartSvg, lossSeries } from "../report/report.ts";
+import { defineStage, sha256Hex, type StageResult } from "../run/runner.ts";
+import type { CurvePoint } from "../train/loop.ts";
 import { modelDirOf } from "./common.ts";
 
 /** Params of the publish stage. */

@@ -18,26 +18,25 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../backend.ts";
-import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../cache_size.ts";
-import { loadBert } from "../checkpoint.ts";
-import { numLabels, readConfig } from "../config.ts";
+import { tf } from "../tfjs/backend.ts";
+import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../distill/teacher_cache.ts";
+import { loadBert } from "../model/checkpoint.ts";
+import { numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { exists, writeJsonAtomic } from "../fsutil.ts";
-import { resolveLayerMap, teacherAttentionLayers, teacherHiddenIndices } from "../layer_map.ts";
+import { exists, writeJsonAtomic } from "../store/fsutil.ts";
 import {
-  DataParallel,
-  forwardToHost,
-  type HostBatch,
-  type HostOutputs,
-  toTensors,
-} from "../parallel.ts";
-import { type ColumnSpec, finalize, PartReader, PartWriter } from "../parquet_store.ts";
-import { defineStage, fileDigest, type StageResult } from "../runner.ts";
-import type { Pipeline } from "../spec.ts";
+  resolveLayerMap,
+  teacherAttentionLayers,
+  teacherHiddenIndices,
+} from "../distill/layer_map.ts";
+import { DataParallel, forwardToHost, type HostOutputs } from "../train/parallel.ts";
+import { type HostBatch, toTensors } from "../train/batch.ts";
+import { type ColumnSpec, finalize, PartReader, PartWriter } from "../store/parquet.ts";
+import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import type { Pipeline } from "../run/spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
-import { type TeacherRecord, toRecords } from "../teacher_records.ts";
+import { type TeacherRecord, toRecords } from "../distill/teacher_cache.ts";
 import { modelDirOf, padRows, readTokenRows } from "./common.ts";
 import { SPLITS } from "./tokenize.ts";
 

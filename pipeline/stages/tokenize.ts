@@ -11,14 +11,14 @@
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import { datasetHash, excludeExamples, loadDataset } from "../data/mod.ts";
-import { seededRandom, shuffle } from "../data/split.ts";
+import { shuffled } from "../random.ts";
 import type { Dataset, DatasetSpec } from "../data/types.ts";
 import { InputError } from "../errors.ts";
-import { writeJsonAtomic } from "../fsutil.ts";
-import { finalize, PartReader, PartWriter } from "../parquet_store.ts";
-import { defineStage, sha256Hex } from "../runner.ts";
-import type { Pipeline } from "../spec.ts";
-import { type BertTokenizer, loadTokenizer, saveTokenizer } from "../tokenizer.ts";
+import { writeJsonAtomic } from "../store/fsutil.ts";
+import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
+import { defineStage, sha256Hex } from "../run/runner.ts";
+import type { Pipeline } from "../run/spec.ts";
+import { type BertTokenizer, loadTokenizer, saveTokenizer } from "../model/tokenizer.ts";
 
 /** Params of the tokenize stage. */
 export const TokenizeParams = z.strictObject({
@@ -122,11 +122,6 @@ export function encodeExample(
   }
   const cut = tok.encode(text, pair, { maxLength, truncation: true, padding: false });
   return { ids: cut.inputIds, types: cut.tokenTypeIds, truncated: true };
-}
-
-/** A seeded permutation of `xs` (Fisher–Yates over mulberry32). */
-export function shuffled<T>(xs: readonly T[], seed: number): T[] {
-  return shuffle(xs.slice(), seededRandom(seed ^ 0x2545f491));
 }
 
 /** The tokenize stage. */

@@ -15,12 +15,13 @@
 
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { z } from "zod";
-import { setBackend } from "./backend.ts";
-import { InputError } from "./errors.ts";
-import { exists, swapDir, writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
-import { canonicalJson, sha256Hex } from "./hash.ts";
+import { setBackend } from "../tfjs/backend.ts";
+import { InputError } from "../errors.ts";
+import type { ShardSpec } from "../store/parquet.ts";
+import { exists, swapDir, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
+import { canonicalJson, sha256Hex } from "../store/hash.ts";
 import { Progress } from "./progress.ts";
-import { type Pipeline, registerStage, resolvedYaml, stageKind } from "./spec.ts";
+import { type Pipeline, resolvedYaml, stageKind } from "./spec.ts";
 
 /** What a stage gets when it runs. */
 export interface StageContext<P> {
@@ -71,15 +72,13 @@ export interface Stage<P> {
   run(ctx: StageContext<P>): Promise<StageResult>;
 }
 
-export { canonicalJson, fileDigest, sha256Hex } from "./hash.ts";
+export { canonicalJson, fileDigest, sha256Hex } from "../store/hash.ts";
 
-// deno-lint-ignore no-explicit-any
-const stages = new Map<string, Stage<any>>();
-
-/** Register a stage kind (its params schema becomes part of the pipeline-file schema). */
+/**
+ * A stage kind, typed by its params schema. Defining registers nothing: a stage runs when it is
+ * in the list given to `parsePipeline`/`loadPipeline` (`BUILTIN_STAGES`, or your own).
+ */
 export function defineStage<P>(stage: Stage<P>): Stage<P> {
-  stages.set(stage.name, stage);
-  registerStage(stage.name, stage.params);
   return stage;
 }
 
@@ -98,6 +97,20 @@ export interface RunOptions {
    * without finalising; a later run without `--shard` checks every part is there and finishes.
    */
   shard?: { index: number; count: number };
+}
+
+/** Parse `"i/n"` (as given to `--shard`) into a ShardSpec. */
+export function parseShard(spec: string): ShardSpec {
+  const m = /^(\d+)\/(\d+)$/.exec(spec.trim());
+  const shard = m ? { index: Number(m[1]), count: Number(m[2]) } : undefined;
+  if (!shard || shard.count < 1 || shard.index >= shard.count) {
+    throw new InputError("bad shard", {
+      field: "--shard",
+      expected: "i/n with 0 <= i < n, e.g. 0/4",
+      got: JSON.stringify(spec),
+    });
+  }
+  return shard;
 }
 
 /** What happened to one stage. */
@@ -139,8 +152,9 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
   for (let i = 0; i < p.stages.length; i++) {
     const key = keys[i];
     const params = p.stages[i][key];
-    const stage = stages.get(stageKind(key));
-    if (!stage) {
+    // deno-lint-ignore no-explicit-any
+    const stage = p.kinds.get(stageKind(key)) as Stage<any> | undefined;
+    if (!stage?.run) {
       throw new InputError(`no stage implementation for "${stageKind(key)}"`, {
         file: p.file,
         field: `stages[${i}]`,

@@ -12,7 +12,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { scratchFloats } from "./backend.ts";
+import { scratchFloats } from "../tfjs/backend.ts";
 import { type BertConfig, makeConfig, numLabels } from "./config.ts";
 
 /** Integer model inputs, each `[batch, seq]` int32. */

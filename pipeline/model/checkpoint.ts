@@ -16,7 +16,7 @@ import {
   writeCheckpointTensors,
 } from "./checkpoint_files.ts";
 import { type BertConfig, numLabels, readConfig, writeConfig } from "./config.ts";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 import type { FloatDType } from "./safetensors.ts";
 
 /** Options of {@link loadBert}. */

@@ -4,15 +4,17 @@
  * `file:line:col: path: expected …, got …`, e.g.
  * `tasks/spam.yaml:14:22: stages[2].teacher-forward.layers[1]: expected integer ≥ 0, got "x"`.
  *
- * Stage params are validated by the schema each stage registers with {@link registerStage}, so
- * the stage modules own their params (TextBrewer/torchdistill style: the experiment is the file).
+ * Stage params are validated by the schema of each stage kind passed in (`BUILTIN_STAGES`, or
+ * your own list), so the stage modules own their params (TextBrewer/torchdistill style: the
+ * experiment is the file). Nothing is registered globally: the kinds a file may use are the ones
+ * its caller names.
  * @module
  */
 
 import { LineCounter, parseDocument, stringify } from "yaml";
 import { z } from "zod";
-import type { DatasetSpec } from "./data/types.ts";
-import { InputError, showValue as show } from "./errors.ts";
+import type { DatasetSpec } from "../data/types.ts";
+import { InputError, showValue as show } from "../errors.ts";
 
 /** Backends a pipeline may ask for (see `backend.ts`). */
 export const BACKENDS = ["auto", "wasm", "cpu", "tensorflow", "tensorflow-gpu", "webgpu"] as const;
@@ -71,11 +73,23 @@ export const ModelSchema = z.strictObject({
   message: "expected `checkpoint` or `config`",
 });
 
-const stageSchemas = new Map<string, z.ZodType>();
+/** What parsing needs of a stage kind: its name in pipeline files and its params schema. */
+export interface StageKind {
+  name: string;
+  params: z.ZodType;
+}
 
-/** Make a stage name valid in pipeline files, with the schema of its params. */
-export function registerStage(name: string, params: z.ZodType): void {
-  stageSchemas.set(name, params);
+/** Stage kinds by name (what a parsed pipeline carries to the runner). */
+export type StageKinds = ReadonlyMap<string, StageKind>;
+
+/** Index a list of stage kinds by name, refusing two kinds of one name. */
+export function stageKinds(list: readonly StageKind[]): StageKinds {
+  const kinds = new Map<string, StageKind>();
+  for (const k of list) {
+    if (kinds.has(k.name)) throw new Error(`two stage kinds are named "${k.name}"`);
+    kinds.set(k.name, k);
+  }
+  return kinds;
 }
 
 /**
@@ -86,13 +100,9 @@ export function stageKind(key: string): string {
   return key.split("@")[0];
 }
 
-/** Names of the stages a pipeline file may use. */
-export function knownStages(): string[] {
-  return [...stageSchemas.keys()];
-}
-
-/** The schema of the whole file (built from the registered stages). */
-export function pipelineSchema() {
+/** The schema of the whole file (built from the given stage kinds). */
+export function pipelineSchema(kinds: StageKinds) {
+  const known = () => [...kinds.keys()].join(", ");
   const stage = z.record(z.string(), z.unknown()).superRefine((entry, ctx) => {
     const keys = Object.keys(entry);
     if (keys.length !== 1) {
@@ -105,12 +115,12 @@ export function pipelineSchema() {
       return;
     }
     const name = keys[0];
-    const schema = stageSchemas.get(stageKind(name));
+    const schema = kinds.get(stageKind(name))?.params;
     if (!schema) {
       ctx.addIssue({
         code: "custom",
         path: [name],
-        message: `unknown stage "${stageKind(name)}" (known: ${knownStages().join(", ")})`,
+        message: `unknown stage "${stageKind(name)}" (known: ${known()})`,
         params: { atKey: true },
       });
       return;
@@ -150,6 +160,8 @@ export interface Pipeline {
   stages: Record<string, Record<string, unknown>>[];
   /** The file it was read from (for relative paths and messages). */
   file: string;
+  /** The stage kinds it was validated against, which the runner runs. */
+  kinds: StageKinds;
 }
 
 function pathString(path: readonly PropertyKey[]): string {
@@ -200,7 +212,12 @@ function describe(issue: z.core.$ZodIssue): string {
  * Parse and validate a pipeline file's text. Throws one {@link InputError} listing every problem
  * (`file:line:col: path: expected …, got …`), the first also in `field`/`expected`/`got`.
  */
-export function parsePipeline(text: string, file: string): Pipeline {
+export function parsePipeline(
+  text: string,
+  file: string,
+  stages: readonly StageKind[],
+): Pipeline {
+  const kinds = stageKinds(stages);
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false });
   if (doc.errors.length > 0) {
@@ -218,7 +235,7 @@ export function parsePipeline(text: string, file: string): Pipeline {
       got: show(raw),
     });
   }
-  const res = pipelineSchema().safeParse(raw, { reportInput: true });
+  const res = pipelineSchema(kinds).safeParse(raw, { reportInput: true });
   if (!res.success) {
     // an unknown key is reported at the key itself, with the key in the path
     const issues = res.error.issues.map((issue) =>
@@ -245,9 +262,9 @@ export function parsePipeline(text: string, file: string): Pipeline {
     Object.assign(err, { file, field: pathString(first.path) });
     throw err;
   }
-  const p = res.data as Omit<Pipeline, "file">;
+  const p = res.data as Omit<Pipeline, "file" | "kinds">;
   crossCheck(p, file);
-  return { ...p, file };
+  return { ...p, file, kinds };
 }
 
 /** The key node of the entry at `path` (for pointing at an unknown key). */
@@ -262,8 +279,8 @@ function keyOf(
   return parent?.items?.find((it) => it.key?.value === last)?.key;
 }
 
-/** Read and validate a pipeline file. */
-export async function loadPipeline(file: string): Promise<Pipeline> {
+/** Read and validate a pipeline file against these stage kinds. */
+export async function loadPipeline(file: string, stages: readonly StageKind[]): Promise<Pipeline> {
   let text: string;
   try {
     text = await Deno.readTextFile(file);
@@ -276,11 +293,11 @@ export async function loadPipeline(file: string): Promise<Pipeline> {
     }
     throw e;
   }
-  return parsePipeline(text, file);
+  return parsePipeline(text, file, stages);
 }
 
 /** Checks that span sections: every dataset a stage names exists. */
-function crossCheck(p: Omit<Pipeline, "file">, file: string): void {
+function crossCheck(p: Omit<Pipeline, "file" | "kinds">, file: string): void {
   p.stages.forEach((entry, i) => {
     const [name, params] = Object.entries(entry)[0];
     const ds = (params as { dataset?: unknown }).dataset;
@@ -297,6 +314,6 @@ function crossCheck(p: Omit<Pipeline, "file">, file: string): void {
 
 /** The resolved pipeline (defaults filled in) as YAML, to be written next to the outputs. */
 export function resolvedYaml(p: Pipeline): string {
-  const { file: _file, ...rest } = p;
+  const { file: _file, kinds: _kinds, ...rest } = p;
   return `# resolved from ${p.file} by tinystill\n` + stringify(rest);
 }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { seededRandom } from "./data/split.ts";
+import { seededRandom } from "../random.ts";
 import { IGNORE_INDEX } from "./objectives.ts";
 
 /** Token ids the masking must know. */

@@ -15,8 +15,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { join } from "node:path";
-import { InputError } from "./errors.ts";
-import { writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
+import { InputError } from "../errors.ts";
+import { writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Unicode: the Rust library's character classes

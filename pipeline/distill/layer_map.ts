@@ -10,7 +10,7 @@
  * @module
  */
 
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 
 /** How a pipeline file asks for a mapping. */
 export type LayerMapSpec = "uniform" | "last" | number[];

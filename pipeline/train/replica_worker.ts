@@ -6,10 +6,10 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { type BackendName, setBackend, wasmHeapBytes } from "./backend.ts";
-import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
-import type { BertConfig } from "./config.ts";
-import "./distill_objective.ts"; // registers the distillation objective
+import { type BackendName, setBackend, wasmHeapBytes } from "../tfjs/backend.ts";
+import { Bert, type BertHeads, parameterShapes } from "../model/bert.ts";
+import type { BertConfig } from "../model/config.ts";
+import "../distill/objective.ts"; // registers the distillation objective
 import { getObjective, type Objective } from "./objectives.ts";
 import { AdamW, type AdamWOptions, type AdamWState } from "./optim.ts";
 import {
@@ -17,13 +17,12 @@ import {
   digestWeights,
   forwardToHost,
   GradLayout,
-  type HostBatch,
   type OutputName,
   readGradients,
-  toTensors,
   transferables,
   writeGradients,
 } from "./parallel.ts";
+import { type HostBatch, toTensors } from "./batch.ts";
 
 let model: Bert | null = null;
 let objective: Objective | null = null;

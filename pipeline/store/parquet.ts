@@ -29,7 +29,7 @@ import { parquetMetadata, parquetRead } from "hyparquet";
 import { parquetWriteBuffer } from "hyparquet-writer";
 import type { ColumnSource } from "hyparquet-writer";
 import { join } from "node:path";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "./fsutil.ts";
 
 /** The on-disk format version written into store.json and index.json. */
@@ -167,20 +167,6 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
 /** The file name of the part that starts at `firstRow`. */
 export function partFileName(firstRow: number): string {
   return `part-${String(firstRow).padStart(12, "0")}.parquet`;
-}
-
-/** Parse `"i/n"` (as given to `--shard`) into a ShardSpec. */
-export function parseShard(spec: string): ShardSpec {
-  const m = /^(\d+)\/(\d+)$/.exec(spec.trim());
-  const shard = m ? { index: Number(m[1]), count: Number(m[2]) } : undefined;
-  if (!shard || shard.count < 1 || shard.index >= shard.count) {
-    throw new InputError("bad shard", {
-      field: "--shard",
-      expected: "i/n with 0 <= i < n, e.g. 0/4",
-      got: JSON.stringify(spec),
-    });
-  }
-  return shard;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { hostCopy, readView, tensorFrom, wasmHeapBytes } from "./backend.ts";
-import { type Bert, type BertHeads, EXTRA_PREFIX } from "./bert.ts";
-import type { BertConfig } from "./config.ts";
+import { hostCopy, readView, tensorFrom, wasmHeapBytes } from "../tfjs/backend.ts";
+import { type Bert, type BertHeads, EXTRA_PREFIX } from "../model/bert.ts";
+import type { BertConfig } from "../model/config.ts";
+import { batchRows, type HostArray, type HostBatch, sliceBatch, toTensors } from "./batch.ts";
 import { type Batch, getObjective, type Objective } from "./objectives.ts";
 import type { AdamW } from "./optim.ts";
 
@@ -26,50 +27,12 @@ export class NonFiniteLossError extends Error {
   }
 }
 
-/** A host-side array with its shape: what crosses to a worker. */
-export interface HostArray {
-  data: Int32Array | Float32Array;
-  shape: number[];
-}
-
-/** A batch in host memory, every entry split along its first axis. */
-export type HostBatch = Record<string, HostArray>;
-
 /** Gradients of one objective on one batch. */
 export interface GradientResult {
   /** Mean loss over the batch. */
   loss: number;
   /** Gradients by parameter name (owned by the caller). */
   grads: Map<string, tf.Tensor>;
-}
-
-/** Tensors for a host batch (int32 or float32 as stored). */
-export function toTensors(batch: HostBatch): Batch {
-  const out: Batch = {};
-  for (const [k, v] of Object.entries(batch)) {
-    out[k] = tf.tensor(v.data, v.shape, v.data instanceof Int32Array ? "int32" : "float32");
-  }
-  return out;
-}
-
-/** Rows `[start, end)` of every entry. */
-export function sliceBatch(batch: HostBatch, start: number, end: number): HostBatch {
-  const out: HostBatch = {};
-  for (const [k, v] of Object.entries(batch)) {
-    const row = v.shape.slice(1).reduce((a, b) => a * b, 1);
-    out[k] = {
-      data: v.data.slice(start * row, end * row),
-      shape: [end - start, ...v.shape.slice(1)],
-    };
-  }
-  return out;
-}
-
-/** Number of examples (first-axis length, the same for every entry). */
-export function batchRows(batch: HostBatch): number {
-  const sizes = new Set(Object.values(batch).map((v) => v.shape[0]));
-  if (sizes.size !== 1) throw new Error(`batch entries disagree on the batch size: ${[...sizes]}`);
-  return [...sizes][0];
 }
 
 /** Loss and gradients of `objective` for every parameter of `model`. */

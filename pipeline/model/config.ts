@@ -7,8 +7,8 @@
  */
 
 import { join } from "node:path";
-import { InputError, showValue as show } from "./errors.ts";
-import { writeJsonAtomic } from "./fsutil.ts";
+import { InputError, showValue as show } from "../errors.ts";
+import { writeJsonAtomic } from "../store/fsutil.ts";
 
 /** The keys of a Hugging Face `config.json` for BERT that tinystill reads and writes. */
 export interface BertConfig {

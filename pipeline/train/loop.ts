@@ -15,13 +15,14 @@
 
 import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
-import type { Bert } from "./bert.ts";
-import { seededRandom, shuffle } from "./data/split.ts";
-import { exists, swapDir, writeJsonAtomic } from "./fsutil.ts";
+import type { Bert } from "../model/bert.ts";
+import { seededRandom, shuffle } from "../random.ts";
+import { exists, swapDir, writeJsonAtomic } from "../store/fsutil.ts";
 import { AdamW, linearWarmupDecay } from "./optim.ts";
-import { DataParallel, type HostBatch, NonFiniteLossError } from "./parallel.ts";
-import type { Progress } from "./progress.ts";
-import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { DataParallel, NonFiniteLossError } from "./parallel.ts";
+import type { HostBatch } from "./batch.ts";
+import type { Progress } from "../run/progress.ts";
+import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 
 /** One phase of training: an objective and its optimiser settings. */
 export interface Phase {

@@ -49,7 +49,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 
 /** What a loss term reads besides the student's own forward pass. */
 export type LossInput = "scores" | "hidden" | "logits" | "values" | "labels";

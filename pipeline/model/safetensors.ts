@@ -11,8 +11,8 @@
  * @module
  */
 
-import { InputError } from "./errors.ts";
-import { writeFileAtomic } from "./fsutil.ts";
+import { InputError } from "../errors.ts";
+import { writeFileAtomic } from "../store/fsutil.ts";
 
 /** Float dtypes that tinystill decodes and writes. */
 export type FloatDType = "F32" | "F16" | "BF16";

@@ -1,7 +1,11 @@
 /** Cache size estimates, by hand, and the refusal message. */
 
 import assert from "node:assert/strict";
-import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../pipeline/cache_size.ts";
+import {
+  checkCacheLimit,
+  estimateCacheBytes,
+  formatBytes,
+} from "../pipeline/distill/teacher_cache.ts";
 import { assertInputError } from "./_util.ts";
 
 const SHAPE = {

@@ -5,8 +5,8 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import type { Bert } from "./bert.ts";
-import { hardCrossEntropy, mseRegression } from "./losses.ts";
+import type { Bert } from "../model/bert.ts";
+import { hardCrossEntropy, mseRegression } from "../distill/losses.ts";
 
 /** A batch of named tensors; `inputIds`, `attentionMask`, `tokenTypeIds` are `[batch, seq]`. */
 export type Batch = Record<string, tf.Tensor>;

@@ -9,9 +9,9 @@
  * @module
  */
 
-import { exists } from "./fsutil.ts";
+import { exists } from "../store/fsutil.ts";
 import { basename, join } from "node:path";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 import { type FloatDType, readSafetensors, writeSafetensors } from "./safetensors.ts";
 
 /** One float tensor of a checkpoint. */

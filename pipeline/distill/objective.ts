@@ -17,7 +17,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import type { Bert } from "./bert.ts";
+import type { Bert } from "../model/bert.ts";
 import {
   attentionKl,
   attentionMse,
@@ -31,7 +31,7 @@ import {
   softCrossEntropy,
   valueRelationKl,
 } from "./losses.ts";
-import { type Batch, type Objective, OBJECTIVE_FACTORIES } from "./objectives.ts";
+import { type Batch, type Objective, OBJECTIVE_FACTORIES } from "../train/objectives.ts";
 
 /** One weighted loss term. */
 export interface LossTermSpec {
