@@ -137,11 +137,14 @@ export { Progress } from "./pipeline/run/progress.ts";
  * them, and the training loop shared by `finetune`, `distill` and `mlm-pretrain`.
  */
 export * as losses from "./pipeline/distill/losses.ts";
-export { LOSS_TERMS, type LossTermName, matchHeads } from "./pipeline/distill/losses.ts";
+export { matchHeads } from "./pipeline/distill/losses.ts";
 export {
   addProjections,
   distillationObjective,
   type DistillObjectiveOptions,
+  LOSS_TERMS,
+  type LossTerm,
+  type LossTermName,
   type LossTermSpec,
 } from "./pipeline/distill/objective.ts";
 export {

@@ -1,6 +1,6 @@
 /** Tiny labelled data and model config shared by the training-loop tests. */
 
-import { padRows, type TokenRows } from "../pipeline/stages/common.ts";
+import { padRows, type TokenRows } from "../pipeline/store/tokens.ts";
 import type { BatchSource } from "../pipeline/train/loop.ts";
 import { rng } from "./_util.ts";
 

@@ -14,12 +14,12 @@ import {
   hiddenMse,
   klDivergence,
   logitMse,
-  LOSS_TERMS,
   matchHeads,
   mseRegression,
   softCrossEntropy,
   valueRelationKl,
 } from "../pipeline/distill/losses.ts";
+import { LOSS_TERMS } from "../pipeline/distill/objective.ts";
 import { assertClose, assertInputError, onBackends, randomArray } from "./_util.ts";
 
 const BACKENDS = ["cpu", "wasm"] as const;

@@ -12,7 +12,7 @@ import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { loadDataset } from "../pipeline/data/mod.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
-import { readTokenSplit } from "../pipeline/stages/common.ts";
+import { readTokenSplit } from "../pipeline/store/tokens.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 

@@ -1,8 +1,10 @@
 /**
- * The distillation objective: a weighted sum of named loss terms (`losses.ts`) between the
- * student's outputs and the teacher's, for one batch. It is built from plain JSON options
- * ({@link DistillObjectiveOptions}), so worker replicas build the same objective (see
- * `objectives.ts`).
+ * The distillation objective: a weighted sum of named loss terms between the student's outputs and
+ * the teacher's, for one batch. Each term is one entry of {@link LOSS_TERMS}: what it reads, what
+ * it requires of the task, which teacher layers it compares, and how it is computed from the pure
+ * loss functions of `losses.ts`. Adding a term is adding an entry. The objective is built from
+ * plain JSON options ({@link DistillObjectiveOptions}), so worker replicas build the same one (see
+ * `train/objectives.ts`).
  *
  * A batch carries the student inputs plus the teacher targets, padded to the batch's length:
  * `t_logits [B, C]`, `t_hidden_<i> [B, S, Ht]` (teacher hidden-state index i),
@@ -17,7 +19,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
-import type { Bert } from "../model/bert.ts";
+import type { Bert, BertOutputs } from "../model/bert.ts";
 import {
   attentionKl,
   attentionMse,
@@ -26,12 +28,152 @@ import {
   hiddenMse,
   klDivergence,
   logitMse,
-  LOSS_TERMS,
-  type LossTermName,
   softCrossEntropy,
   valueRelationKl,
 } from "./losses.ts";
-import { type Batch, type Objective, OBJECTIVE_FACTORIES } from "../train/objectives.ts";
+import type { Batch, Objective } from "../train/objectives.ts";
+
+/** What a loss term reads besides the student's own forward pass. */
+export type LossInput = "scores" | "hidden" | "logits" | "values" | "labels";
+
+/** What a term's `compute` gets for one batch. */
+export interface TermInput {
+  model: Bert;
+  /** The student's forward outputs (the parts the terms of this objective read). */
+  out: BertOutputs;
+  batch: Batch;
+  /** `[B, S]` float mask, 1 on real tokens. */
+  mask: tf.Tensor2D;
+  opts: DistillObjectiveOptions;
+  /** Softmax temperature (`soft_ce`, `kl`; 1 when not given). */
+  temperature: number;
+}
+
+/** A loss term: one registry entry says everything the pipeline and the objective need. */
+export interface LossTerm {
+  /**
+   * Inputs the term reads: teacher outputs to cache (`scores` = pre-softmax attention scores,
+   * `hidden` = hidden states, `logits`, `values` = per-head attention values) or gold `labels`.
+   */
+  readonly needs: readonly LossInput[];
+  /** One line for docs and error messages. */
+  readonly description: string;
+  /** Compares class distributions (refused on a regression task). */
+  readonly classes?: boolean;
+  /** Teacher attention layers it reads: every mapped layer (default) or only the top one. */
+  readonly layers?: "mapped" | "last";
+  /** The term's value on one batch (unweighted). */
+  compute(c: TermInput): tf.Scalar;
+}
+
+const sum = (parts: tf.Scalar[]) => tf.addN(parts) as tf.Scalar;
+/** Student layer count of a layer map. */
+const layersOf = (o: DistillObjectiveOptions) => o.layerMap.length - 1;
+
+/** The loss terms a pipeline config can name, by YAML name. */
+export const LOSS_TERMS = Object.freeze(
+  {
+    attention_mse: {
+      needs: ["scores"],
+      description: "TinyBERT: MSE of pre-softmax attention scores over real query/key pairs",
+      compute: ({ out, batch, mask, opts }) => {
+        const map = opts.layerMap, parts: tf.Scalar[] = [];
+        for (let m = 1; m <= layersOf(opts); m++) {
+          const t = target<tf.Tensor4D>(batch, `t_scores_${map[m] - 1}`);
+          parts.push(attentionMse(out.attentionScores[m - 1], t, mask));
+        }
+        return sum(parts);
+      },
+    },
+    hidden_mse: {
+      needs: ["hidden"],
+      description: "TinyBERT: MSE of projected student hidden states (x·Wᵀ + b) over real tokens",
+      compute: ({ model, out, batch, mask, opts }) => {
+        const parts: tf.Scalar[] = [];
+        for (let m = opts.embeddings ? 0 : 1; m <= layersOf(opts); m++) {
+          const { w, b } = projection(model, opts, m);
+          const t = target<tf.Tensor3D>(batch, `t_hidden_${opts.layerMap[m]}`);
+          parts.push(hiddenMse(out.hiddenStates[m], t, w, b, mask));
+        }
+        return sum(parts);
+      },
+    },
+    soft_ce: {
+      needs: ["logits"],
+      classes: true,
+      description: "TinyBERT: soft cross-entropy −softmax(z_t/T)·log_softmax(z_s/T), mean over B×C",
+      compute: ({ out, batch, temperature }) =>
+        softCrossEntropy(logitsOf(out.logits), target(batch, "t_logits"), temperature),
+    },
+    kl: {
+      needs: ["logits"],
+      classes: true,
+      description: "DistilBERT: KL(softmax(z_t/T) ‖ softmax(z_s/T))·T², mean over the batch",
+      compute: ({ out, batch, temperature }) =>
+        klDivergence(logitsOf(out.logits), target(batch, "t_logits"), temperature),
+    },
+    cosine: {
+      needs: ["hidden"],
+      description: "DistilBERT: 1 − cosine of student and teacher hidden states over real tokens",
+      compute: ({ model, out, batch, mask, opts }) => {
+        const M = layersOf(opts);
+        const { w, b } = projection(model, opts, M);
+        let s = out.hiddenStates[M];
+        if (w) {
+          const [B, S, Hs] = s.shape;
+          let y = tf.matMul(s.reshape([B * S, Hs]), w, false, true);
+          if (b) y = tf.add(y, b);
+          s = y.reshape([B, S, w.shape[0]]) as tf.Tensor3D;
+        }
+        return cosineHidden(s, target(batch, `t_hidden_${opts.layerMap[M]}`), mask);
+      },
+    },
+    attention_kl: {
+      needs: ["scores"],
+      layers: "last",
+      description: "MiniLM: KL of attention distributions over real keys, mean over heads × rows",
+      compute: ({ out, batch, mask, opts }) => {
+        const M = layersOf(opts);
+        const t = target<tf.Tensor4D>(batch, `t_scores_${opts.layerMap[M] - 1}`);
+        return attentionKl(out.attentionScores[M - 1], t, mask);
+      },
+    },
+    value_relation: {
+      needs: ["values"],
+      layers: "last",
+      description: "MiniLM: KL of value relations softmax(V·Vᵀ/√d) over real keys",
+      compute: ({ out, batch, mask, opts }) => {
+        const M = layersOf(opts);
+        const t = target<tf.Tensor4D>(batch, `t_values_${opts.layerMap[M] - 1}`);
+        return valueRelationKl(out.values![M - 1], t, mask);
+      },
+    },
+    logit_mse: {
+      needs: ["logits"],
+      description:
+        "MSE between student and teacher logits (TinyBERT's prediction loss for regression)",
+      compute: ({ out, batch }) => logitMse(logitsOf(out.logits), target(batch, "t_logits")),
+    },
+    hard_ce: {
+      needs: ["labels"],
+      classes: true,
+      description: "cross-entropy of the student's logits on the gold labels, mean over the batch",
+      compute: ({ out, batch }) => hardCrossEntropy(logitsOf(out.logits), target(batch, "labels")),
+    },
+  } satisfies Record<string, LossTerm>,
+) as Readonly<Record<LossTermName, LossTerm>>;
+
+/** The YAML names of the loss terms. */
+export type LossTermName =
+  | "attention_mse"
+  | "hidden_mse"
+  | "soft_ce"
+  | "kl"
+  | "cosine"
+  | "attention_kl"
+  | "value_relation"
+  | "logit_mse"
+  | "hard_ce";
 
 /** One weighted loss term. */
 export interface LossTermSpec {
@@ -54,6 +196,23 @@ export interface DistillObjectiveOptions {
 /** Which teacher outputs a set of terms reads. */
 export function termNeeds(terms: LossTermSpec[]): Set<string> {
   return new Set(terms.flatMap((t) => [...LOSS_TERMS[t.name].needs]));
+}
+
+/**
+ * The teacher attention layers (0-based) a set of terms reads: every mapped layer for a term that
+ * compares all of them (`attention_mse`), only the top mapped one for `attention_kl` and
+ * `value_relation`; sorted, without repeats.
+ */
+export function termAttentionLayers(terms: LossTermSpec[], layerMap: number[]): number[] {
+  const layers = new Set<number>();
+  const M = layerMap.length - 1;
+  for (const t of terms) {
+    const term = LOSS_TERMS[t.name];
+    if (!term.needs.includes("scores") && !term.needs.includes("values")) continue;
+    if (term.layers === "last") layers.add(layerMap[M] - 1);
+    else for (let m = 1; m <= M; m++) layers.add(layerMap[m] - 1);
+  }
+  return [...layers].sort((a, b) => a - b);
 }
 
 /** The projection parameter prefix for student index `m`. */
@@ -115,7 +274,6 @@ function target<T extends tf.Tensor>(batch: Batch, key: string): T {
 export function distillationObjective(options: unknown): Objective {
   const opts = options as DistillObjectiveOptions;
   const needs = termNeeds(opts.terms);
-  const map = opts.layerMap, M = map.length - 1;
   return (model, batch, ctx) => {
     const out = model.forward({
       inputIds: batch.inputIds as tf.Tensor2D,
@@ -129,82 +287,17 @@ export function distillationObjective(options: unknown): Objective {
       values: needs.has("values"),
     });
     const mask = tf.cast(batch.attentionMask, "float32") as tf.Tensor2D;
-    const terms: tf.Scalar[] = [];
-    for (const term of opts.terms) {
-      let loss: tf.Scalar;
-      switch (term.name) {
-        case "attention_mse": {
-          const parts = [];
-          for (let m = 1; m <= M; m++) {
-            parts.push(
-              attentionMse(
-                out.attentionScores[m - 1],
-                target(batch, `t_scores_${map[m] - 1}`),
-                mask,
-              ),
-            );
-          }
-          loss = tf.addN(parts) as tf.Scalar;
-          break;
-        }
-        case "hidden_mse": {
-          const parts = [];
-          for (let m = opts.embeddings ? 0 : 1; m <= M; m++) {
-            const { w, b } = projection(model, opts, m);
-            parts.push(
-              hiddenMse(out.hiddenStates[m], target(batch, `t_hidden_${map[m]}`), w, b, mask),
-            );
-          }
-          loss = tf.addN(parts) as tf.Scalar;
-          break;
-        }
-        case "soft_ce":
-          loss = softCrossEntropy(
-            logitsOf(out.logits),
-            target(batch, "t_logits"),
-            term.temperature ?? 1,
-          );
-          break;
-        case "kl":
-          loss = klDivergence(
-            logitsOf(out.logits),
-            target(batch, "t_logits"),
-            term.temperature ?? 1,
-          );
-          break;
-        case "cosine": {
-          const { w, b } = projection(model, opts, M);
-          let s = out.hiddenStates[M];
-          if (w) {
-            const [B, S, Hs] = s.shape;
-            let y = tf.matMul(s.reshape([B * S, Hs]), w, false, true);
-            if (b) y = tf.add(y, b);
-            s = y.reshape([B, S, w.shape[0]]) as tf.Tensor3D;
-          }
-          loss = cosineHidden(s, target(batch, `t_hidden_${map[M]}`), mask);
-          break;
-        }
-        case "attention_kl":
-          loss = attentionKl(
-            out.attentionScores[M - 1],
-            target(batch, `t_scores_${map[M] - 1}`),
-            mask,
-          );
-          break;
-        case "value_relation":
-          loss = valueRelationKl(out.values![M - 1], target(batch, `t_values_${map[M] - 1}`), mask);
-          break;
-        case "hard_ce":
-          loss = hardCrossEntropy(logitsOf(out.logits), target(batch, "labels"));
-          break;
-        case "logit_mse":
-          loss = logitMse(logitsOf(out.logits), target(batch, "t_logits"));
-          break;
-        default:
-          throw new Error(`unknown loss term ${(term as LossTermSpec).name}`);
-      }
-      terms.push(term.weight === 1 ? loss : tf.mul(loss, term.weight) as tf.Scalar);
-    }
+    const terms = opts.terms.map((term) => {
+      const loss = LOSS_TERMS[term.name].compute({
+        model,
+        out,
+        batch,
+        mask,
+        opts,
+        temperature: term.temperature ?? 1,
+      });
+      return term.weight === 1 ? loss : tf.mul(loss, term.weight) as tf.Scalar;
+    });
     return tf.addN(terms) as tf.Scalar;
   };
 }
@@ -231,5 +324,3 @@ export function lossBreakdown(
   }
   return res;
 }
-
-OBJECTIVE_FACTORIES.distillation = distillationObjective;

@@ -12,8 +12,15 @@
  * @module
  */
 
+import { join } from "node:path";
 import { InputError } from "../errors.ts";
-import type { HostArray } from "../train/batch.ts";
+import type { Bert } from "../model/bert.ts";
+import { PartReader } from "../store/parquet.ts";
+import { padRows, type TokenRows } from "../store/tokens.ts";
+import { tf } from "../tfjs/backend.ts";
+import type { BatchSource } from "../train/loop.ts";
+import { inputTensors } from "../train/batch.ts";
+import type { HostArray, HostBatch } from "../train/batch.ts";
 import type { HostOutputs } from "../train/parallel.ts";
 
 /** One example's cached teacher outputs. */
@@ -72,6 +79,164 @@ export function toRecords(
     records.push(rec);
   }
   return records;
+}
+
+// ---------------------------------------------------------------------------------------------
+// reading: distillation batches (`t_logits`, `t_hidden_<i>`, `t_scores_<l>`, `t_values_<l>`)
+
+/** `cache.json`: what a teacher-forward output holds (checked against the distill stage). */
+export interface CacheInfo {
+  layer_map: number[];
+  hidden_indices: number[];
+  attention_layers: number[];
+  dtype: "F16" | "F32";
+  labels: string[] | null;
+}
+
+/** Read `cache.json` of a teacher-forward output. */
+export async function readCacheInfo(cacheDir: string): Promise<CacheInfo> {
+  return JSON.parse(await Deno.readTextFile(join(cacheDir, "cache.json")));
+}
+
+/** Pad `rows` of `[len, …]` blobs into one `[B, S, …]` host array (zeros elsewhere). */
+function padHidden(blobs: Float32Array[], lengths: number[], S: number): HostArray {
+  const B = blobs.length, H = lengths[0] ? blobs[0].length / lengths[0] : 0;
+  const out = new Float32Array(B * S * H);
+  blobs.forEach((b, i) => out.set(b, i * S * H));
+  return { data: out, shape: [B, S, H] };
+}
+
+/** Pad `[h, len, len]` score blobs into `[B, h, S, S]`. */
+function padScores(blobs: Float32Array[], lengths: number[], S: number): HostArray {
+  const B = blobs.length;
+  const len0 = lengths[0];
+  const h = len0 ? blobs[0].length / (len0 * len0) : 1;
+  const out = new Float32Array(B * h * S * S);
+  blobs.forEach((b, i) => {
+    const L = lengths[i];
+    for (let k = 0; k < h; k++) {
+      for (let q = 0; q < L; q++) {
+        out.set(b.subarray((k * L + q) * L, (k * L + q + 1) * L), ((i * h + k) * S + q) * S);
+      }
+    }
+  });
+  return { data: out, shape: [B, h, S, S] };
+}
+
+/** Batches of token rows with the teacher's cached outputs (batches stay inside a part). */
+export async function cacheSource(
+  cacheDir: string,
+  tokens: TokenRows,
+  hidden: number[],
+  attention: number[],
+  logits: boolean,
+): Promise<BatchSource> {
+  const reader = await PartReader.open(join(cacheDir, "train"));
+  const cols = [
+    "length",
+    ...(logits ? ["logits"] : []),
+    ...hidden.map((i) => `hidden_${i}`),
+    ...attention.map((l) => `scores_${l}`),
+  ];
+  let cached: { group: number; columns: Record<string, unknown> } | null = null;
+  if (hidden.length === 0 && attention.length === 0) {
+    // logits only (a prediction phase): read them once, then batches come from memory
+    const all: Float32Array[] = [];
+    for await (const part of reader.parts(["logits"])) {
+      all.push(...(part.columns.logits as Float32Array[]));
+    }
+    const rows = all.length;
+    return {
+      groups: [{ start: 0, end: rows }],
+      lengths: tokens.lengths,
+      load(_group, rs) {
+        const batch = padRows(tokens, rs);
+        if (logits) {
+          const C = all[0].length, data = new Float32Array(rs.length * C);
+          rs.forEach((r, i) => data.set(all[r], i * C));
+          batch.t_logits = { data, shape: [rs.length, C] };
+        }
+        return Promise.resolve(batch);
+      },
+    };
+  }
+  return {
+    groups: reader.index.parts.map((p) => ({ start: p.firstRow, end: p.firstRow + p.rowCount })),
+    lengths: tokens.lengths,
+    async load(group, rows) {
+      if (cached?.group !== group) {
+        cached = { group, columns: (await reader.readPart(group, cols)).columns };
+      }
+      const first = reader.index.parts[group].firstRow;
+      const batch = padRows(tokens, rows);
+      const S = batch.inputIds.shape[1];
+      const lengths = rows.map((r) => tokens.lengths[r]);
+      const cachedLen = cached.columns.length as Int32Array;
+      rows.forEach((r, i) => {
+        if (cachedLen[r - first] !== lengths[i]) {
+          throw new Error(
+            `teacher cache row ${r} has length ${cachedLen[r - first]}, tokens ${lengths[i]}`,
+          );
+        }
+      });
+      const pick = (name: string) =>
+        rows.map((r) => (cached!.columns[name] as Float32Array[])[r - first]);
+      if (logits) {
+        const C = pick("logits")[0].length;
+        const data = new Float32Array(rows.length * C);
+        pick("logits").forEach((l, i) => data.set(l, i * C));
+        batch.t_logits = { data, shape: [rows.length, C] };
+      }
+      for (const i of hidden) batch[`t_hidden_${i}`] = padHidden(pick(`hidden_${i}`), lengths, S);
+      for (const l of attention) {
+        batch[`t_scores_${l}`] = padScores(pick(`scores_${l}`), lengths, S);
+      }
+      return batch;
+    },
+  };
+}
+
+/**
+ * The same batches with the teacher run on the fly (no cache): tfjs forward on this thread,
+ * for `value_relation` (values are not cached) and general distillation over packed corpora.
+ */
+export function onlineSource(
+  teacher: Bert,
+  tokens: TokenRows,
+  hidden: number[],
+  attention: number[],
+  needs: Set<string>,
+): BatchSource {
+  return {
+    // the teacher runs on any rows: one group, shuffled as a whole
+    groups: [{ start: 0, end: tokens.lengths.length }],
+    lengths: tokens.lengths,
+    load(_group, rows) {
+      const batch = padRows(tokens, rows);
+      tf.tidy(() => {
+        const out = teacher.forward(inputTensors(batch), {
+          hiddenStates: needs.has("hidden"),
+          attentionScores: needs.has("scores") || needs.has("values"),
+          values: needs.has("values"),
+        });
+        const host = (x: tf.Tensor): HostArray => ({
+          data: x.dataSync() as Float32Array,
+          shape: x.shape,
+        });
+        if (needs.has("logits") && out.logits) batch.t_logits = host(out.logits);
+        if (needs.has("hidden")) {
+          for (const i of hidden) batch[`t_hidden_${i}`] = host(out.hiddenStates[i]);
+        }
+        if (needs.has("scores")) {
+          for (const l of attention) batch[`t_scores_${l}`] = host(out.attentionScores[l]);
+        }
+        if (needs.has("values")) {
+          for (const l of attention) batch[`t_values_${l}`] = host(out.values![l]);
+        }
+      });
+      return Promise.resolve(batch as HostBatch);
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,77 +13,20 @@ import { Bert } from "../model/bert.ts";
 import { loadBert, saveBert } from "../model/checkpoint.ts";
 import { type BertConfig, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { exists, writeJsonAtomic } from "../store/fsutil.ts";
+import { writeJsonAtomic } from "../store/fsutil.ts";
+import {
+  isRegression,
+  padRows,
+  taskLabels,
+  type TokenMeta,
+  type TokenRows,
+} from "../store/tokens.ts";
 import { classificationMetrics, regressionMetrics } from "../report/metrics.ts";
 import type { DataParallel } from "../train/parallel.ts";
-import { type HostBatch, inputTensors } from "../train/batch.ts";
-import { PartReader } from "../store/parquet.ts";
+import { inputTensors } from "../train/batch.ts";
 import type { Pipeline } from "../run/spec.ts";
-import type { CurvePoint, EvalPoint } from "../train/loop.ts";
-
-/** Every row of one split's token store, in row order. */
-export interface TokenRows {
-  ids: Int32Array[];
-  types: Int32Array[];
-  lengths: Int32Array;
-  labels: Int32Array;
-  /** Regression targets (regression datasets only). */
-  targets?: Float32Array;
-}
-
-/** Read a split of a tokenize output (`<dir>/<split>/`); null when the split is empty. */
-export async function readTokenSplit(tokensDir: string, split: string): Promise<TokenRows | null> {
-  const dir = join(tokensDir, split);
-  if (!(await exists(dir))) return null;
-  return readTokenRows(await PartReader.open(dir));
-}
-
-/** Every row of a token store (ids, types, lengths, labels), in row order. */
-export async function readTokenRows(reader: PartReader): Promise<TokenRows> {
-  const ids: Int32Array[] = [], types: Int32Array[] = [];
-  const lengths = new Int32Array(reader.totalRows), labels = new Int32Array(reader.totalRows);
-  const regression = reader.columns.some((c) => c.name === "target");
-  const targets = regression ? new Float32Array(reader.totalRows) : undefined;
-  const cols = [
-    "input_ids",
-    "token_type_ids",
-    "length",
-    "label",
-    ...(regression ? ["target"] : []),
-  ];
-  for await (const part of reader.parts(cols)) {
-    ids.push(...(part.columns.input_ids as Int32Array[]));
-    types.push(...(part.columns.token_type_ids as Int32Array[]));
-    lengths.set(part.columns.length as Int32Array, part.firstRow);
-    labels.set(part.columns.label as Int32Array, part.firstRow);
-    if (targets) {
-      (part.columns.target as Float32Array[]).forEach((t, i) => targets[part.firstRow + i] = t[0]);
-    }
-  }
-  return { ids, types, lengths, labels, ...(targets ? { targets } : {}) };
-}
-
-/** The given rows of a token split as one host batch, padded to their longest. */
-export function padRows(t: TokenRows, rows: number[], withLabels = true): HostBatch {
-  const b = rows.length;
-  let S = 1;
-  for (const r of rows) S = Math.max(S, t.lengths[r]);
-  const inputIds = new Int32Array(b * S), mask = new Int32Array(b * S), tt = new Int32Array(b * S);
-  // class indices, or float targets for regression
-  const labels = t.targets ? new Float32Array(b) : new Int32Array(b);
-  rows.forEach((r, i) => {
-    inputIds.set(t.ids[r], i * S);
-    tt.set(t.types[r], i * S);
-    mask.fill(1, i * S, i * S + t.lengths[r]);
-    labels[i] = t.targets ? t.targets[r] : t.labels[r];
-  });
-  return {
-    inputIds: { data: inputIds, shape: [b, S] },
-    attentionMask: { data: mask, shape: [b, S] },
-    tokenTypeIds: { data: tt, shape: [b, S] },
-    ...(withLabels ? { labels: { data: labels, shape: [b] } } : {}),
-  };
-}
+import type { CurvePoint, EvalPoint, Phase, TrainResult } from "../train/loop.ts";
+import type { StageResult } from "../run/runner.ts";
 
 /** The index of each row's largest logit (`logits` is `[rows × C]`, row-major). */
 export function argmaxRows(logits: Float32Array, C: number): Int32Array {
@@ -99,32 +42,6 @@ export function argmaxRows(logits: Float32Array, C: number): Int32Array {
 /** Rows `[start, end)` as a list. */
 export function range(start: number, end: number): number[] {
   return Array.from({ length: end - start }, (_, i) => start + i);
-}
-
-/** `labels.json` of a tokenize output. */
-export interface TokenMeta {
-  labels: string[] | null;
-  /** `regression` for numeric targets; null for unlabeled text. */
-  task?: "classification" | "regression" | null;
-  vocab_size: number;
-  max_seq_length?: number;
-}
-
-export async function readTokenMeta(tokensDir: string): Promise<TokenMeta> {
-  return JSON.parse(await Deno.readTextFile(join(tokensDir, "labels.json")));
-}
-
-/** True for a regression dataset (numeric targets, one output). */
-export function isRegression(meta: TokenMeta): boolean {
-  return meta.task === "regression";
-}
-
-/**
- * The output labels a model for this data needs: the class names, or one unnamed output for
- * regression (`LABEL_0`, as transformers names it); null for unlabeled text.
- */
-export function taskLabels(meta: TokenMeta): string[] | null {
-  return isRegression(meta) ? ["LABEL_0"] : meta.labels;
 }
 
 /** A param that takes one stage key or a list of them, as a list. */
@@ -254,8 +171,19 @@ export async function loadForTask(
   return new Bert(config, { classifier: true, mlm: false }, tensors);
 }
 
-/** Training settings shared by `finetune` and each `distill` phase. */
-export const OptimParams = {
+/** The defaults of a training stage's optimiser settings (each stage states its own). */
+export interface OptimDefaults {
+  /** Epochs when neither `epochs` nor `steps` is given. */
+  epochs: number;
+  batch_size: number;
+  lr: number;
+  warmup: number;
+  weight_decay: number;
+  max_grad_norm: number;
+}
+
+/** Optimiser settings whose unset fields come from elsewhere (a `distill` phase: its stage). */
+export const PhaseOptimParams = {
   /** Whole epochs over the training split… */
   epochs: z.number().positive().optional(),
   /** …or a number of optimiser steps. */
@@ -268,9 +196,76 @@ export const OptimParams = {
   warmup: z.number().min(0).max(1).optional(),
   weight_decay: z.number().min(0).optional(),
   max_grad_norm: z.number().min(0).optional(),
-  /** Evaluate on the dev split every this many steps (and at the end). */
+  /** Evaluate on the dev split every this many steps (and at the end); 0: only at the end. */
   eval_every: z.number().int().min(0).optional(),
 };
+
+/**
+ * Optimiser settings for a params schema, with a stage's `defaults` filled in. Wrap the schema in
+ * {@link withLength} for the `epochs`/`steps` rule and the default length.
+ */
+export function optimParams(d: Omit<OptimDefaults, "epochs">) {
+  return {
+    ...PhaseOptimParams,
+    batch_size: PhaseOptimParams.batch_size.unwrap().default(d.batch_size),
+    lr: PhaseOptimParams.lr.unwrap().default(d.lr),
+    warmup: PhaseOptimParams.warmup.unwrap().default(d.warmup),
+    weight_decay: PhaseOptimParams.weight_decay.unwrap().default(d.weight_decay),
+    max_grad_norm: PhaseOptimParams.max_grad_norm.unwrap().default(d.max_grad_norm),
+    eval_every: PhaseOptimParams.eval_every.unwrap().default(0),
+  };
+}
+
+/**
+ * A training params schema with the length rule: `epochs` or `steps`, not both; `epochs`
+ * defaults to `epochs` when neither is given.
+ */
+export function withLength<T extends { epochs?: number; steps?: number }>(
+  schema: z.ZodType<T>,
+  epochs: number,
+) {
+  return schema
+    .refine((p) => !(p.epochs !== undefined && p.steps !== undefined), {
+      message: "give `epochs` or `steps`, not both",
+    })
+    .transform((p) => (p.steps === undefined && p.epochs === undefined ? { ...p, epochs } : p));
+}
+
+/** Optimiser settings as validated (every default filled in). */
+export interface OptimSettings {
+  epochs?: number;
+  steps?: number;
+  batch_size: number;
+  micro_batch_size?: number;
+  lr: number;
+  warmup: number;
+  weight_decay: number;
+  max_grad_norm: number;
+  eval_every: number;
+}
+
+/** A training-loop phase from validated optimiser settings (the one place they are mapped). */
+export function phaseFromParams(
+  name: string,
+  objective: string,
+  p: OptimSettings,
+  more: Pick<Phase, "evaluate" | "objectiveOptions" | "source"> = {},
+): Phase {
+  return {
+    name,
+    objective,
+    epochs: p.steps === undefined ? p.epochs : undefined,
+    steps: p.steps,
+    batchSize: p.batch_size,
+    microBatchSize: p.micro_batch_size,
+    lr: p.lr,
+    warmup: p.warmup,
+    weightDecay: p.weight_decay,
+    maxGradNorm: p.max_grad_norm,
+    evalEvery: p.eval_every,
+    ...more,
+  };
+}
 
 /** Run-level training settings. */
 export const LoopParams = {
@@ -320,6 +315,20 @@ export async function evaluateRows(
   return rows.targets
     ? { ...regressionMetrics(pred, rows.targets) }
     : { ...classificationMetrics(pred, rows.labels, C) };
+}
+
+/** What a training stage reports in its manifest: steps, examples, size, time, final and dev metrics. */
+export function trainingResult(res: TrainResult, model: Bert): StageResult {
+  return {
+    counts: { steps: res.steps, examples: res.examples, parameters: model.numParameters() },
+    metrics: {
+      seconds: res.seconds,
+      final_loss: res.curve.at(-1)?.loss ?? NaN,
+      ...(res.best
+        ? Object.fromEntries(Object.entries(res.best.metrics).map(([k, v]) => [`dev_${k}`, v]))
+        : {}),
+    },
+  };
 }
 
 /** Write `model/` (HF layout: config, weights, tokenizer) plus the training curve. */

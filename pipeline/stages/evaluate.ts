@@ -42,17 +42,15 @@ import {
 } from "../report/report.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
 import type { CurvePoint, EvalPoint } from "../train/loop.ts";
+import { argmaxRows, modelDirOf, range } from "./common.ts";
 import {
-  argmaxRows,
   isRegression,
-  modelDirOf,
   padRows,
-  range,
   readTokenMeta,
   readTokenSplit,
   taskLabels,
   type TokenRows,
-} from "./common.ts";
+} from "../store/tokens.ts";
 import { inputTensors } from "../train/batch.ts";
 
 /** Params of the evaluate stage. */

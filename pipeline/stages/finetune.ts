@@ -15,25 +15,30 @@ import { z } from "zod";
 import { type BertConfig, numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
-import { type BatchSource, type Phase, train } from "../train/loop.ts";
+import { type BatchSource, train } from "../train/loop.ts";
 import {
   evaluateRows,
-  isRegression,
   loadForTask,
   LoopParams,
   modelDirOf,
   modelFromConfig,
-  OptimParams,
+  optimParams,
+  phaseFromParams,
+  trainingResult,
+  withLength,
+  writeTrainedModel,
+} from "./common.ts";
+import {
+  isRegression,
   padRows,
   readTokenMeta,
   readTokenSplit,
   taskLabels,
   type TokenRows,
-  writeTrainedModel,
-} from "./common.ts";
+} from "../store/tokens.ts";
 
-/** Params of the finetune stage. */
-export const FinetuneParams = z.strictObject({
+/** The finetune stage's fields. */
+const FinetuneFields = z.strictObject({
   /** Which pipeline model to train. */
   model: z.enum(["teacher", "student"]),
   /** Start from this earlier stage's `model/` instead of the pipeline section. */
@@ -46,11 +51,11 @@ export const FinetuneParams = z.strictObject({
    * Default: the checkpoint (or `from`) when there is one.
    */
   init: z.enum(["checkpoint", "random"]).optional(),
-  ...OptimParams,
+  ...optimParams({ batch_size: 32, lr: 5e-5, warmup: 0.1, weight_decay: 0.01, max_grad_norm: 1 }),
   ...LoopParams,
-}).refine((p) => !(p.epochs !== undefined && p.steps !== undefined), {
-  message: "give `epochs` or `steps`, not both",
 });
+/** Params of the finetune stage, with the length rule (3 epochs by default). */
+export const FinetuneParams = withLength(FinetuneFields, 3);
 /** Validated finetune params. */
 export type FinetuneParams = z.infer<typeof FinetuneParams>;
 
@@ -132,20 +137,14 @@ export const finetune = defineStage({
           numLabels(model.config)
         } labels`,
     );
-    const phase: Phase = {
-      name: "finetune",
-      objective: regression ? "regression" : "classification",
-      epochs: params.steps === undefined ? params.epochs ?? 3 : undefined,
-      steps: params.steps,
-      batchSize: params.batch_size ?? 32,
-      microBatchSize: params.micro_batch_size,
-      lr: params.lr ?? 5e-5,
-      warmup: params.warmup ?? 0.1,
-      weightDecay: params.weight_decay ?? 0.01,
-      maxGradNorm: params.max_grad_norm ?? 1,
-      evalEvery: params.eval_every ?? 0,
-      evaluate: dev !== null,
-    };
+    const phase = phaseFromParams(
+      "finetune",
+      regression ? "regression" : "classification",
+      params,
+      {
+        evaluate: dev !== null,
+      },
+    );
     try {
       const res = await train({
         model,
@@ -162,18 +161,7 @@ export const finetune = defineStage({
         log: ctx.log,
       });
       await writeTrainedModel(ctx.out, model, tokensDir, res);
-      return {
-        counts: { steps: res.steps, examples: res.examples, parameters: model.numParameters() },
-        metrics: {
-          seconds: res.seconds,
-          final_loss: res.curve.at(-1)?.loss ?? NaN,
-          ...(res.best
-            ? Object.fromEntries(
-              Object.entries(res.best.metrics).map(([k, v]) => [`dev_${k}`, v]),
-            )
-            : {}),
-        },
-      };
+      return trainingResult(res, model);
     } finally {
       model.dispose();
     }

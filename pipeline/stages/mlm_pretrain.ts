@@ -43,15 +43,16 @@ import {
   asList,
   LoopParams,
   modelDirOf,
-  OptimParams,
-  readTokenMeta,
-  readTokenSplit,
+  optimParams,
+  phaseFromParams,
+  withLength,
   writeTrainedModel,
 } from "./common.ts";
+import { readTokenMeta, readTokenSplit } from "../store/tokens.ts";
 import { inputTensors } from "../train/batch.ts";
 
-/** Params of the mlm-pretrain stage. */
-export const MlmPretrainParams = z.strictObject({
+/** The mlm-pretrain stage's fields. */
+const MlmPretrainFields = z.strictObject({
   /** Which pipeline model (its `config`) to pretrain. */
   model: z.enum(["teacher", "student"]).default("teacher"),
   /** Start from `<model>.config` with random weights (default) or from `<model>.checkpoint`. */
@@ -66,9 +67,11 @@ export const MlmPretrainParams = z.strictObject({
   mask_prob: z.number().gt(0).lt(1).default(0.15),
   /** Fraction of the blocks held out for the MLM loss / accuracy report. */
   held_out: z.number().gt(0).lt(0.5).default(0.02),
-  ...OptimParams,
+  ...optimParams({ batch_size: 32, lr: 1e-4, warmup: 0.06, weight_decay: 0.01, max_grad_norm: 1 }),
   ...LoopParams,
 });
+/** Params of the mlm-pretrain stage, with the length rule (1 epoch by default). */
+export const MlmPretrainParams = withLength(MlmPretrainFields, 1);
 /** Validated mlm-pretrain params. */
 export type MlmPretrainParams = z.infer<typeof MlmPretrainParams>;
 
@@ -282,20 +285,7 @@ export const mlmPretrain = defineStage({
       const before = mlmScore(model, evalBatches);
       const res = await train({
         model,
-        phases: [{
-          name: "mlm",
-          objective: "mlm",
-          epochs: params.steps === undefined ? params.epochs ?? 1 : undefined,
-          steps: params.steps,
-          batchSize: params.batch_size ?? 32,
-          microBatchSize: params.micro_batch_size,
-          lr: params.lr ?? 1e-4,
-          warmup: params.warmup ?? 0.06,
-          weightDecay: params.weight_decay ?? 0.01,
-          maxGradNorm: params.max_grad_norm ?? 1,
-          evalEvery: params.eval_every ?? 0,
-          evaluate: heldOut.length > 0,
-        }],
+        phases: [phaseFromParams("mlm", "mlm", params, { evaluate: heldOut.length > 0 })],
         source,
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,

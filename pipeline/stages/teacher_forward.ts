@@ -37,7 +37,8 @@ import type { Pipeline } from "../run/spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import { type TeacherRecord, toRecords } from "../distill/teacher_cache.ts";
-import { modelDirOf, padRows, readTokenRows } from "./common.ts";
+import { modelDirOf } from "./common.ts";
+import { padRows, readTokenRows } from "../store/tokens.ts";
 import { SPLITS } from "./tokenize.ts";
 
 /** Params of the teacher-forward stage. */

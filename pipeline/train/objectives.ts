@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "../model/bert.ts";
 import { hardCrossEntropy, mseRegression } from "../distill/losses.ts";
+import { distillationObjective } from "../distill/objective.ts";
 
 /** A batch of named tensors; `inputIds`, `attentionMask`, `tokenTypeIds` are `[batch, seq]`. */
 export type Batch = Record<string, tf.Tensor>;
@@ -91,7 +92,9 @@ export const OBJECTIVES: Record<string, Objective> = { classification, regressio
  * Objectives built from JSON options (e.g. a distillation loss spec), by name: options cross to
  * worker replicas as data and each side builds the same objective.
  */
-export const OBJECTIVE_FACTORIES: Record<string, (options: unknown) => Objective> = {};
+export const OBJECTIVE_FACTORIES: Record<string, (options: unknown) => Objective> = {
+  distillation: distillationObjective,
+};
 
 /** Look up an objective by name (built from `options` for a factory), with a clear error. */
 export function getObjective(name: string, options?: unknown): Objective {
