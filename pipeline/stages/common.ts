@@ -44,6 +44,33 @@ export function range(start: number, end: number): number[] {
   return Array.from({ length: end - start }, (_, i) => start + i);
 }
 
+/** The longest row of some token rows (0 for none). */
+export function longestRow(...rows: (TokenRows | null)[]): number {
+  let n = 0;
+  for (const r of rows) if (r) { for (const len of r.lengths) n = Math.max(n, len); }
+  return n;
+}
+
+/**
+ * Refuse rows longer than a model's position table before any compute (otherwise the embedding
+ * lookup fails mid-run): `field` names the setting that made them (e.g. the tokenize stage's
+ * `max_seq_length`).
+ */
+export function checkSeqLength(
+  longest: number,
+  config: BertConfig,
+  where: { file: string; field: string; model: string },
+): void {
+  if (longest <= config.max_position_embeddings) return;
+  throw new InputError(`rows are longer than the ${where.model}'s max_position_embeddings`, {
+    file: where.file,
+    field: where.field,
+    expected: `≤ ${config.max_position_embeddings} tokens (the ${where.model}'s positions)`,
+    got: `${longest} tokens`,
+    hint: `Lower ${where.field}, or use a model with more positions.`,
+  });
+}
+
 /** A param that takes one stage key or a list of them, as a list. */
 export const asList = (t: string | string[]): string[] => (Array.isArray(t) ? t : [t]);
 

@@ -59,8 +59,10 @@ import { type BatchSource, train } from "../train/loop.ts";
 import { packExamples } from "../train/mlm.ts";
 import {
   asList,
+  checkSeqLength,
   evaluateRows,
   loadForTask,
+  longestRow,
   LoopParams,
   modelDirOf,
   modelFromConfig,
@@ -433,6 +435,12 @@ export const distill = defineStage({
     const student = await initStudent(ctx, data.meta, init, seed);
     let teacher: Bert | null = null;
     try {
+      const longest = longestRow(data.rows, data.dev);
+      const field = params.pack !== undefined
+        ? `${ctx.key}.pack`
+        : `${asList(params.tokens)[0]}.max_seq_length`;
+      checkSeqLength(longest, student.config, { file: p.file, field, model: "student" });
+      checkSeqLength(longest, teacherConfig, { file: p.file, field, model: "teacher" });
       const M = student.config.num_hidden_layers;
       const map = resolveLayerMap(
         params.layer_map,

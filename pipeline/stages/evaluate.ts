@@ -19,7 +19,7 @@ import { z } from "zod";
 import { tf } from "../tfjs/backend.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
-import { numLabels } from "../model/config.ts";
+import { numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import {
@@ -42,7 +42,7 @@ import {
 } from "../report/report.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
 import type { CurvePoint, EvalPoint } from "../train/loop.ts";
-import { argmaxRows, modelDirOf, range } from "./common.ts";
+import { argmaxRows, checkSeqLength, longestRow, modelDirOf, range } from "./common.ts";
 import {
   isRegression,
   padRows,
@@ -284,6 +284,14 @@ export const evaluate = defineStage({
         stage,
       })),
     ];
+    // every model's positions cover the rows, before any model runs
+    for (const m of models) {
+      checkSeqLength(longestRow(rows), await readConfig(m.dir), {
+        file: p.file,
+        field: `${params.tokens}.max_seq_length`,
+        model: m.name,
+      });
+    }
     const result:
       (ModelRow & { engine: string; stage?: string; layers: number; hidden: number })[] = [];
     const predictions = new Map<string, Int32Array>();

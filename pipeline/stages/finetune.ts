@@ -17,8 +17,10 @@ import { InputError } from "../errors.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
 import { type BatchSource, train } from "../train/loop.ts";
 import {
+  checkSeqLength,
   evaluateRows,
   loadForTask,
+  longestRow,
   LoopParams,
   modelDirOf,
   modelFromConfig,
@@ -124,6 +126,11 @@ export const finetune = defineStage({
         regression,
       )
       : modelFromConfig(pipeline, params.model, meta, seed, base);
+    checkSeqLength(longestRow(train_, dev), model.config, {
+      file: pipeline.file,
+      field: `${params.tokens}.max_seq_length`,
+      model: params.model,
+    });
     if (model.config.vocab_size !== meta.vocab_size) {
       throw new InputError("the model's vocabulary does not match the tokenizer's", {
         field: "vocab_size",

@@ -37,7 +37,7 @@ import type { Pipeline } from "../run/spec.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import { type TeacherRecord, toRecords } from "../distill/teacher_cache.ts";
-import { modelDirOf } from "./common.ts";
+import { checkSeqLength, modelDirOf } from "./common.ts";
 import { padRows, readTokenRows } from "../store/tokens.ts";
 import { SPLITS } from "./tokenize.ts";
 
@@ -169,6 +169,11 @@ export const teacherForward = defineStage({
         for (const n of part.columns.length as Int32Array) lengthsAll.push(n);
       }
     }
+    checkSeqLength(lengthsAll.reduce((a, b) => Math.max(a, b), 0), cfg, {
+      file: pipeline.file,
+      field: `${params.input}.max_seq_length`,
+      model: "teacher",
+    });
     const bytes = estimateCacheBytes(lengthsAll, {
       numLabels: C,
       hiddenSize: cfg.hidden_size,
