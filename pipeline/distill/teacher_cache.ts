@@ -15,7 +15,7 @@
 import { join } from "node:path";
 import { InputError } from "../errors.ts";
 import type { Bert } from "../model/bert.ts";
-import { PartReader } from "../store/parquet.ts";
+import { type ColumnSpec, PartReader } from "../store/parquet.ts";
 import { padRows, type TokenRows } from "../store/tokens.ts";
 import { tf } from "../tfjs/backend.ts";
 import type { BatchSource } from "../train/loop.ts";
@@ -79,6 +79,38 @@ export function toRecords(
     records.push(rec);
   }
   return records;
+}
+
+/** The Parquet columns of a cache split: length, label, logits, hidden_<i>, scores_<l>. */
+export function cacheColumns(
+  numLabels: number,
+  hiddenIndices: number[],
+  attentionLayers: number[],
+  dtype: "F16" | "F32",
+): ColumnSpec[] {
+  return [
+    { name: "length", kind: "int32" },
+    { name: "label", kind: "int32" },
+    ...(numLabels
+      ? [{ name: "logits", kind: "float-blob" as const, shape: [numLabels], dtype: "F32" as const }]
+      : []),
+    ...hiddenIndices.map((i) => ({ name: `hidden_${i}`, kind: "float-blob" as const, dtype })),
+    ...attentionLayers.map((l) => ({ name: `scores_${l}`, kind: "float-blob" as const, dtype })),
+  ];
+}
+
+/** The float columns of a part, from its records in row order (see {@link cacheColumns}). */
+export function recordColumns(
+  recs: TeacherRecord[],
+  logits: boolean,
+  hiddenIndices: number[],
+  attentionLayers: number[],
+): Record<string, Float32Array[]> {
+  const cols: Record<string, Float32Array[]> = {};
+  if (logits) cols.logits = recs.map((r) => r.logits!);
+  hiddenIndices.forEach((i, k) => cols[`hidden_${i}`] = recs.map((r) => r.hidden[k]));
+  attentionLayers.forEach((l, k) => cols[`scores_${l}`] = recs.map((r) => r.scores[k]));
+  return cols;
 }
 
 // ---------------------------------------------------------------------------------------------

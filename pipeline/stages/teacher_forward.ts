@@ -18,27 +18,37 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../tfjs/backend.ts";
-import { checkCacheLimit, estimateCacheBytes, formatBytes } from "../distill/teacher_cache.ts";
-import { loadBert } from "../model/checkpoint.ts";
-import { numLabels, readConfig } from "../model/config.ts";
-import { InputError } from "../errors.ts";
-import { exists, writeJsonAtomic } from "../store/fsutil.ts";
 import {
   resolveLayerMap,
   teacherAttentionLayers,
   teacherHiddenIndices,
 } from "../distill/layer_map.ts";
-import { DataParallel, forwardToHost, type HostOutputs } from "../train/parallel.ts";
-import { type HostBatch, toTensors } from "../train/batch.ts";
-import { type ColumnSpec, finalize, PartReader, PartWriter } from "../store/parquet.ts";
-import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
-import type { Pipeline } from "../run/spec.ts";
+import {
+  cacheColumns,
+  type CacheInfo,
+  checkCacheLimit,
+  estimateCacheBytes,
+  formatBytes,
+  recordColumns,
+  type TeacherRecord,
+  toRecords,
+} from "../distill/teacher_cache.ts";
+import { InputError } from "../errors.ts";
+import type { Bert } from "../model/bert.ts";
+import { loadBert } from "../model/checkpoint.ts";
+import { numLabels, readConfig } from "../model/config.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
-import { type TeacherRecord, toRecords } from "../distill/teacher_cache.ts";
+import type { Progress } from "../run/progress.ts";
+import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
+import type { Pipeline } from "../run/spec.ts";
+import { exists, writeJsonAtomic } from "../store/fsutil.ts";
+import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
+import { padRows, readTokenMeta, readTokenRows, type TokenMeta } from "../store/tokens.ts";
+import { tf } from "../tfjs/backend.ts";
+import { type HostBatch, toTensors } from "../train/batch.ts";
+import { DataParallel, forwardToHost, type HostOutputs } from "../train/parallel.ts";
 import { checkSeqLength, modelDirOf } from "./common.ts";
-import { padRows, readTokenRows } from "../store/tokens.ts";
 import { SPLITS } from "./tokenize.ts";
 
 /** Params of the teacher-forward stage. */
@@ -97,8 +107,207 @@ async function studentLayers(
   return n;
 }
 
-async function readJson(path: string): Promise<Record<string, unknown>> {
-  return JSON.parse(await Deno.readTextFile(path));
+/** The pieces of a teacher-forward run, as its steps hand them on. */
+interface CachePlan {
+  map: number[];
+  hiddenIdx: number[];
+  attLayers: number[];
+  /** Logits kept per example (0: the teacher has no classifier). */
+  C: number;
+  stores: { split: string; reader: PartReader }[];
+  lengths: number[];
+  bytes: number;
+}
+
+/**
+ * Step 1: the pitfalls TinyBERT users hit, checked before any compute — the vocabulary and the
+ * label order of the teacher against the tokenized data.
+ */
+function checkTeacher(teacher: Bert, meta: TokenMeta, configFile: string): void {
+  const cfg = teacher.config;
+  if (meta.vocab_size !== undefined && meta.vocab_size !== cfg.vocab_size) {
+    throw new InputError("the teacher's vocabulary does not match the tokenizer's", {
+      file: configFile,
+      field: "vocab_size",
+      expected: `${meta.vocab_size} (the tokenizer's)`,
+      got: String(cfg.vocab_size),
+    });
+  }
+  const dataLabels = meta.labels;
+  if (teacher.heads.classifier && dataLabels) {
+    const teacherLabels = Array.from({ length: numLabels(cfg) }, (_, i) => cfg.id2label![i]);
+    if (teacherLabels.join("\u0000") !== dataLabels.join("\u0000")) {
+      throw new InputError("the teacher's label order differs from the data's", {
+        file: configFile,
+        field: "id2label",
+        expected: JSON.stringify(dataLabels),
+        got: JSON.stringify(teacherLabels),
+        hint: "Reorder the dataset's labels: list to match the teacher (or retrain the head).",
+      });
+    }
+  }
+}
+
+/**
+ * Step 2: what the cache will hold — the mapped layers, every split's rows — and its size,
+ * refused above `max_cache_bytes` (and rows longer than the teacher's positions) before any
+ * compute.
+ */
+async function planCache(
+  ctx: StageContext<TeacherForwardParams>,
+  teacher: Bert,
+  tokens: string,
+): Promise<CachePlan> {
+  const { params, pipeline } = ctx;
+  const cfg = teacher.config;
+  const M = await studentLayers(pipeline, params, ctx.resolve);
+  const map = resolveLayerMap(
+    params.layer_map,
+    cfg.num_hidden_layers,
+    M,
+    "teacher-forward.layer_map",
+  );
+  const hiddenIdx = teacherHiddenIndices(map), attLayers = teacherAttentionLayers(map);
+  const C = teacher.heads.classifier ? numLabels(cfg) : 0;
+  const stores: CachePlan["stores"] = [];
+  const lengths: number[] = [];
+  for (const split of SPLITS) {
+    const dir = join(tokens, split);
+    if (!(await exists(dir))) continue; // empty split
+    const reader = await PartReader.open(dir);
+    stores.push({ split, reader });
+    for await (const part of reader.parts(["length"])) {
+      for (const n of part.columns.length as Int32Array) lengths.push(n);
+    }
+  }
+  checkSeqLength(lengths.reduce((a, b) => Math.max(a, b), 0), cfg, {
+    file: pipeline.file,
+    field: `${params.input}.max_seq_length`,
+    model: "teacher",
+  });
+  const bytes = estimateCacheBytes(lengths, {
+    numLabels: C,
+    hiddenSize: cfg.hidden_size,
+    heads: cfg.num_attention_heads,
+    hiddenLayers: hiddenIdx.length,
+    attentionLayers: attLayers.length,
+    dtype: params.dtype,
+  });
+  ctx.log(
+    `cache estimate ${formatBytes(bytes)} for ${lengths.length} examples (hidden states ` +
+      `${hiddenIdx.join(",")}; attention layers ${attLayers.join(",")}; ${params.dtype})`,
+  );
+  checkCacheLimit(bytes, params.max_cache_bytes, `${ctx.key}.max_cache_bytes`);
+  return { map, hiddenIdx, attLayers, C, stores, lengths, bytes };
+}
+
+/** A way to run the teacher on host batches: ONNX Runtime, tfjs replicas or tfjs here. */
+interface TeacherEngine {
+  name: "onnx" | "tfjs";
+  forward(host: HostBatch): Promise<HostOutputs>;
+  close(): Promise<void>;
+}
+
+/**
+ * Step 3: the engine — ONNX Runtime on the teacher's own export when asked and loadable (else
+ * tfjs, said in the log and the manifest), tfjs with `replicas` worker replicas otherwise.
+ */
+async function openEngine(
+  ctx: StageContext<TeacherForwardParams>,
+  teacher: Bert,
+  plan: CachePlan,
+): Promise<TeacherEngine> {
+  const { params } = ctx;
+  const replicas = params.replicas ?? navigator.hardwareConcurrency ?? 1;
+  if (params.engine === "onnx") {
+    try {
+      const onnx = await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
+        threads: replicas,
+      });
+      return {
+        name: "onnx",
+        forward: (host) => onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers),
+        close: () => onnx.close(), // the native session is released before the stage returns
+      };
+    } catch (e) {
+      // onnxruntime-node missing or unable to load here: tfjs computes the same outputs
+      ctx.log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
+    }
+  }
+  const outputs = [
+    ...(plan.C ? ["logits" as const] : []),
+    "hiddenStates" as const,
+    "attentionScores" as const,
+  ];
+  if (replicas > 1) {
+    const dp = await DataParallel.create(teacher, { replicas, objective: "classification" });
+    return {
+      name: "tfjs",
+      forward: (host) => dp.forward(host, outputs),
+      close: () => Promise.resolve(dp.close()),
+    };
+  }
+  return {
+    name: "tfjs",
+    forward(host) {
+      const t = toTensors(host);
+      const out = forwardToHost(teacher, t, outputs);
+      tf.dispose(Object.values(t));
+      return Promise.resolve(out);
+    },
+    close: () => Promise.resolve(),
+  };
+}
+
+/**
+ * Step 4: one split's pending parts (all of them, or this shard's share; finished parts of a
+ * killed run are kept), each computed in batches of similar length and written in row order.
+ */
+async function writeSplit(
+  ctx: StageContext<TeacherForwardParams>,
+  engine: TeacherEngine,
+  plan: CachePlan,
+  split: string,
+  reader: PartReader,
+  bar: Progress,
+): Promise<number> {
+  const { params } = ctx;
+  const writer = await PartWriter.open(join(ctx.out, split), {
+    columns: cacheColumns(plan.C, plan.hiddenIdx, plan.attLayers, params.dtype),
+    rowsPerPart: params.rows_per_part,
+    totalRows: reader.totalRows,
+    metadata: {
+      hidden_indices: plan.hiddenIdx,
+      attention_layers: plan.attLayers,
+      layer_map: plan.map,
+    },
+    shard: ctx.shard,
+  });
+  const pending = writer.pendingParts();
+  if (pending.length === 0) return 0;
+  const tokenRows = await readTokenRows(reader);
+  let examples = 0;
+  for (const range of pending) {
+    const recs: TeacherRecord[] = new Array(range.end - range.start);
+    const order = Array.from({ length: range.end - range.start }, (_, i) => range.start + i)
+      .sort((a, b) => tokenRows.lengths[a] - tokenRows.lengths[b] || a - b);
+    for (let s = 0; s < order.length; s += params.batch_size) {
+      const rows = order.slice(s, s + params.batch_size);
+      const out = await engine.forward(padRows(tokenRows, rows, false));
+      const lens = Int32Array.from(rows, (r) => tokenRows.lengths[r]);
+      toRecords(out, lens, plan.hiddenIdx, plan.attLayers).forEach((rec, i) => {
+        recs[rows[i] - range.start] = rec;
+      });
+      bar.tick(lens.reduce((a, b) => a + b, 0));
+    }
+    await writer.writePart(range.start, {
+      length: tokenRows.lengths.slice(range.start, range.end),
+      label: tokenRows.labels.slice(range.start, range.end),
+      ...recordColumns(recs, plan.C > 0, plan.hiddenIdx, plan.attLayers),
+    });
+    examples += range.end - range.start;
+  }
+  return examples;
 }
 
 /** The teacher-forward stage. */
@@ -122,184 +331,43 @@ export const teacherForward = defineStage({
   async run(ctx): Promise<StageResult> {
     const { params, pipeline } = ctx;
     const tokens = ctx.inputs[params.input];
-    const meta = await readJson(join(tokens, "labels.json"));
-    const teacher = await loadBert(teacherDir(pipeline, ctx.resolve, params, ctx.inputs));
-    const cfg = teacher.config;
-    // the pitfalls TinyBERT users hit, checked before any compute
-    if (meta.vocab_size !== undefined && meta.vocab_size !== cfg.vocab_size) {
-      throw new InputError("the teacher's vocabulary does not match the tokenizer's", {
-        file: join(teacherDir(pipeline, ctx.resolve, params, ctx.inputs), "config.json"),
-        field: "vocab_size",
-        expected: `${meta.vocab_size} (the tokenizer's)`,
-        got: String(cfg.vocab_size),
-      });
-    }
-    const dataLabels = meta.labels as string[] | null;
-    if (teacher.heads.classifier && dataLabels) {
-      const teacherLabels = Array.from({ length: numLabels(cfg) }, (_, i) => cfg.id2label![i]);
-      if (teacherLabels.join("\u0000") !== dataLabels.join("\u0000")) {
-        throw new InputError("the teacher's label order differs from the data's", {
-          file: join(teacherDir(pipeline, ctx.resolve, params, ctx.inputs), "config.json"),
-          field: "id2label",
-          expected: JSON.stringify(dataLabels),
-          got: JSON.stringify(teacherLabels),
-          hint: "Reorder the dataset's labels: list to match the teacher (or retrain the head).",
-        });
-      }
-    }
-    const M = await studentLayers(pipeline, params, ctx.resolve);
-    const map = resolveLayerMap(
-      params.layer_map,
-      cfg.num_hidden_layers,
-      M,
-      "teacher-forward.layer_map",
-    );
-    const hiddenIdx = teacherHiddenIndices(map), attLayers = teacherAttentionLayers(map);
-    const C = teacher.heads.classifier ? numLabels(cfg) : 0;
-
-    // size check over every split, before computing anything
-    const stores: { split: string; reader: PartReader }[] = [];
-    const lengthsAll: number[] = [];
-    for (const split of SPLITS) {
-      const dir = join(tokens, split);
-      if (!(await exists(dir))) continue; // empty split
-      const reader = await PartReader.open(dir);
-      stores.push({ split, reader });
-      for await (const part of reader.parts(["length"])) {
-        for (const n of part.columns.length as Int32Array) lengthsAll.push(n);
-      }
-    }
-    checkSeqLength(lengthsAll.reduce((a, b) => Math.max(a, b), 0), cfg, {
-      file: pipeline.file,
-      field: `${params.input}.max_seq_length`,
-      model: "teacher",
-    });
-    const bytes = estimateCacheBytes(lengthsAll, {
-      numLabels: C,
-      hiddenSize: cfg.hidden_size,
-      heads: cfg.num_attention_heads,
-      hiddenLayers: hiddenIdx.length,
-      attentionLayers: attLayers.length,
-      dtype: params.dtype,
-    });
-    ctx.log(
-      `cache estimate ${formatBytes(bytes)} for ${lengthsAll.length} examples ` +
-        `(hidden states ${hiddenIdx.join(",")}; attention layers ${
-          attLayers.join(",")
-        }; ${params.dtype})`,
-    );
-    checkCacheLimit(bytes, params.max_cache_bytes, `${ctx.key}.max_cache_bytes`);
-
-    const columns: ColumnSpec[] = [
-      { name: "length", kind: "int32" },
-      { name: "label", kind: "int32" },
-      ...(C
-        ? [{ name: "logits", kind: "float-blob" as const, shape: [C], dtype: "F32" as const }]
-        : []),
-      ...hiddenIdx.map((i) => ({
-        name: `hidden_${i}`,
-        kind: "float-blob" as const,
-        dtype: params.dtype,
-      })),
-      ...attLayers.map((l) => ({
-        name: `scores_${l}`,
-        kind: "float-blob" as const,
-        dtype: params.dtype,
-      })),
-    ];
-    const replicas = params.replicas ?? navigator.hardwareConcurrency ?? 1;
-    let onnx: OnnxEngine | null = null;
-    if (params.engine === "onnx") {
-      try {
-        onnx = await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
-          threads: replicas,
-        });
-      } catch (e) {
-        // onnxruntime-node missing or unable to load here: tfjs computes the same outputs
-        ctx.log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
-      }
-    }
-    const dp = !onnx && replicas > 1
-      ? await DataParallel.create(teacher, { replicas, objective: "classification" })
-      : null;
-    const outputs = [
-      ...(C ? ["logits" as const] : []),
-      "hiddenStates" as const,
-      "attentionScores" as const,
-    ];
-    const bar = ctx.progress(lengthsAll.reduce((a, b) => a + b, 0), "tokens");
+    const meta = await readTokenMeta(tokens);
+    const dir = teacherDir(pipeline, ctx.resolve, params, ctx.inputs);
+    const teacher = await loadBert(dir);
+    let engine: TeacherEngine | null = null;
     let examples = 0;
+    let plan: CachePlan;
     try {
-      for (const { split, reader } of stores) {
-        const dir = join(ctx.out, split);
-        const writer = await PartWriter.open(dir, {
-          columns,
-          rowsPerPart: params.rows_per_part,
-          totalRows: reader.totalRows,
-          metadata: { hidden_indices: hiddenIdx, attention_layers: attLayers, layer_map: map },
-          shard: ctx.shard,
-        });
-        // token rows by index, read part by part as needed
-        const pending = writer.pendingParts();
-        if (pending.length === 0) continue;
-        const tokenRows = await readTokenRows(reader);
-        for (const range of pending) {
-          // batches of similar length (little padding), records put back in row order
-          const recs: TeacherRecord[] = new Array(range.end - range.start);
-          const order = range.end - range.start > 0
-            ? Array.from({ length: range.end - range.start }, (_, i) => range.start + i)
-              .sort((a, b) => tokenRows.lengths[a] - tokenRows.lengths[b] || a - b)
-            : [];
-          for (let s = 0; s < order.length; s += params.batch_size) {
-            const rows = order.slice(s, s + params.batch_size);
-            const host = padRows(tokenRows, rows, false);
-            let out: HostOutputs;
-            if (onnx) out = await onnxForward(onnx, host, C > 0, hiddenIdx, attLayers);
-            else if (dp) out = await dp.forward(host, outputs);
-            else {
-              const t = toTensors(host);
-              out = forwardToHost(teacher, t, outputs);
-              tf.dispose(Object.values(t));
-            }
-            const lens = Int32Array.from(rows, (r) => tokenRows.lengths[r]);
-            toRecords(out, lens, hiddenIdx, attLayers).forEach((rec, i) => {
-              recs[rows[i] - range.start] = rec;
-            });
-            bar.tick(lens.reduce((a, b) => a + b, 0));
-          }
-          const cols: Record<string, Int32Array | Float32Array[]> = {
-            length: tokenRows.lengths.slice(range.start, range.end),
-            label: tokenRows.labels.slice(range.start, range.end),
-          };
-          if (C) cols.logits = recs.map((r) => r.logits!);
-          hiddenIdx.forEach((i, k) => cols[`hidden_${i}`] = recs.map((r) => r.hidden[k]));
-          attLayers.forEach((l, k) => cols[`scores_${l}`] = recs.map((r) => r.scores[k]));
-          await writer.writePart(range.start, cols);
-          examples += range.end - range.start;
-        }
+      checkTeacher(teacher, meta, join(dir, "config.json"));
+      plan = await planCache(ctx, teacher, tokens);
+      engine = await openEngine(ctx, teacher, plan);
+      const bar = ctx.progress(plan.lengths.reduce((a, b) => a + b, 0), "tokens");
+      for (const { split, reader } of plan.stores) {
+        examples += await writeSplit(ctx, engine, plan, split, reader, bar);
       }
+      bar.finish();
     } finally {
-      dp?.close();
-      await onnx?.close(); // the native session is released before the stage returns
+      await engine?.close();
       teacher.dispose();
     }
-    bar.finish();
     if (ctx.shard) return { counts: { examples } };
+    // Step 5: every part present (a sharded run's included), then the cache description
     let cached = 0;
-    for (const { split, reader } of stores) {
+    for (const { split, reader } of plan.stores) {
       const index = await finalize(join(ctx.out, split), { totalRows: reader.totalRows });
       cached += index.parts.reduce((n, part) => n + part.bytes, 0);
     }
-    await writeJsonAtomic(join(ctx.out, "cache.json"), {
-      layer_map: map,
-      hidden_indices: hiddenIdx,
-      attention_layers: attLayers,
+    const info: CacheInfo = {
+      layer_map: plan.map,
+      hidden_indices: plan.hiddenIdx,
+      attention_layers: plan.attLayers,
       dtype: params.dtype,
-      labels: dataLabels,
-    });
+      labels: meta.labels,
+    };
+    await writeJsonAtomic(join(ctx.out, "cache.json"), info);
     return {
-      counts: { examples: lengthsAll.length, tokens: lengthsAll.reduce((a, b) => a + b, 0) },
-      metrics: { cache_bytes: cached, estimated_bytes: bytes, engine: onnx ? "onnx" : "tfjs" },
+      counts: { examples: plan.lengths.length, tokens: plan.lengths.reduce((a, b) => a + b, 0) },
+      metrics: { cache_bytes: cached, estimated_bytes: plan.bytes, engine: engine!.name },
     };
   },
 });
