@@ -40,7 +40,7 @@ import {
   type Table,
   textTable,
 } from "../report/report.ts";
-import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
+import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { CurvePoint, EvalPoint } from "../train/loop.ts";
 import { argmaxRows, checkSeqLength, longestRow, modelDirOf, range } from "./common.ts";
 import {
@@ -225,6 +225,164 @@ export function pairedTable(rows: PairedRow[]): Table {
   };
 }
 
+/** A model the report covers. */
+interface EvalModel {
+  name: string;
+  role: ModelRow["role"];
+  dir: string;
+  /** The stage that trained it (its curve is drawn). */
+  stage?: string;
+}
+
+/** A report row with where it ran and its shape. */
+type ResultRow = ModelRow & { engine: string; stage?: string; layers: number; hidden: number };
+
+/** Step 1: the models of the report — the teacher, then the students, then the baselines. */
+function modelsOf(ctx: StageContext<EvaluateParams>): EvalModel[] {
+  const { params, pipeline: p } = ctx;
+  return [
+    {
+      name: "teacher",
+      role: "teacher",
+      dir: modelDirOf(
+        p,
+        ctx.inputs,
+        ctx.resolve,
+        params.teacher,
+        "teacher",
+        `${ctx.key}.teacher`,
+      ),
+      stage: params.teacher,
+    },
+    ...Object.entries(params.students).map(([name, stage]) => ({
+      name,
+      role: "student" as const,
+      dir: join(ctx.inputs[stage], "model"),
+      stage,
+    })),
+    ...Object.entries(params.baselines).map(([name, stage]) => ({
+      name,
+      role: "baseline" as const,
+      dir: join(ctx.inputs[stage], "model"),
+      stage,
+    })),
+  ];
+}
+
+/**
+ * Step 2: every model on the split (labels checked against the data first), one at a time:
+ * metrics, size, latency and throughput, and each model's predictions for the paired tests.
+ */
+async function measureAll(
+  ctx: StageContext<EvaluateParams>,
+  models: EvalModel[],
+  rows: TokenRows,
+  wanted: string[],
+): Promise<{ result: ResultRow[]; predictions: Map<string, Int32Array> }> {
+  const { params } = ctx;
+  const result: ResultRow[] = [];
+  const predictions = new Map<string, Int32Array>();
+  const bar = ctx.progress(models.length, "models");
+  for (const m of models) {
+    const bert = await loadBert(m.dir);
+    try {
+      const labels = Array.from(
+        { length: numLabels(bert.config) },
+        (_, i) => bert.config.id2label![i],
+      );
+      if (labels.join("\u0000") !== wanted.join("\u0000")) {
+        throw new InputError(`${m.name}: label order differs from the data's`, {
+          file: join(m.dir, "config.json"),
+          field: "id2label",
+          expected: JSON.stringify(wanted),
+          got: JSON.stringify(labels),
+        });
+      }
+      const r = await measureModel(bert, rows, {
+        engine: params.engine,
+        threads: params.threads,
+        batchSize: params.batch_size,
+        latencyExamples: params.latency_examples,
+      }, ctx.log);
+      if (r.predictions instanceof Int32Array) predictions.set(m.name, r.predictions);
+      const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
+      result.push({
+        name: m.name,
+        role: m.role,
+        metrics: r.metrics,
+        parameters: bert.numParameters(),
+        bytes,
+        latency_ms: r.latency_ms,
+        throughput: r.throughput,
+        engine: r.engine,
+        stage: m.stage,
+        layers: bert.config.num_hidden_layers,
+        hidden: bert.config.hidden_size,
+      });
+    } finally {
+      bert.dispose();
+    }
+    bar.tick(1);
+  }
+  bar.finish();
+
+  return { result, predictions };
+}
+
+/** Step 3: the charts — the metric bars, and the loss curve of every model trained here. */
+async function writeCharts(
+  ctx: StageContext<EvaluateParams>,
+  models: EvalModel[],
+  result: ResultRow[],
+  regression: boolean,
+): Promise<{ file: string; caption: string }[]> {
+  const { params, pipeline: p } = ctx;
+  // loss curves and dev curves of every model trained in this pipeline
+  const charts: { file: string; caption: string }[] = [];
+  for (const m of models) {
+    if (!m.stage) continue;
+    const f = join(ctx.inputs[m.stage], "curve.json");
+    if (!(await exists(f))) continue;
+    const c: Curves = JSON.parse(await Deno.readTextFile(f));
+    const file = `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}.svg`;
+    await writeFileAtomic(
+      join(ctx.out, file),
+      lineChartSvg(lossSeries(m.name, c.curve), {
+        title: `${m.name}: training loss (${m.stage})`,
+        xLabel: "step",
+        yLabel: "loss",
+        logY: true,
+      }),
+    );
+    charts.push({ file, caption: `${m.name} training loss` });
+  }
+  const metricNames = regression ? ["pearson", "spearman"] : ["accuracy", "macro_f1", "mcc"];
+  await writeFileAtomic(
+    join(ctx.out, "metrics.svg"),
+    barChartSvg(
+      result.flatMap((r) =>
+        metricNames.map((k) => ({ label: r.name, group: k, value: r.metrics[k] }))
+      ),
+      { title: `${p.name}: ${params.split} split`, yLabel: "score" },
+    ),
+  );
+  charts.unshift({ file: "metrics.svg", caption: "teacher vs students" });
+  return charts;
+}
+
+/** The manifest's metrics: every model's, and every paired difference with its p. */
+function manifestMetrics(result: ResultRow[], paired: PairedRow[]): Record<string, number> {
+  const metrics: Record<string, number> = {};
+  for (const r of result) {
+    for (const [k, v] of Object.entries(r.metrics)) metrics[`${r.name}.${k}`] = v;
+  }
+  for (const c of paired) {
+    metrics[`${c.a}-vs-${c.b}.accuracy_diff`] = c.diff;
+    metrics[`${c.a}-vs-${c.b}.p`] = c.p;
+  }
+  return metrics;
+}
+
 /** The evaluate stage. */
 export const evaluate = defineStage({
   name: "evaluate",
@@ -257,33 +415,7 @@ export const evaluate = defineStage({
         field: `${ctx.key}.split`,
       });
     }
-    const models: { name: string; role: ModelRow["role"]; dir: string; stage?: string }[] = [
-      {
-        name: "teacher",
-        role: "teacher",
-        dir: modelDirOf(
-          p,
-          ctx.inputs,
-          ctx.resolve,
-          params.teacher,
-          "teacher",
-          `${ctx.key}.teacher`,
-        ),
-        stage: params.teacher,
-      },
-      ...Object.entries(params.students).map(([name, stage]) => ({
-        name,
-        role: "student" as const,
-        dir: join(ctx.inputs[stage], "model"),
-        stage,
-      })),
-      ...Object.entries(params.baselines).map(([name, stage]) => ({
-        name,
-        role: "baseline" as const,
-        dir: join(ctx.inputs[stage], "model"),
-        stage,
-      })),
-    ];
+    const models = modelsOf(ctx);
     // every model's positions cover the rows, before any model runs
     for (const m of models) {
       checkSeqLength(longestRow(rows), await readConfig(m.dir), {
@@ -292,85 +424,10 @@ export const evaluate = defineStage({
         model: m.name,
       });
     }
-    const result:
-      (ModelRow & { engine: string; stage?: string; layers: number; hidden: number })[] = [];
-    const predictions = new Map<string, Int32Array>();
-    const bar = ctx.progress(models.length, "models");
-    for (const m of models) {
-      const bert = await loadBert(m.dir);
-      try {
-        const labels = Array.from(
-          { length: numLabels(bert.config) },
-          (_, i) => bert.config.id2label![i],
-        );
-        if (labels.join("\u0000") !== wanted.join("\u0000")) {
-          throw new InputError(`${m.name}: label order differs from the data's`, {
-            file: join(m.dir, "config.json"),
-            field: "id2label",
-            expected: JSON.stringify(wanted),
-            got: JSON.stringify(labels),
-          });
-        }
-        const r = await measureModel(bert, rows, {
-          engine: params.engine,
-          threads: params.threads,
-          batchSize: params.batch_size,
-          latencyExamples: params.latency_examples,
-        }, ctx.log);
-        if (r.predictions instanceof Int32Array) predictions.set(m.name, r.predictions);
-        const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
-        result.push({
-          name: m.name,
-          role: m.role,
-          metrics: r.metrics,
-          parameters: bert.numParameters(),
-          bytes,
-          latency_ms: r.latency_ms,
-          throughput: r.throughput,
-          engine: r.engine,
-          stage: m.stage,
-          layers: bert.config.num_hidden_layers,
-          hidden: bert.config.hidden_size,
-        });
-      } finally {
-        bert.dispose();
-      }
-      bar.tick(1);
-    }
-    bar.finish();
-
+    const { result, predictions } = await measureAll(ctx, models, rows, wanted);
     const table = comparisonTable(result, { metric });
     const paired = regression ? [] : pairedComparisons(models, predictions, rows.labels);
-    // loss curves and dev curves of every model trained in this pipeline
-    const charts: { file: string; caption: string }[] = [];
-    for (const m of models) {
-      if (!m.stage) continue;
-      const f = join(ctx.inputs[m.stage], "curve.json");
-      if (!(await exists(f))) continue;
-      const c: Curves = JSON.parse(await Deno.readTextFile(f));
-      const file = `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}.svg`;
-      await writeFileAtomic(
-        join(ctx.out, file),
-        lineChartSvg(lossSeries(m.name, c.curve), {
-          title: `${m.name}: training loss (${m.stage})`,
-          xLabel: "step",
-          yLabel: "loss",
-          logY: true,
-        }),
-      );
-      charts.push({ file, caption: `${m.name} training loss` });
-    }
-    const metricNames = regression ? ["pearson", "spearman"] : ["accuracy", "macro_f1", "mcc"];
-    await writeFileAtomic(
-      join(ctx.out, "metrics.svg"),
-      barChartSvg(
-        result.flatMap((r) =>
-          metricNames.map((k) => ({ label: r.name, group: k, value: r.metrics[k] }))
-        ),
-        { title: `${p.name}: ${params.split} split`, yLabel: "score" },
-      ),
-    );
-    charts.unshift({ file: "metrics.svg", caption: "teacher vs students" });
+    const charts = await writeCharts(ctx, models, result, regression);
     const notes = [
       `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${metric} ` +
       `÷ the teacher's.`,
@@ -414,14 +471,6 @@ export const evaluate = defineStage({
     console.log(
       `\nreport: ${join(ctx.out.replace(/\/\.([^/]+)\.partial$/, "/$1"), "report.md")}\n`,
     );
-    const metrics: Record<string, number> = {};
-    for (const r of result) {
-      for (const [k, v] of Object.entries(r.metrics)) metrics[`${r.name}.${k}`] = v;
-    }
-    for (const c of paired) {
-      metrics[`${c.a}-vs-${c.b}.accuracy_diff`] = c.diff;
-      metrics[`${c.a}-vs-${c.b}.p`] = c.p;
-    }
-    return { counts: { examples: rows.lengths.length }, metrics };
+    return { counts: { examples: rows.lengths.length }, metrics: manifestMetrics(result, paired) };
   },
 });
