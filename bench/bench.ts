@@ -35,7 +35,7 @@ export const TINYBERT4: Partial<BertConfig> = {
   max_position_embeddings: 512,
   id2label: { "0": "neg", "1": "pos" },
 };
-/** A 6-layer 384-wide teacher (the shape DESIGN.md measured PyTorch on). */
+/** A 6-layer, 384-wide teacher (12 heads, FFN 1536), for the ONNX Runtime vs PyTorch row. */
 export const TEACHER6: Partial<BertConfig> = {
   ...TINYBERT4,
   hidden_size: 384,
@@ -176,8 +176,15 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-/** GFLOP/s of one n×n·n×n float32 MatMul on ONNX Runtime (best of `reps`, after a warm-up). */
-async function ortSgemm(n: number, reps: number): Promise<number> {
+/**
+ * GFLOP/s of one n×n·n×n float32 MatMul on ONNX Runtime (best of `reps`, after a warm-up), on
+ * `threads` intra-op threads (default: every core).
+ */
+export async function ortSgemm(
+  n: number,
+  reps: number,
+  threads = navigator.hardwareConcurrency,
+): Promise<number> {
   const g = new GraphBuilder();
   const a = g.input({ name: "a", elemType: DataType.FLOAT, dims: [n, n] });
   const b = g.floats("b", new Float32Array(n * n).map((_, i) => ((i * 7919) % 13) / 13 - 0.5), [
@@ -187,7 +194,7 @@ async function ortSgemm(n: number, reps: number): Promise<number> {
   g.output(g.node("MatMul", [a, b]), { name: "c", elemType: DataType.FLOAT, dims: [n, n] });
   const model = g.toModel({ name: "sgemm", opset: 17, irVersion: 8, producer: "tinystill" });
   const session = await ort.InferenceSession.create(model, {
-    intraOpNumThreads: navigator.hardwareConcurrency,
+    intraOpNumThreads: threads,
     interOpNumThreads: 1,
     executionProviders: ["cpu"],
   });

@@ -7,12 +7,13 @@ equivalent to tinystill's: word+position+token-type embeddings, LayerNorm
 softmax, dropout 0.1 in training, output dense + residual + LN, FFN with exact
 erf GELU + residual + LN), tanh pooler, classifier.
 
-  /usr/bin/python3 bench/torch_peer.py --workload forward|train --layers 4 \
+  /usr/bin/python3 bench/torch_peer.py --workload forward|train|sgemm --layers 4 \
       --hidden 312 --heads 12 --ffn 1200 --vocab 30522 --labels 2 --batch 32 \
       --seq 128 --threads 2 --warmup 2 --steps 3 [--all-outputs]
 
 Prints one JSON line: workload, tokens_per_sec, ms_per_step, threads, torch,
 blas, gflops_sgemm (best torch.mm over n = 512, 1024, 2048 at the same thread count).
+`--workload sgemm` prints only workload, threads, torch, blas and gflops_sgemm.
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ import sys
 import time
 
 p = argparse.ArgumentParser()
-p.add_argument("--workload", choices=["forward", "train"], default="forward")
+p.add_argument("--workload", choices=["forward", "train", "sgemm"], default="forward")
 for name, default in [("layers", 4), ("hidden", 312), ("heads", 12), ("ffn", 1200),
                       ("vocab", 30522), ("labels", 2), ("batch", 32), ("seq", 128),
                       ("threads", 2), ("warmup", 2), ("steps", 3), ("max-pos", 512)]:
@@ -137,6 +138,12 @@ def blas_name():
             return name
     return "reference" if path else "generic"
 
+
+if args.workload == "sgemm":
+    print(json.dumps({"workload": "sgemm", "threads": torch.get_num_threads(),
+                      "torch": torch.__version__, "blas": blas_name(),
+                      "gflops_sgemm": sgemm_gflops()}))
+    sys.exit(0)
 
 model = Bert(args)
 ids = torch.randint(1000, 30000, (args.batch, args.seq))

@@ -1,8 +1,9 @@
 /**
  * The pipeline file: a YAML document naming the data, the teacher, the student and an ordered
  * list of stages with their params, validated by a zod schema. Every problem is reported as
- * `file:line:col: path: expected …, got …`, e.g.
- * `tasks/spam.yaml:14:22: stages[2].teacher-forward.layers[1]: expected integer ≥ 0, got "x"`.
+ * `file:line:col: path: what is wrong` (mostly `expected …, got …`); `lr: "x"` on line 32 of
+ * `tasks/spam.yaml` gives
+ * `tasks/spam.yaml:32:11: stages[1].finetune@teacher.lr: expected number, got "x"`.
  *
  * Stage params are validated by the schema of each stage kind passed in (`BUILTIN_STAGES`, or
  * your own list), so the stage modules own their params (TextBrewer/torchdistill style: the
