@@ -30,8 +30,10 @@ const fixtureJsonText = await Deno.readTextFile(join(FIXTURE, "tokenizer.json"))
 const tok = await loadTokenizer(FIXTURE);
 const vocab = parseVocabTxt(await Deno.readTextFile(join(FIXTURE, "vocab.txt")));
 
-/** The Rust tokenizer for a tokenizer.json, special tokens registered (without that, a literal
- * "[MASK]" in the text is split into pieces by the Rust one and kept whole by ours). */
+/**
+ * The Rust tokenizer for a tokenizer.json, special tokens registered: without that, a literal
+ * "[MASK]" in the text encodes differently from ours.
+ */
 function rustTokenizer(jsonText: string): RustTokenizer {
   const rust = RustTokenizer.fromString(jsonText);
   rust.addSpecialTokens(Object.values(SPECIAL_TOKENS));
