@@ -119,3 +119,22 @@ Deno.test("cross-section and structural errors", async () => {
     return true;
   });
 });
+
+Deno.test("a value no branch of a union takes names the bad element, or every branch's form", async () => {
+  const { BUILTIN_STAGES } = await import("../pipeline/stages/mod.ts");
+  const spam = await Deno.readTextFile("tasks/spam.yaml");
+  const withMap = (map: string) =>
+    parsePipeline(
+      spam.replace("{ teacher: finetune@teacher, dtype: F16 }", `{ layer_map: ${map} }`),
+      "tasks/spam.yaml",
+      BUILTIN_STAGES,
+    );
+  // the list branch came closest: its element is named
+  await assertInputError(() => withMap('[1, "x"]'), [
+    'tasks/spam.yaml:33:39: stages[2].teacher-forward.layer_map[1]: expected number, got "x"',
+  ]);
+  // no branch came close: each one's form is listed
+  await assertInputError(() => withMap("unifrom"), [
+    'stages[2].teacher-forward.layer_map: expected "uniform", "last" or a list, got "unifrom"',
+  ]);
+});

@@ -200,6 +200,23 @@ function describe(issue: z.core.$ZodIssue): string {
       return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${got}`;
     case "invalid_format":
       return `expected ${issue.format}, got ${got}`;
+    case "invalid_union": {
+      // no branch came close: name what each would have taken
+      const wants = issue.errors.flatMap((branch) =>
+        branch.slice(0, 1).flatMap((b) =>
+          b.code === "invalid_value"
+            ? b.values.map((v) => JSON.stringify(v))
+            : b.code === "invalid_type"
+            ? [b.expected === "array" ? "a list" : `a ${b.expected}`]
+            : []
+        )
+      );
+      return wants.length
+        ? `expected ${wants.slice(0, -1).join(", ")}${wants.length > 1 ? " or " : ""}${
+          wants.at(-1)
+        }, got ${got}`
+        : `${issue.message}, got ${got}`;
+    }
     case "custom":
       return issue.params?.atKey ? issue.message : `${issue.message}${got ? `, got ${got}` : ""}`;
     default:
@@ -239,7 +256,7 @@ export function parsePipeline(
   const res = pipelineSchema(kinds).safeParse(raw, { reportInput: true });
   if (!res.success) {
     // an unknown key is reported at the key itself, with the key in the path
-    const issues = res.error.issues.map((issue) =>
+    const issues = res.error.issues.flatMap(unionBranch).map((issue) =>
       issue.code === "unrecognized_keys" && issue.keys.length === 1
         ? { ...issue, path: [...issue.path, issue.keys[0]] }
         : issue
@@ -266,6 +283,19 @@ export function parsePipeline(
   const p = res.data as Omit<Pipeline, "file" | "kinds">;
   crossCheck(p, file);
   return { ...p, file, kinds };
+}
+
+/**
+ * A value that matches no branch of a union (`layer_map: uniform | last | [ints]`) is reported
+ * by the branch it came closest to — the one whose first problem lies deepest — so the message
+ * names the bad element (`layer_map[1]: expected number, got "x"`), not just "invalid input".
+ */
+function unionBranch(issue: z.core.$ZodIssue): z.core.$ZodIssue[] {
+  if (issue.code !== "invalid_union" || issue.errors.length === 0) return [issue];
+  const depth = (branch: z.core.$ZodIssue[]) => branch[0]?.path.length ?? -1;
+  const best = issue.errors.reduce((a, b) => (depth(b) > depth(a) ? b : a));
+  if (depth(best) <= 0) return [issue];
+  return best.map((i) => ({ ...i, path: [...issue.path, ...i.path] })).flatMap(unionBranch);
 }
 
 /** The key node of the entry at `path` (for pointing at an unknown key). */
