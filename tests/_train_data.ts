@@ -1,4 +1,4 @@
-/** Tiny labelled data and model config shared by the training-loop tests. */
+/** Tiny labelled data, a model config and a bitwise check shared by the training tests. */
 
 import { padRows, type TokenRows } from "../pipeline/store/tokens.ts";
 import type { BatchSource } from "../pipeline/train/loop.ts";
@@ -40,4 +40,15 @@ export function tinySource(n: number, seed = 1): BatchSource {
   const groups = [];
   for (let s = 0; s < n; s += 16) groups.push({ start: s, end: Math.min(n, s + 16) });
   return { groups, load: (_g, r) => Promise.resolve(padRows(rows, r)) };
+}
+
+/** Assert that `actual` holds exactly the bytes of `expected`, naming the first element that differs. */
+export function assertSameBytes(actual: Float32Array, expected: Float32Array, what: string): void {
+  if (actual.length !== expected.length) {
+    throw new Error(`${what}: ${actual.length} elements, expected ${expected.length}`);
+  }
+  const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
+  const b = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
+  const i = a.findIndex((x, j) => x !== b[j]);
+  if (i >= 0) throw new Error(`${what}[${i}]: ${actual[i]}, expected ${expected[i]} (bit for bit)`);
 }

@@ -4,11 +4,20 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
-import { classification, OBJECTIVE_FACTORIES } from "../pipeline/train/objectives.ts";
+import { classification } from "../pipeline/train/objectives.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
-import { epochBatches, type Phase, train, TrainingDivergedError } from "../pipeline/train/loop.ts";
-import { tinySource, TRAIN_CONFIG } from "./_train_data.ts";
-import { withTempDir } from "./_util.ts";
+import {
+  type BatchSource,
+  type CurvePoint,
+  epochBatches,
+  type Phase,
+  train,
+  TrainingDivergedError,
+} from "../pipeline/train/loop.ts";
+import { computeGradients, DataParallel } from "../pipeline/train/parallel.ts";
+import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
+import { assertSameBytes, tinySource, TRAIN_CONFIG } from "./_train_data.ts";
+import { assertClose, withTempDir } from "./_util.ts";
 
 const PHASE: Phase = {
   name: "p",
@@ -81,33 +90,61 @@ Deno.test("train: the tensor count stays flat across steps and phases; the loss 
   model.dispose();
 });
 
-Deno.test("train: micro-batches accumulate to the same update as one batch", async () => {
+Deno.test("gradient accumulation: micro-batches give one full batch's loss and every gradient", async () => {
   await setBackend("wasm");
   const noDropout = { ...TRAIN_CONFIG, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 };
-  const weights: Float32Array[][] = [];
-  for (const micro of [8, 3, 1]) {
-    const model = Bert.create(noDropout, {}, 2);
+  const model = Bert.create(noDropout, {}, 2);
+  const source = tinySource(32);
+  const rows = [0, 1, 2, 3, 4, 5, 6, 7]; // lengths 3..12: each micro-batch pads to its own
+  const full = await source.load(0, rows);
+  const t = toTensors(full);
+  const whole = computeGradients(model, classification, t);
+  tf.dispose(Object.values(t));
+  // micro-batches of 3, 3 and 2 rows: a plain mean or a sum of their gradients is wrong
+  const micro: HostBatch[] = [];
+  for (let i = 0; i < rows.length; i += 3) micro.push(await source.load(0, rows.slice(i, i + 3)));
+  for (const replicas of [1, 2]) {
+    const dp = await DataParallel.create(model, { replicas, objective: "classification" });
+    try {
+      const acc = await dp.gradients(micro);
+      assertClose([acc.loss], [whole.loss], 1e-6, `loss (${replicas} replica(s))`);
+      assert.deepEqual([...acc.grads.keys()], [...whole.grads.keys()]);
+      for (const [name, g] of whole.grads) {
+        assertClose(acc.grads.get(name)!.dataSync(), g.dataSync(), 1e-4, `${name} (${replicas})`);
+      }
+      tf.dispose([...acc.grads.values()]);
+    } finally {
+      dp.close();
+    }
+  }
+  tf.dispose([...whole.grads.values()]);
+  model.dispose();
+
+  // the loop feeds its micro-batches the same way: every step's loss and pre-clipping gradient
+  // norm (neither is scale-invariant, unlike the AdamW update) match those of whole batches
+  const curves: CurvePoint[][] = [];
+  for (const microBatchSize of [8, 3]) {
+    const m = Bert.create(noDropout, {}, 2);
     await withTempDir(async (dir) => {
-      await train({
-        model,
-        phases: [{ ...PHASE, steps: 3, microBatchSize: micro }],
-        source: tinySource(32),
+      const res = await train({
+        model: m,
+        phases: [{ ...PHASE, steps: 3, microBatchSize }],
+        source,
         stateDir: dir,
         checkpointEvery: 0,
         seed: 3,
         replicas: 1,
       });
+      curves.push(res.curve);
     });
-    weights.push([...model.params.values()].map((v) => v.dataSync() as Float32Array));
-    model.dispose();
+    m.dispose();
   }
-  for (const other of weights.slice(1)) {
-    other.forEach((w, i) => {
-      for (let j = 0; j < w.length; j++) {
-        assert.ok(Math.abs(w[j] - weights[0][i][j]) < 2e-5, `param ${i}[${j}]`);
-      }
-    });
-  }
+  assert.equal(curves[1].length, 3);
+  curves[1].forEach((p, i) => {
+    const q = curves[0][i];
+    assertClose([p.loss], [q.loss], 1e-5, `step ${p.step} loss`);
+    assertClose([p.gradNorm], [q.gradNorm], 1e-5, `step ${p.step} gradient norm`);
+  });
 });
 
 async function child(dir: string, replicas: number, killAfter?: number) {
@@ -131,13 +168,20 @@ async function child(dir: string, replicas: number, killAfter?: number) {
   return { out, code: status.code, signal: status.signal, err };
 }
 
+/** What a finished child run left in `dir`: every weight, its loss curve, steps it restored. */
+async function childResult(dir: string, out: string) {
+  const weights = (await readSafetensors(join(dir, "final.safetensors"))).tensors;
+  const curve: CurvePoint[] = JSON.parse(await Deno.readTextFile(join(dir, "curve.json")));
+  return { weights, curve, resumedAt: Number(/resumed (\d+)/.exec(out)![1]) };
+}
+
 for (const replicas of [1, 2]) {
-  Deno.test(`train: a run killed with SIGKILL resumes to the same weights (${replicas} replica(s))`, async () => {
+  Deno.test(`train: a run killed with SIGKILL resumes to the same weights, bit for bit (${replicas} replica(s))`, async () => {
     await withTempDir(async (dir) => {
       const whole = await child(join(dir, "a"), replicas);
       assert.equal(whole.code, 0, whole.err);
-      const final = /digest (\S+) loss (\S+) resumed (\d+)/.exec(whole.out)!;
-      assert.equal(final[3], "0");
+      const want = await childResult(join(dir, "a"), whole.out);
+      assert.equal(want.resumedAt, 0);
       // killed after step 3 (last checkpoint at 2) and after step 7 (in phase b; phase a
       // ended at 5 with a checkpoint, the last one is at 6)
       for (const k of [3, 7]) {
@@ -146,61 +190,82 @@ for (const replicas of [1, 2]) {
         assert.equal(killed.signal, "SIGKILL");
         const resumed = await child(d, replicas);
         assert.equal(resumed.code, 0, resumed.err);
-        const m = /digest (\S+) loss (\S+) resumed (\d+)/.exec(resumed.out)!;
-        assert.ok(Number(m[3]) > 0 && Number(m[3]) <= k, `resumed at ${m[3]}`);
-        assert.equal(m[1], final[1], `weights after resuming a run killed at step ${k}`);
-        assert.equal(m[2], final[2]);
+        const got = await childResult(d, resumed.out);
+        assert.ok(got.resumedAt > 0 && got.resumedAt <= k, `resumed at ${got.resumedAt}`);
+        assert.deepEqual([...got.weights.keys()], [...want.weights.keys()]);
+        for (const [name, t] of want.weights) {
+          assertSameBytes(got.weights.get(name)!.data, t.data, `killed at ${k}: ${name}`);
+        }
+        assert.deepEqual(got.curve.map((p) => p.loss), want.curve.map((p) => p.loss));
       }
     });
   });
 }
 
-Deno.test("train: a NaN loss stops with the step named and the last checkpoint intact", async () => {
-  await setBackend("wasm");
-  // classification, poisoned by a NaN when the batch carries `poison`
-  OBJECTIVE_FACTORIES.poisoned = () => (model, batch, ctx) => {
-    const loss = classification(model, batch, ctx);
-    return batch.poison ? tf.add(loss, tf.sum(batch.poison)) as tf.Scalar : loss;
-  };
-  const model = Bert.create(TRAIN_CONFIG, {}, 5);
+/**
+ * Regression on {@link tinySource}'s 0/1 labels; the last row of the 5th batch loaded gets the
+ * target `poison`, so step 5's loss is `poison`-valued. With 2 replicas that row is in the
+ * worker's shard (shard 0, the first rows, stays here).
+ */
+function poisonedSource(poison: number): BatchSource {
   const base = tinySource(48);
   let loads = 0;
-  const source = {
+  return {
     groups: base.groups,
-    load: async (g: number, rows: number[]) => {
+    load: async (g, rows) => {
       const b = await base.load(g, rows);
-      if (++loads === 5) {
-        b.poison = { data: new Float32Array(rows.length).fill(NaN), shape: [rows.length] };
-      }
-      return b;
+      const targets = Float32Array.from(b.labels.data);
+      if (++loads === 5) targets[rows.length - 1] = poison;
+      return { ...b, labels: { data: targets, shape: b.labels.shape } };
     },
   };
-  await withTempDir(async (dir) => {
-    await assert.rejects(
-      train({
-        model,
-        phases: [{ ...PHASE, objective: "poisoned", steps: 8 }],
-        source: { ...source, load: (g, r) => source.load(g, r.slice()) },
-        stateDir: dir,
-        checkpointEvery: 2,
-        seed: 1,
-        replicas: 1,
-      }),
-      (e: unknown) => {
-        assert.ok(e instanceof TrainingDivergedError);
-        assert.equal(e.step, 5);
-        assert.match(e.message, /loss is NaN at phase "p" step 5; the last good checkpoint/);
-        return true;
-      },
-    );
-    const state = JSON.parse(await Deno.readTextFile(join(dir, "ckpt", "state.json")));
-    assert.equal(state.step, 4);
-    // the failed update was not applied: the weights are still those of the step-4 checkpoint
-    const saved = await readSafetensors(join(dir, "ckpt", "weights.safetensors"));
-    for (const [name, v] of model.params) {
-      assert.deepEqual(v.dataSync(), saved.tensors.get(name)!.data, name);
-    }
+}
+
+for (const [poison, replicas] of [[NaN, 1], [Infinity, 1], [NaN, 2]]) {
+  Deno.test(`train: a loss of ${poison} on ${replicas} replica(s) stops with the phase and step named, the update not applied, the last checkpoint intact`, async () => {
+    await setBackend("wasm");
+    const model = Bert.create({ ...TRAIN_CONFIG, id2label: { "0": "score" } }, {}, 5);
+    let afterStep4 = new Map<string, Float32Array>();
+    const keepWeights = () => {
+      afterStep4 = new Map([...model.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]));
+    };
+    await withTempDir(async (dir) => {
+      await assert.rejects(
+        train({
+          model,
+          phases: [{ ...PHASE, objective: "regression", steps: 8 }],
+          source: poisonedSource(poison),
+          stateDir: dir,
+          checkpointEvery: 2,
+          seed: 1,
+          replicas,
+          afterStep: (s) => s === 4 ? keepWeights() : undefined,
+        }),
+        (e: unknown) => {
+          assert.ok(e instanceof TrainingDivergedError, String(e));
+          assert.equal(e.phase, "p");
+          assert.equal(e.step, 5);
+          assert.ok(Object.is(e.loss, poison), `loss ${e.loss}`);
+          assert.match(
+            e.message,
+            new RegExp(
+              `loss is ${poison} at phase "p" step 5; the last good checkpoint is kept in .*ckpt`,
+            ),
+          );
+          return true;
+        },
+      );
+      const state = JSON.parse(await Deno.readTextFile(join(dir, "ckpt", "state.json")));
+      assert.equal(state.step, 4);
+      assert.equal(state.curve.length, 4);
+      // the failed update was not applied, and the checkpoint holds the weights after step 4
+      const saved = await readSafetensors(join(dir, "ckpt", "weights.safetensors"));
+      assert.equal(afterStep4.size, model.params.size);
+      for (const [name, w] of afterStep4) {
+        assertSameBytes(model.params.get(name)!.dataSync() as Float32Array, w, `model ${name}`);
+        assertSameBytes(saved.tensors.get(name)!.data, w, `checkpoint ${name}`);
+      }
+    });
+    model.dispose();
   });
-  delete OBJECTIVE_FACTORIES.poisoned;
-  model.dispose();
-});
+}

@@ -325,9 +325,11 @@ export class DataParallel {
   /**
    * Mean loss and gradients over `batch`, computed on all replicas at once; shard `i` gets
    * dropout seed `seed * replicas + i`. Gradients are averaged on the host, weighted by shard size.
+   * Given micro-batches, they are accumulated as {@link step} does (its gradients before the
+   * update): the mean over all their rows.
    */
-  async gradients(batch: HostBatch, seed = 0): Promise<GradientResult> {
-    const { loss, names } = await this.averagedGradients(batch, seed, 1, false);
+  async gradients(batch: HostBatch | HostBatch[], seed = 0): Promise<GradientResult> {
+    const { loss, names } = await this.accumulate(batch, seed);
     return { loss, grads: readGradients(this.layout, this.averaged, names) };
   }
 
@@ -357,18 +359,7 @@ export class DataParallel {
       );
       this.optimizer = optimizer;
     }
-    // Micro-batches (gradient accumulation): each one's averaged gradients are added into the
-    // shared buffer weighted by its share of the rows, so the update equals one big batch's.
-    const micro = Array.isArray(batch) ? batch : [batch];
-    const total = micro.reduce((n, b) => n + batchRows(b), 0);
-    let loss = 0;
-    let names: string[] = [];
-    for (let k = 0; k < micro.length; k++) {
-      const share = batchRows(micro[k]) / total;
-      const res = await this.averagedGradients(micro[k], seed * micro.length + k, share, k > 0);
-      loss += res.loss * share;
-      names = k === 0 ? res.names : names.filter((n) => res.names.includes(n));
-    }
+    const { loss, names } = await this.accumulate(batch, seed);
     if (!Number.isFinite(loss)) {
       // nothing applied: the weights stay those of the last good step
       throw new NonFiniteLossError(loss, optimizer.stepCount + 1);
@@ -423,6 +414,29 @@ export class DataParallel {
       tf.dispose(Object.values(localBatch));
     }
     return { local: mine, remote: await Promise.all(pending), bounds, n };
+  }
+
+  /**
+   * Mean loss and gradients over one batch or its micro-batches (gradient accumulation), the
+   * gradients left in `this.averaged`: each micro-batch's averaged gradients are added in weighted
+   * by its share of the rows, so the result equals one big batch's. Micro-batch `k` of `m` gets
+   * dropout seed `seed * m + k`. Returns the names that have a gradient in every micro-batch.
+   */
+  private async accumulate(
+    batch: HostBatch | HostBatch[],
+    seed: number,
+  ): Promise<{ loss: number; names: string[] }> {
+    const micro = Array.isArray(batch) ? batch : [batch];
+    const total = micro.reduce((n, b) => n + batchRows(b), 0);
+    let loss = 0;
+    let names: string[] = [];
+    for (let k = 0; k < micro.length; k++) {
+      const share = batchRows(micro[k]) / total;
+      const res = await this.averagedGradients(micro[k], seed * micro.length + k, share, k > 0);
+      loss += res.loss * share;
+      names = k === 0 ? res.names : names.filter((n) => res.names.includes(n));
+    }
+    return { loss, names };
   }
 
   /** Average the shards' gradients into `this.averaged`; returns the names that have one. */
