@@ -347,3 +347,40 @@ Deno.test("distill stage: attention_kl, cosine, value_relation, per-layer projec
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("lossBreakdown reports without dropout: the same model and batch give the same values", () => {
+  const student = Bert.create(
+    {
+      vocab_size: 50,
+      num_hidden_layers: 1,
+      hidden_size: 8,
+      num_attention_heads: 2,
+      intermediate_size: 8,
+      max_position_embeddings: 16,
+      hidden_dropout_prob: 0.5,
+      attention_probs_dropout_prob: 0.5,
+    },
+    { classifier: false },
+    3,
+  );
+  const [B, S, H] = [2, 6, 8];
+  const batch: Batch = {
+    inputIds: tf.tensor2d(Array.from({ length: B * S }, (_, i) => (i * 7) % 50), [B, S], "int32"),
+    attentionMask: tf.ones([B, S], "int32"),
+    tokenTypeIds: tf.zeros([B, S], "int32"),
+    t_hidden_0: tf.randomNormal([B, S, H], 0, 1, "float32", 1),
+    t_hidden_1: tf.randomNormal([B, S, H], 0, 1, "float32", 2),
+  };
+  const opts = {
+    terms: [{ name: "hidden_mse" as const, weight: 1 }],
+    layerMap: [0, 1],
+    embeddings: true,
+    projection: "shared" as const,
+  };
+  const first = lossBreakdown(student, batch, opts).hidden_mse;
+  const second = lossBreakdown(student, batch, opts).hidden_mse;
+  assert.ok(Number.isFinite(first));
+  assert.equal(second, first, "dropout (p = 0.5) would draw other masks on each call");
+  tf.dispose(Object.values(batch));
+  student.dispose();
+});

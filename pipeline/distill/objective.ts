@@ -280,7 +280,7 @@ export function distillationObjective(options: unknown): Objective {
       attentionMask: batch.attentionMask as tf.Tensor2D,
       tokenTypeIds: batch.tokenTypeIds as tf.Tensor2D,
     }, {
-      training: true,
+      training: ctx.training ?? true,
       seed: ctx.seed,
       attentionScores: needs.has("scores"),
       hiddenStates: needs.has("hidden"),
@@ -308,7 +308,8 @@ function logitsOf(l: tf.Tensor2D | undefined): tf.Tensor2D {
 }
 
 /**
- * Each term's value on a batch without gradients (for logs and tests): `{ name: value }`.
+ * Each term's value on a batch without gradients and without dropout (for logs and tests; the
+ * same model and batch always give the same values): `{ name: value }`.
  */
 export function lossBreakdown(
   model: Bert,
@@ -318,7 +319,7 @@ export function lossBreakdown(
   const res: Record<string, number> = {};
   for (const term of opts.terms) {
     const f = distillationObjective({ ...opts, terms: [{ ...term, weight: 1 }] });
-    const v = tf.tidy(() => f(model, batch, {}));
+    const v = tf.tidy(() => f(model, batch, { training: false }));
     res[term.name] = v.dataSync()[0];
     v.dispose();
   }

@@ -14,7 +14,10 @@ export type Batch = Record<string, tf.Tensor>;
 
 /** Per-call context: a dropout seed so replicas and reruns draw the same masks. */
 export interface ObjectiveContext {
+  /** Seed of the dropout masks (training). */
   seed?: number;
+  /** false: no dropout, e.g. to report a loss's value (default true: a training step). */
+  training?: boolean;
 }
 
 /** A loss over a batch; must be a mean over the batch's examples so shards can be averaged. */
@@ -31,7 +34,7 @@ function inputsOf(batch: Batch) {
 /** Cross-entropy of the classifier on integer `labels [batch]`, mean over the batch. */
 export const classification: Objective = (model, batch, ctx) => {
   const out = model.forward(inputsOf(batch), {
-    training: true,
+    training: ctx.training ?? true,
     seed: ctx.seed,
     attentionScores: false,
     hiddenStates: false,
@@ -45,7 +48,7 @@ export const classification: Objective = (model, batch, ctx) => {
 /** Mean squared error of the single output on float `labels [batch]` (regression). */
 export const regression: Objective = (model, batch, ctx) => {
   const out = model.forward(inputsOf(batch), {
-    training: true,
+    training: ctx.training ?? true,
     seed: ctx.seed,
     attentionScores: false,
     hiddenStates: false,
@@ -64,7 +67,7 @@ export const IGNORE_INDEX = -100;
  */
 export const mlm: Objective = (model, batch, ctx) => {
   const out = model.forward(inputsOf(batch), {
-    training: true,
+    training: ctx.training ?? true,
     seed: ctx.seed,
     attentionScores: false,
     hiddenStates: false,
