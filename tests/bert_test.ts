@@ -9,7 +9,7 @@ import { Bert, MASK_VALUE } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { classification } from "../pipeline/train/objectives.ts";
 import { computeGradients } from "../pipeline/train/parallel.ts";
-import { assertClose } from "./_util.ts";
+import { assertClose, maxAbsErr, realKeyMask, UNIT_FLOOR } from "./_util.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Scalar reference: every number computed with explicit loops in float64.
@@ -142,6 +142,12 @@ const CONFIG: Partial<BertConfig> = {
   hidden_dropout_prob: 0.1,
   attention_probs_dropout_prob: 0.1,
 };
+/**
+ * Absolute bound on the padded key columns of the attention scores: −10000 + s, which float32
+ * resolves only to ≈ 5e-4 (half its spacing near 10000).
+ */
+const PADDED_ABS_TOL = 2e-3;
+
 const IDS = [[2, 7, 7, 11, 3, 0], [2, 19, 5, 3, 8, 3]];
 const MASK = [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]];
 const TYPES = [[0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]];
@@ -184,20 +190,28 @@ for (const backend of ["cpu", "wasm"] as BackendName[]) {
     const out = bert.forward(x, { mlm: true });
     assert.equal(out.hiddenStates.length, 3);
     assert.equal(out.attentionScores.length, 2);
+    // every output per element (see UNIT_FLOOR); the attention scores per real key column,
+    // so that the −10000 of the padded column does not set their scale
+    const unit = { floor: UNIT_FLOOR };
     out.hiddenStates.forEach((t, l) => {
       assert.deepEqual(t.shape, [2, 6, 12]);
-      assertClose(t.dataSync(), ref.hidden[l].flat(2), 1e-4, `hidden state ${l}`);
+      assertClose(t.dataSync(), ref.hidden[l].flat(2), 1e-4, `hidden state ${l}`, unit);
     });
+    const real = realKeyMask(MASK, 3), padded = real.map((r) => 1 - r);
+    assert.equal(padded.reduce((a, b) => a + b, 0), 3 * 6); // row 0's last key column: 3 heads × 6 queries
     out.attentionScores.forEach((t, l) => {
       assert.deepEqual(t.shape, [2, 3, 6, 6]);
-      assertClose(t.dataSync(), ref.scores[l].flat(3), 1e-4, `attention scores ${l}`);
+      const got = t.dataSync(), want = ref.scores[l].flat(3);
+      assertClose(got, want, 1e-4, `attention scores ${l}, real keys`, { ...unit, where: real });
+      const pad = maxAbsErr(got, want, padded);
+      assert.ok(pad <= PADDED_ABS_TOL, `attention scores ${l}, padded keys: |error| ${pad}`);
     });
     // the padded key column of row 0 carries the −10000 offset; query rows are not masked
     const s0 = out.attentionScores[0].arraySync() as number[][][][];
     assert.ok(s0[0][1][2][5] < -9000 && s0[0][1][5][2] > -100);
-    assertClose(out.pooled.dataSync(), ref.pooled.flat(), 1e-4, "pooled");
-    assertClose(out.logits!.dataSync(), ref.logits.flat(), 1e-4, "logits");
-    assertClose(out.mlmLogits!.dataSync(), ref.mlm.flat(2), 1e-4, "mlm logits");
+    assertClose(out.pooled.dataSync(), ref.pooled.flat(), 1e-4, "pooled", unit);
+    assertClose(out.logits!.dataSync(), ref.logits.flat(), 1e-4, "logits", unit);
+    assertClose(out.mlmLogits!.dataSync(), ref.mlm.flat(2), 1e-4, "mlm logits", unit);
     tf.dispose([...Object.values(x), ...out.hiddenStates, ...out.attentionScores, out.pooled]);
     tf.dispose([out.logits!, out.mlmLogits!]);
     bert.dispose();
@@ -286,7 +300,9 @@ Deno.test("any shape: 1 head, odd widths, no token types, no mask, MLM-only head
     0,
     0,
   ]]);
-  assertClose(out.mlmLogits!.dataSync(), ref.mlm.flat(2), 1e-4, "mlm logits");
+  assertClose(out.mlmLogits!.dataSync(), ref.mlm.flat(2), 1e-4, "mlm logits", {
+    floor: UNIT_FLOOR,
+  });
   assert.throws(
     () => bert.forward({ inputIds: tf.zeros([1, 5], "int32") as tf.Tensor2D }),
     /sequence length 5 exceeds max_position_embeddings 4/,

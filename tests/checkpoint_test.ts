@@ -317,9 +317,12 @@ Deno.test("F16 and BF16 round trips hold the nearest half-precision values", () 
       }
       // The model still computes about the same thing.
       const got = outputsOf(loaded);
-      const tol = dtype === "F16" ? 1e-2 : 8e-2; // measured: 1.9e-3 and 1.6e-2 (logits)
+      // Per element, floor 0.3: half-precision weights move every output (of order 0.2–3) by an
+      // absolute amount that scales with the model's values, not with each entry.
+      // Measured worst: F16 7.2e-3, BF16 5.1e-2 (mlm_logits).
+      const tol = dtype === "F16" ? 1e-2 : 8e-2;
       for (const k of ["hidden_states.2", "pooled", "logits", "mlm_logits"]) {
-        const e = relErr(got.get(k)!, want.get(k)!);
+        const e = relErr(got.get(k)!, want.get(k)!, { floor: 0.3 });
         assert.ok(e <= tol, `${dtype} ${k}: relative error ${e} > ${tol}`);
       }
       loaded.dispose();

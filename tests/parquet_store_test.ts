@@ -376,10 +376,52 @@ Deno.test("DuckDB reads the parts as ordinary Parquet", async () => {
   });
 });
 
-Deno.test("measureThroughput smoke", async () => {
+// measureThroughput is what `deno task bench` reports; its speeds are not asserted here (no
+// timing in unit tests). What it measures is: the payload it reports is what it wrote, read back
+// value for value, and its byte count is the parts' size on disk.
+Deno.test("measureThroughput writes, finalizes and reads back the payload it reports", async () => {
+  const rowFloats = 1000, rowsPerPart = 50, totalRows = 250; // 1 MB of float32
+  const fileBytes: Record<string, number> = {};
   for (const dtype of ["F32", "F16"] as const) {
-    const t = await measureThroughput({ payloadMB: 1, dtype, rowFloats: 1000, rowsPerPart: 50 });
-    assert.ok(t.writeMBps > 0 && t.readMBps > 0 && t.finalizeMBps > 0);
-    assert.ok(Math.abs(t.fileMB - (dtype === "F16" ? 0.5 : 1)) < 0.05, `${t.fileMB} MB on disk`);
+    await withTempDir(async (dir) => {
+      const t = await measureThroughput({ payloadMB: 1, dtype, rowFloats, rowsPerPart, dir });
+      assert.equal(t.dtype, dtype);
+      assert.equal(t.payloadMB, totalRows * rowFloats * 4 / 1e6);
+      // fileMB is the size of the part files on disk, as finalize's index records it
+      const index = JSON.parse(await Deno.readTextFile(join(dir, "index.json")));
+      assert.equal(index.parts.length, totalRows / rowsPerPart);
+      let onDisk = 0;
+      for (const p of index.parts as { file: string; bytes: number }[]) {
+        const size = (await Deno.stat(join(dir, p.file))).size;
+        assert.equal(p.bytes, size, p.file);
+        onDisk += size;
+      }
+      assert.equal(t.fileMB, onDisk / 1e6);
+      fileBytes[dtype] = onDisk;
+      // the payload read back: every part holds rows 0..49 of 3·sin(0.37·i) (measureThroughput's
+      // data), stored as float32 or rounded to float16
+      const reader = await PartReader.open(dir);
+      assert.equal(reader.totalRows, totalRows);
+      const flat = Float32Array.from(
+        { length: rowsPerPart * rowFloats },
+        (_, i) => Math.sin(i * 0.37) * 3,
+      );
+      const stored = dtype === "F16" ? new Float32Array(new Float16Array(flat)) : flat;
+      let rows = 0;
+      for await (const { row, values } of reader.rows()) {
+        const r = row % rowsPerPart;
+        assert.equal(values.label, 0);
+        assert.deepEqual(
+          values.x,
+          stored.subarray(r * rowFloats, (r + 1) * rowFloats),
+          `row ${row}`,
+        );
+        rows++;
+      }
+      assert.equal(rows, totalRows);
+    });
   }
+  // float blobs are stored uncompressed: F32 ≥ the payload, F16 half of it, plus a little framing
+  assert.ok(fileBytes.F32 >= 1e6 && fileBytes.F32 < 1.05e6, `F32: ${fileBytes.F32} bytes`);
+  assert.ok(fileBytes.F16 >= 0.5e6 && fileBytes.F16 < 0.55e6, `F16: ${fileBytes.F16} bytes`);
 });

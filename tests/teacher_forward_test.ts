@@ -1,10 +1,11 @@
 /**
- * teacher-forward through the runner: cached values equal a direct unpadded forward pass, the
- * pitfalls are refused, the size limit holds, and a kill -9 mid-run resumes to identical parts.
+ * teacher-forward through the runner: cached values equal a direct unpadded forward pass on the
+ * engine asked for (ONNX Runtime or tfjs, as the manifest records), DuckDB reads the same values,
+ * the pitfalls are refused, the size limit holds, and a kill -9 mid-run resumes to identical parts.
  */
 
 import assert from "node:assert/strict";
-import { DuckDBInstance } from "@duckdb/node-api";
+import { DuckDBBlobValue, DuckDBInstance } from "@duckdb/node-api";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
@@ -14,7 +15,7 @@ import { PartReader } from "../pipeline/store/parquet.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
-import { assertClose, assertInputError, withTempDir } from "./_util.ts";
+import { assertClose, assertInputError, UNIT_FLOOR, withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");
 const VOCAB = 30522;
@@ -76,6 +77,10 @@ async function cachedOutputsMatch(engine: string) {
     );
     const reports = await runPipeline(p, { quiet: true });
     const cacheDir = reports[1].dir;
+    // the engine asked for is the one that ran: the onnx engine falls back to tfjs (with a log
+    // line) when ONNX Runtime cannot load, and the values below would match on tfjs too
+    const manifest = JSON.parse(await Deno.readTextFile(join(cacheDir, "manifest.json")));
+    assert.equal(manifest.metrics.engine, engine, "engine recorded in the stage manifest");
     const cache = JSON.parse(await Deno.readTextFile(join(cacheDir, "cache.json")));
     assert.deepEqual(cache.layer_map, [0, 2, 4]); // uniform, 4 teacher layers → 2 student
     assert.deepEqual(cache.attention_layers, [1, 3]);
@@ -84,8 +89,11 @@ async function cachedOutputsMatch(engine: string) {
     assert.equal(cached.totalRows, tokens.totalRows);
     const tokRows: Record<string, unknown>[] = [];
     for await (const r of tokens.rows(["input_ids", "token_type_ids"])) tokRows.push(r.values);
+    const cachedRows: Record<string, unknown>[] = [];
     let n = 0;
     for await (const { row, values } of cached.rows()) {
+      assert.equal(row, cachedRows.length);
+      cachedRows.push(values);
       const ids = tokRows[row].input_ids as Int32Array,
         types = tokRows[row].token_type_ids as Int32Array;
       const len = ids.length;
@@ -95,6 +103,8 @@ async function cachedOutputsMatch(engine: string) {
           inputIds: tf.tensor2d(ids, [1, len], "int32"),
           tokenTypeIds: tf.tensor2d(types, [1, len], "int32"),
         });
+        // per element (no padding here: every score is a real one); floors in tests/_util.ts
+        const unit = { floor: UNIT_FLOOR };
         assertClose(values.logits as Float32Array, out.logits!.dataSync(), 1e-4, `logits ${row}`);
         for (const i of [0, 2, 4]) {
           assertClose(
@@ -102,6 +112,7 @@ async function cachedOutputsMatch(engine: string) {
             out.hiddenStates[i].dataSync(),
             1e-4,
             `h${i}`,
+            unit,
           );
         }
         for (const l of [1, 3]) {
@@ -110,19 +121,22 @@ async function cachedOutputsMatch(engine: string) {
             out.attentionScores[l].dataSync(),
             1e-4,
             `s${l}`,
+            unit,
           );
         }
       });
       n++;
     }
     assert.equal(n, 18);
-    // an independent engine reads the pipeline's cache: DuckDB, row count and values
+    // an independent engine reads the pipeline's cache: DuckDB sees the same rows and, decoding
+    // each blob as little-endian float32 (F32 cache), bit-identical values to PartReader's
+    const floatCols = ["logits", "hidden_0", "hidden_2", "hidden_4", "scores_1", "scores_3"];
     const db = await DuckDBInstance.create(":memory:");
     const con = await db.connect();
     try {
       const glob = join(cacheDir, "train", "part-*.parquet").replaceAll("'", "''");
       const res = await con.runAndReadAll(
-        `SELECT length, octet_length(scores_1) AS sb, octet_length(logits) AS lb
+        `SELECT length, label, ${floatCols.join(", ")}
          FROM read_parquet('${glob}', file_row_number = true, filename = true)
          ORDER BY filename, file_row_number`,
       );
@@ -131,14 +145,21 @@ async function cachedOutputsMatch(engine: string) {
       rows.forEach((r, i) => {
         const len = (tokRows[i].input_ids as Int32Array).length;
         assert.equal(Number(r.length), len);
-        assert.equal(Number(r.sb), 4 * len * len * 4); // 4 heads × len² float32
-        assert.equal(Number(r.lb), 2 * 4);
+        assert.equal(Number(r.length), cachedRows[i].length);
+        assert.equal(Number(r.label), cachedRows[i].label);
+        for (const c of floatCols) {
+          const blob = r[c];
+          assert.ok(blob instanceof DuckDBBlobValue, `${c} row ${i} is a BLOB`);
+          const values = new Float32Array(blob.bytes.slice().buffer);
+          assert.deepEqual(values, cachedRows[i][c], `${c} row ${i}: DuckDB vs PartReader`);
+        }
+        assert.equal((r.scores_1 as DuckDBBlobValue).bytes.length, 4 * len * len * 4); // 4 heads
+        assert.equal((r.logits as DuckDBBlobValue).bytes.length, 2 * 4);
       });
     } finally {
       con.closeSync();
       db.closeSync();
     }
-    const manifest = JSON.parse(await Deno.readTextFile(join(cacheDir, "manifest.json")));
     assert.equal(manifest.counts.examples, 30);
     assert.ok(manifest.metrics.cache_bytes > 0);
     teacher.dispose();

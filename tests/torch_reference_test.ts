@@ -5,10 +5,12 @@
  * gradient for every parameter, and the parameters after one AdamW step with weight decay and
  * gradient clipping — on the `cpu` and `wasm` backends.
  *
- * Error measure (per tensor): relErr(a, b) = max|a − b| / max(1e-6, max|b|), with b the torch
- * value (see `tests/_util.ts`). Attention scores are also split: columns of real keys get the
- * same measure over those columns only; padded key columns (≈ −10000 + score) get an absolute
- * bound, since float32 resolves −10000 + s only to ≈ 1e-3.
+ * Error measure (per element): relErr(a, b) = max_i |a_i − b_i| / max(|b_i|, floor), with b the
+ * torch value (see `tests/_util.ts`), so every entry is held to its own magnitude; the absolute
+ * floor, chosen per kind of value below, bounds the denominator of entries near 0. Attention
+ * scores are split: columns of real keys get that measure over those columns only; padded key
+ * columns (≈ −10000 + score) get an absolute bound, since float32 resolves −10000 + s only to
+ * ≈ 1e-3.
  *
  * Needs a python3 with torch and numpy (Debian: `apt-get install python3-torch python3-numpy`);
  * `TINYSTILL_PYTHON` may name the interpreter. Without one, the tests are skipped with a message.
@@ -29,7 +31,15 @@ import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
 import { classification } from "../pipeline/train/objectives.ts";
 import { AdamW } from "../pipeline/train/optim.ts";
 import { computeGradients } from "../pipeline/train/parallel.ts";
-import { randomArray, relErr, rng } from "./_util.ts";
+import {
+  maxAbsErr,
+  randomArray,
+  realKeyMask,
+  REL_FLOOR,
+  relErr,
+  rng,
+  UNIT_FLOOR,
+} from "./_util.ts";
 import { type F64Tensor, type Inputs, PYTHON, runTorch as runReference } from "./_torch.ts";
 
 const runTorch = (ckpt: string, inputs: Inputs, work: string) =>
@@ -37,10 +47,26 @@ const runTorch = (ckpt: string, inputs: Inputs, work: string) =>
 
 /** Relative tolerance for everything compared with relErr. */
 const TOL = 1e-4;
+/**
+ * relErr floor of the forward outputs and of the parameters (hidden states, scores, logits of
+ * order one; parameters uniform ±0.3 and 1 ± 0.2): see UNIT_FLOOR.
+ */
+const VALUE_FLOOR = UNIT_FLOOR;
+/**
+ * relErr floor of the gradients: their largest entries are 4e-3 to 0.3 per tensor here, and
+ * their float32 rounding is absolute like that of the forward values, so entries below 1e-3 are
+ * held to TOL · 1e-3 = 1e-7.
+ */
+const GRAD_FLOOR = 1e-3;
+/**
+ * relErr floor of the AdamW update Δ, whose entries are ≈ lr = 5e-3 (Adam's first step) or, where
+ * the gradient is exactly 0, lr·wd·|p| ≈ 1.5e-5 (pure decay): those are held to TOL · 1e-3.
+ */
+const DELTA_FLOOR = 1e-3;
 /** Absolute tolerance on padded key columns of the attention scores (values ≈ −10000). */
 const PADDED_ABS_TOL = 2e-3;
 /**
- * Tolerance on the AdamW update Δ = p_after − p_before (relErr per tensor), which unlike the
+ * Tolerance on the AdamW update Δ = p_after − p_before (relErr, floor DELTA_FLOOR), which unlike the
  * updated parameters themselves is sensitive to the weight-decay term (≈ wd·|p| ≈ 3e-3 of the
  * step here) and to bias correction. The first Adam step is lr·ĝ/(|ĝ| + eps), whose
  * sensitivity to ĝ is lr·eps/(|ĝ| + eps)²: float32 noise in gradients near eps is amplified up
@@ -163,10 +189,17 @@ class Errors {
     if (!(err <= tol)) this.failures.push(`${what}: ${err.toExponential(3)} > ${tol}`);
   }
 
-  rel(category: string, what: string, a: ArrayLike<number>, b: F64Tensor | undefined): void {
+  /** relErr (per element, with `floor`; the default suits scalars) against torch at TOL. */
+  rel(
+    category: string,
+    what: string,
+    a: ArrayLike<number>,
+    b: F64Tensor | undefined,
+    floor = REL_FLOOR,
+  ): void {
     assert.ok(b, `torch output ${what} is missing`);
     assert.equal(a.length, b.data.length, `${what}: size`);
-    this.check(category, what, relErr(a, b.data), TOL);
+    this.check(category, what, relErr(a, b.data, { floor }), TOL);
   }
 }
 
@@ -175,7 +208,10 @@ function expectShape(t: tf.Tensor, ref: F64Tensor | undefined, what: string): vo
   assert.deepEqual(t.shape, ref.shape, `${what}: shape`);
 }
 
-/** Scores of real key columns (relErr over them) and padded ones (absolute error). */
+/**
+ * Scores of real key columns (relErr per element over them) and padded ones (absolute error):
+ * the −10000 of a padded column must not set the scale of the others.
+ */
 function compareScores(
   errs: Errors,
   what: string,
@@ -183,28 +219,17 @@ function compareScores(
   ref: F64Tensor,
   mask: number[][],
 ): void {
-  const [B, nh, S] = ref.shape;
-  let realNum = 0, realDen = 0, padNum = 0, padSeen = 0;
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < nh * S; i++) {
-      for (let j = 0; j < S; j++) {
-        const k = (b * nh * S + i) * S + j;
-        const d = Math.abs(got[k] - ref.data[k]);
-        if (mask[b][j]) {
-          realNum = Math.max(realNum, d);
-          realDen = Math.max(realDen, Math.abs(ref.data[k]));
-        } else {
-          padSeen++;
-          padNum = Math.max(padNum, d);
-          assert.ok(Math.abs(ref.data[k] - MASK_VALUE) < 100, `${what}: torch padded column`);
-        }
-      }
-    }
-  }
-  errs.rel("attention scores (whole tensor)", what, got, ref);
-  errs.check("attention scores (real keys)", `${what} real keys`, realNum / realDen, TOL);
-  if (padSeen > 0) {
-    errs.check("attention scores (padded keys, abs)", `${what} padded`, padNum, PADDED_ABS_TOL);
+  const real = realKeyMask(mask, ref.shape[1]);
+  const padded = real.map((r) => 1 - r);
+  assert.equal(got.length, real.length, `${what}: size`);
+  const realErr = relErr(got, ref.data, { floor: VALUE_FLOOR, where: real });
+  errs.check("attention scores (real keys)", `${what} real keys`, realErr, TOL);
+  if (padded.some((p) => p === 1)) {
+    padded.forEach((p, k) =>
+      p && assert.ok(Math.abs(ref.data[k] - MASK_VALUE) < 100, `${what}: torch padded column`)
+    );
+    const pad = maxAbsErr(got, ref.data, padded);
+    errs.check("attention scores (padded keys, abs)", `${what} padded`, pad, PADDED_ABS_TOL);
   }
 }
 
@@ -300,6 +325,7 @@ for (const [ci, c] of CASES.entries()) {
               `hidden_states.${i}`,
               h.dataSync(),
               ref.get(`hidden_states.${i}`),
+              VALUE_FLOOR,
             );
           });
           out.attentionScores.forEach((s, l) => {
@@ -314,12 +340,18 @@ for (const [ci, c] of CASES.entries()) {
             );
           });
           expectShape(out.pooled, ref.get("pooled"), "pooled");
-          errs.rel("pooled", "pooled", out.pooled.dataSync(), ref.get("pooled"));
+          errs.rel("pooled", "pooled", out.pooled.dataSync(), ref.get("pooled"), VALUE_FLOOR);
           expectShape(out.logits!, ref.get("logits"), "logits");
-          errs.rel("logits", "logits", out.logits!.dataSync(), ref.get("logits"));
+          errs.rel("logits", "logits", out.logits!.dataSync(), ref.get("logits"), VALUE_FLOOR);
           if (c.heads.mlm) {
             expectShape(out.mlmLogits!, ref.get("mlm_logits"), "mlm_logits");
-            errs.rel("mlm logits", "mlm_logits", out.mlmLogits!.dataSync(), ref.get("mlm_logits"));
+            errs.rel(
+              "mlm logits",
+              "mlm_logits",
+              out.mlmLogits!.dataSync(),
+              ref.get("mlm_logits"),
+              VALUE_FLOOR,
+            );
           } else {
             assert.equal(out.mlmLogits, undefined);
             assert.equal(ref.has("mlm_logits"), false);
@@ -349,7 +381,7 @@ for (const [ci, c] of CASES.entries()) {
               errs.check("zero gradients (max|g| / largest gradient)", `grad.${name}`, noise, TOL);
               continue;
             }
-            errs.rel("gradients", `grad.${name}`, g.dataSync(), r);
+            errs.rel("gradients", `grad.${name}`, g.dataSync(), r, GRAD_FLOOR);
           }
 
           // One AdamW step, weight decay on, clipping on.
@@ -368,7 +400,7 @@ for (const [ci, c] of CASES.entries()) {
           for (const [name, p] of model.params) {
             const after = p.dataSync() as Float32Array;
             const r = ref.get(`updated.${name}`)!;
-            errs.rel("params after AdamW", `updated.${name}`, after, r);
+            errs.rel("params after AdamW", `updated.${name}`, after, r, VALUE_FLOOR);
             const p0 = before.get(name)!;
             if (noGrad.has(name)) {
               assert.ok(
@@ -393,7 +425,7 @@ for (const [ci, c] of CASES.entries()) {
             errs.check(
               "AdamW update Δ (conditioned elements)",
               `Δ${name}${isNoDecay(name) ? "" : " (decayed)"}`,
-              relErr(delta, deltaRef),
+              relErr(delta, deltaRef, { floor: DELTA_FLOOR }),
               DELTA_TOL,
             );
           }
