@@ -39,7 +39,7 @@ export interface StageContext<P> {
   progress(total: number, unit: string): Progress;
   log(message: string): void;
   /** Set when this process runs one share of a shardable stage. */
-  shard?: { index: number; count: number };
+  shard?: ShardSpec;
 }
 
 /** What a stage reports back; it goes into `manifest.json`. */
@@ -96,7 +96,7 @@ export interface RunOptions {
    * Run only this share of the shardable stage (`--shard i/n`): it writes its parts and stops
    * without finalising; a later run without `--shard` checks every part is there and finishes.
    */
-  shard?: { index: number; count: number };
+  shard?: ShardSpec;
 }
 
 /** Parse `"i/n"` (as given to `--shard`) into a ShardSpec. */
@@ -342,7 +342,7 @@ async function contextFor(
   env: RunEnv,
   s: Planned,
   out: string,
-  shard?: { index: number; count: number },
+  shard?: ShardSpec,
   // deno-lint-ignore no-explicit-any
 ): Promise<StageContext<any>> {
   const { p, byKey, resolvePath, log, quiet } = env;
@@ -370,7 +370,7 @@ async function contextFor(
   };
 }
 
-async function runShard(env: RunEnv, s: Planned, shard: { index: number; count: number }) {
+async function runShard(env: RunEnv, s: Planned, shard: ShardSpec) {
   const partial = await partialDir(s);
   const ctx = await contextFor(env, s, partial, shard);
   env.log(`${s.key}: shard ${shard.index}/${shard.count} → ${partial}`);

@@ -198,10 +198,11 @@ export async function loadForTask(
   return new Bert(config, { classifier: true, mlm: false }, tensors);
 }
 
-/** The defaults of a training stage's optimiser settings (each stage states its own). */
+/**
+ * The defaults of a training stage's optimiser settings (each stage states its own; the default
+ * length is {@link withLength}'s).
+ */
 export interface OptimDefaults {
-  /** Epochs when neither `epochs` nor `steps` is given. */
-  epochs: number;
   batch_size: number;
   lr: number;
   warmup: number;
@@ -231,7 +232,7 @@ export const PhaseOptimParams = {
  * Optimiser settings for a params schema, with a stage's `defaults` filled in. Wrap the schema in
  * {@link withLength} for the `epochs`/`steps` rule and the default length.
  */
-export function optimParams(d: Omit<OptimDefaults, "epochs">) {
+export function optimParams(d: OptimDefaults) {
   return {
     ...PhaseOptimParams,
     batch_size: PhaseOptimParams.batch_size.unwrap().default(d.batch_size),
