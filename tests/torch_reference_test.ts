@@ -31,6 +31,8 @@ import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
 import { classification } from "../pipeline/train/objectives.ts";
 import { AdamW } from "../pipeline/train/optim.ts";
 import { computeGradients } from "../pipeline/train/parallel.ts";
+import type { HostBatch } from "../pipeline/train/batch.ts";
+import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
 import {
   maxAbsErr,
   randomArray,
@@ -233,6 +235,101 @@ function compareScores(
   }
 }
 
+/** The torch inputs as a host batch (int32), as the training loop feeds an engine. */
+function hostBatchOf(inputs: Inputs): HostBatch {
+  const B = inputs.input_ids.length, S = inputs.input_ids[0].length;
+  const int2 = (rows: number[][]) => ({ data: Int32Array.from(rows.flat()), shape: [B, S] });
+  return {
+    inputIds: int2(inputs.input_ids),
+    attentionMask: int2(inputs.attention_mask),
+    tokenTypeIds: int2(inputs.token_type_ids),
+    labels: { data: Int32Array.from(inputs.labels), shape: [B] },
+  };
+}
+
+/** What one engine computed for the training step. */
+interface TrainingStep {
+  loss: number;
+  grads: Map<string, ArrayLike<number>>;
+  gradNorm: number;
+  /** Every parameter after the AdamW step. */
+  after: Map<string, ArrayLike<number>>;
+}
+
+/** The torch side of the comparison. */
+interface TorchStep {
+  ref: Map<string, F64Tensor>;
+  noGrad: Set<string>;
+  zeroGrad: Set<string>;
+  gradMax: number;
+  gradNormRef: number;
+  before: Map<string, Float32Array>;
+}
+
+/**
+ * Loss, every gradient, the gradient norm, every parameter after AdamW and the update Δ of the
+ * well-conditioned elements, against torch (see the tolerances at the top). Returns how many
+ * elements Δ was compared on.
+ */
+function compareTraining(
+  errs: Errors,
+  mine: TrainingStep,
+  t: TorchStep,
+): { used: number; total: number } {
+  errs.rel("loss", "loss", [mine.loss], t.ref.get("loss"));
+  for (const name of t.before.keys()) {
+    const g = mine.grads.get(name);
+    if (t.noGrad.has(name)) {
+      // The loss does not reach it (MLM head): no entry, as torch's `grad is None`.
+      assert.equal(g, undefined, `${name}: gradient off the loss's path`);
+      continue;
+    }
+    assert.ok(g, `${name}: no gradient`);
+    const r = t.ref.get(`grad.${name}`)!;
+    assert.equal(g.length, r.data.length, `grad.${name}: size`);
+    if (t.zeroGrad.has(name)) {
+      // Exactly 0 in exact arithmetic: both sides hold rounding noise only.
+      const noise = maxAbs(g) / t.gradMax;
+      errs.check("zero gradients (max|g| / largest gradient)", `grad.${name}`, noise, TOL);
+      continue;
+    }
+    errs.rel("gradients", `grad.${name}`, g, r, GRAD_FLOOR);
+  }
+  const clipCoef = Math.min(1, ADAMW.max_grad_norm / (t.gradNormRef + 1e-6));
+  const conditioned = { used: 0, total: 0 };
+  errs.rel("grad norm", "grad norm", [mine.gradNorm], t.ref.get("grad_norm"));
+  for (const [name, p0] of t.before) {
+    const after = mine.after.get(name)!;
+    const r = t.ref.get(`updated.${name}`)!;
+    errs.rel("params after AdamW", `updated.${name}`, after, r, VALUE_FLOOR);
+    if (t.noGrad.has(name)) {
+      assert.ok(
+        Array.from(after).every((x, k) => x === p0[k]),
+        `${name}: changed without a gradient`,
+      );
+      continue;
+    }
+    if (t.zeroGrad.has(name)) continue; // Δ ≈ lr·noise/eps on both sides: not comparable
+    // Δ = p_after − p_before on the well-conditioned elements (see DELTA_TOL).
+    const g = t.ref.get(`grad.${name}`)!.data;
+    const delta: number[] = [], deltaRef: number[] = [];
+    for (let k = 0; k < g.length; k++) {
+      if (g[k] !== 0 && Math.abs(g[k]) * clipCoef < 100 * ADAMW.eps) continue;
+      delta.push(after[k] - p0[k]);
+      deltaRef.push(r.data[k] - p0[k]);
+    }
+    conditioned.used += delta.length;
+    conditioned.total += g.length;
+    errs.check(
+      "AdamW update Δ (conditioned elements)",
+      `Δ${name}${isNoDecay(name) ? "" : " (decayed)"}`,
+      relErr(delta, deltaRef, { floor: DELTA_FLOOR }),
+      DELTA_TOL,
+    );
+  }
+  return conditioned;
+}
+
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
@@ -266,7 +363,8 @@ async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
 
 for (const [ci, c] of CASES.entries()) {
   Deno.test({
-    name: `torch reference: ${c.name}: forward, loss, gradients, AdamW on cpu and wasm`,
+    name:
+      `torch reference: ${c.name}: forward, loss, gradients, AdamW on cpu, wasm and the ONNX engine`,
     ignore: !PYTHON,
     fn: () =>
       withTempDir(async (dir) => {
@@ -359,32 +457,13 @@ for (const [ci, c] of CASES.entries()) {
           tf.dispose([...out.hiddenStates, ...out.attentionScores, out.pooled, out.logits!]);
           out.mlmLogits?.dispose();
 
-          // Loss and gradients (training mode, dropout 0).
+          // Loss and gradients (training mode, dropout 0), then one AdamW step with weight
+          // decay and clipping on.
           const { loss, grads } = computeGradients(model, classification, batch);
-          errs.rel("loss", "loss", [loss], ref.get("loss"));
           for (const [name, g] of grads) {
             assert.ok(g instanceof tf.Tensor, `grads of ${name}`);
           }
-          for (const name of model.params.keys()) {
-            const g = grads.get(name);
-            if (noGrad.has(name)) {
-              // The loss does not reach it (MLM head): no entry, as torch's `grad is None`.
-              assert.equal(g, undefined, `${name}: gradient off the loss's path`);
-              continue;
-            }
-            assert.ok(g, `${name}: no gradient from computeGradients`);
-            const r = ref.get(`grad.${name}`);
-            expectShape(g, r, `grad.${name}`);
-            if (zeroGrad.has(name)) {
-              // Exactly 0 in exact arithmetic: both sides hold rounding noise only.
-              const noise = maxAbs(g.dataSync() as Float32Array) / gradMax;
-              errs.check("zero gradients (max|g| / largest gradient)", `grad.${name}`, noise, TOL);
-              continue;
-            }
-            errs.rel("gradients", `grad.${name}`, g.dataSync(), r, GRAD_FLOOR);
-          }
-
-          // One AdamW step, weight decay on, clipping on.
+          const hostGrads = new Map([...grads].map(([n, g]) => [n, g.dataSync()]));
           const opt = new AdamW(model.params, {
             lr: ADAMW.lr,
             beta1: ADAMW.betas[0],
@@ -394,41 +473,15 @@ for (const [ci, c] of CASES.entries()) {
             maxGradNorm: ADAMW.max_grad_norm,
           });
           const { gradNorm } = opt.step(grads);
-          const clipCoef = Math.min(1, ADAMW.max_grad_norm / (gradNormRef + 1e-6));
-          const conditioned = { used: 0, total: 0 };
-          errs.rel("grad norm", "grad norm", [gradNorm], ref.get("grad_norm"));
-          for (const [name, p] of model.params) {
-            const after = p.dataSync() as Float32Array;
-            const r = ref.get(`updated.${name}`)!;
-            errs.rel("params after AdamW", `updated.${name}`, after, r, VALUE_FLOOR);
-            const p0 = before.get(name)!;
-            if (noGrad.has(name)) {
-              assert.ok(
-                after.every((x, k) =>
-                  x === p0[k]
-                ),
-                `${name}: changed without a gradient`,
-              );
-              continue;
-            }
-            if (zeroGrad.has(name)) continue; // Δ ≈ lr·noise/eps on both sides: not comparable
-            // Δ = p_after − p_before on the well-conditioned elements (see DELTA_TOL).
-            const g = ref.get(`grad.${name}`)!.data;
-            const delta: number[] = [], deltaRef: number[] = [];
-            for (let k = 0; k < g.length; k++) {
-              if (g[k] !== 0 && Math.abs(g[k]) * clipCoef < 100 * ADAMW.eps) continue;
-              delta.push(after[k] - p0[k]);
-              deltaRef.push(r.data[k] - p0[k]);
-            }
-            conditioned.used += delta.length;
-            conditioned.total += g.length;
-            errs.check(
-              "AdamW update Δ (conditioned elements)",
-              `Δ${name}${isNoDecay(name) ? "" : " (decayed)"}`,
-              relErr(delta, deltaRef, { floor: DELTA_FLOOR }),
-              DELTA_TOL,
-            );
-          }
+          const after = new Map([...model.params].map(([n, p]) => [n, p.dataSync()]));
+          const conditioned = compareTraining(errs, { loss, grads: hostGrads, gradNorm, after }, {
+            ref,
+            noGrad,
+            zeroGrad,
+            gradMax,
+            gradNormRef,
+            before,
+          });
           opt.dispose();
           tf.dispose([...grads.values()]);
           tf.dispose(Object.values(batch));
@@ -440,6 +493,45 @@ for (const [ci, c] of CASES.entries()) {
           (report["Δ elements compared"] ??= {})[backend] =
             `${conditioned.used}/${conditioned.total}`;
           assert.deepEqual(errs.failures, [], `${backend}: mismatches against torch`);
+        }
+        // The ONNX Runtime training engine: the same loss, gradients and AdamW step, computed
+        // by tinystill's generated forward + backward + update graphs.
+        {
+          await setBackend("cpu");
+          const errs = new Errors();
+          const model = await loadBert(ckpt);
+          const trainer = await OnnxTrainer.create(model, {
+            objective: "classification",
+            lr: () =>
+              ADAMW.lr,
+            beta1: ADAMW.betas[0],
+            beta2: ADAMW.betas[1],
+            eps: ADAMW.eps,
+            weightDecay: ADAMW.weight_decay,
+            maxGradNorm: ADAMW.max_grad_norm,
+            threads: 1,
+          });
+          const batch = hostBatchOf(inputs);
+          const { loss, grads } = await trainer.gradients(batch);
+          const { gradNorm } = await trainer.step(batch);
+          trainer.syncModel();
+          const after = new Map([...model.params].map(([n, p]) => [n, p.dataSync()]));
+          const conditioned = compareTraining(errs, { loss, grads, gradNorm, after }, {
+            ref,
+            noGrad,
+            zeroGrad,
+            gradMax,
+            gradNormRef,
+            before,
+          });
+          await trainer.close();
+          model.dispose();
+          for (const [category, err] of errs.worst) {
+            (report[category] ??= {})["onnx engine"] = err.toExponential(2);
+          }
+          (report["Δ elements compared"] ??= {})["onnx engine"] =
+            `${conditioned.used}/${conditioned.total}`;
+          assert.deepEqual(errs.failures, [], `onnx engine: mismatches against torch`);
         }
         console.log(
           `max errors vs torch float64 (${c.name}; grad norm ${gradNormRef.toFixed(3)}):`,

@@ -166,6 +166,35 @@ export function dropoutMask(shape: number[], rate: number, seed: number): tf.Ten
   return tf.tensor(mask, shape);
 }
 
+/**
+ * The keep bits of {@link dropoutMask} (1 = kept) for `n` entries: the same mulberry32 stream
+ * and threshold, so `dropoutMask(shape, rate, seed)` = `bits · 1/(1 − rate)` entry for entry. The
+ * ONNX training engine feeds these to its graph.
+ */
+export function dropoutKeepBits(
+  n: number,
+  rate: number,
+  seed: number,
+  out?: Uint8Array,
+): Uint8Array {
+  const bits = out && out.length >= n ? out.subarray(0, n) : new Uint8Array(n);
+  const threshold = (Math.min(Math.floor(rate * 2 ** 32), 2 ** 32 - 1) ^ 0x80000000) | 0;
+  let a = seed | 0;
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    t ^= t >>> 14;
+    bits[i] = ((t ^ 0x80000000) | 0) >= threshold ? 1 : 0;
+  }
+  return bits;
+}
+
+/** The seed of `Bert.forward`'s `call`-th dropout mask (1-based) for a forward `seed`. */
+export function dropoutSeed(seed: number, call: number): number {
+  return seed * 100003 + call;
+}
+
 /** Exact (erf) GELU: `x · ½ · (1 + erf(x/√2))`. */
 export function gelu<T extends tf.Tensor>(x: T): T {
   return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2)))) as T);
@@ -395,7 +424,7 @@ export class Bert {
       dropoutCalls++;
       const seed = opts.seed === undefined
         ? Math.floor(Math.random() * 2 ** 32)
-        : opts.seed * 100003 + dropoutCalls;
+        : dropoutSeed(opts.seed, dropoutCalls);
       return tf.tidy(() => tf.mul(x, dropoutMask(x.shape, rate, seed))) as T;
     };
 

@@ -3,7 +3,7 @@
  *
  * Field numbers are those of `onnx.proto` (ModelProto: ir_version 1, producer_name 2,
  * producer_version 3, graph 7, opset_import 8; GraphProto: node 1, name 2, initializer 5,
- * input 11, output 12; NodeProto: input 1, output 2, name 3, op_type 4, attribute 5;
+ * input 11, output 12; NodeProto: input 1, output 2, name 3, op_type 4, attribute 5, domain 7;
  * AttributeProto: name 1, f 2, i 3, s 4, ints 8, type 20; TensorProto: dims 1, data_type 2,
  * name 8, raw_data 9; ValueInfoProto: name 1, type 2; TypeProto.tensor_type 1;
  * TypeProto.Tensor: elem_type 1, shape 2; TensorShapeProto.dim 1; Dimension: dim_value 1,
@@ -14,7 +14,7 @@
 import { littleEndianBytes, ProtoWriter } from "./protobuf.ts";
 
 /** ONNX `TensorProto.DataType` values used here. */
-export const DataType = { FLOAT: 1, INT32: 6, INT64: 7, FLOAT16: 10 } as const;
+export const DataType = { FLOAT: 1, UINT8: 2, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 
 /** ONNX `AttributeProto.AttributeType` values used here. */
 const AttrType = { FLOAT: 1, INT: 2, STRING: 3, INTS: 7 } as const;
@@ -35,6 +35,7 @@ interface Node {
   outputs: string[];
   name: string;
   attrs: Record<string, AttrValue>;
+  domain?: string;
 }
 
 interface Initializer {
@@ -125,6 +126,35 @@ export class GraphBuilder {
     return o;
   }
 
+  /**
+   * Append a node with several outputs (e.g. `LayerNormalization`'s Y, Mean, InvStdDev); returns
+   * their fresh names. `domain` selects a non-default operator set (e.g. `com.microsoft`).
+   */
+  nodeMulti(
+    op: string,
+    inputs: string[],
+    outputs: number,
+    attrs: Record<string, AttrValue> = {},
+    domain?: string,
+  ): string[] {
+    const outs = Array.from({ length: outputs }, () => {
+      const o = this.fresh(op);
+      this.names.add(o);
+      return o;
+    });
+    const name = `${op}_${this.nodes.length}`;
+    this.nodes.push({ op, inputs, outputs: outs, name, attrs, domain });
+    if (domain) this.domains.add(domain);
+    return outs;
+  }
+
+  private domains = new Set<string>();
+
+  /** Number of nodes so far. */
+  get size(): number {
+    return this.nodes.length;
+  }
+
   /** Encode the graph as a `ModelProto`. */
   toModel(opts: { name: string; opset: number; irVersion: number; producer: string }): Uint8Array {
     const g = new ProtoWriter();
@@ -140,6 +170,7 @@ export class GraphBuilder {
     m.string(3, "0.1.0");
     m.message(7, g);
     m.message(8, new ProtoWriter().string(1, "").int(2, opts.opset));
+    for (const d of this.domains) m.message(8, new ProtoWriter().string(1, d).int(2, 1));
     return m.finish();
   }
 }
@@ -150,6 +181,7 @@ function encodeNode(n: Node): ProtoWriter {
   for (const o of n.outputs) w.string(2, o);
   w.string(3, n.name);
   w.string(4, n.op);
+  if (n.domain) w.string(7, n.domain);
   for (const [name, v] of Object.entries(n.attrs)) {
     const a = new ProtoWriter().string(1, name);
     if (typeof v === "number") a.int(3, v).int(20, AttrType.INT);

@@ -1,0 +1,549 @@
+/**
+ * The training graphs of the ONNX engine, built with tinystill's own differentiator
+ * ({@link Tape}):
+ *
+ * - {@link buildGradGraph}: BERT's forward pass in training mode (dropout as fed masks), one
+ *   objective (`classification`, `regression`, `mlm` or `distillation` with any of its loss terms)
+ *   and the backward pass. Inputs: every parameter the loss reads (Hugging Face names and
+ *   orientation, so weights map 1:1 to `Bert.params`), the batch, and one uint8 keep-mask per
+ *   dropout site. Outputs: `loss` and `grad:<parameter>`.
+ * - {@link buildAdamWGraph}: global-norm clipping and the AdamW update of every trained
+ *   parameter (decoupled decay, none on biases and LayerNorm), exactly the arithmetic of
+ *   `train/optim.ts`. Inputs `<p>`, `grad:<p>`, `m:<p>`, `v:<p>` and the step's scalars;
+ *   outputs `new:<p>`, `new_m:<p>`, `new_v:<p>` and `grad_norm`.
+ *
+ * The forward pass mirrors `Bert.forward` op for op (same order of additions, `QKᵀ/√d` as a
+ * division, the same dropout sites in the same order) so that, fed the same masks, it computes
+ * what the tfjs engine computes. Batch and sequence length are symbolic: one graph serves every
+ * batch shape.
+ * @module
+ */
+
+import type { BertConfig } from "../model/config.ts";
+import type { BertHeads } from "../model/bert.ts";
+import { isNoDecay, MASK_VALUE } from "../model/bert.ts";
+import { numLabels } from "../model/config.ts";
+import type { DistillObjectiveOptions, LossTermName } from "../distill/objective.ts";
+import { projectionName, termNeeds } from "../distill/objective.ts";
+import { type Dim, GraphBuildError, Tape, type Value } from "./autodiff.ts";
+import { DataType } from "./graph.ts";
+
+/** The ONNX opset of the training graphs. */
+export const TRAIN_OPSET = 17;
+
+/** One dropout site: the order matches `Bert.forward`'s dropout calls (seed offsets 1, 2, …). */
+export interface DropoutSite {
+  /** Graph input name (`dropout_<k>`, uint8 keep bits). */
+  name: string;
+  /** 1-based call index (the seed offset of `Bert.forward`). */
+  call: number;
+  rate: number;
+  /** Symbolic shape: `"B"`, `"S"`, `"B*S"` or numbers. */
+  dims: Dim[];
+}
+
+/** A batch entry the graph reads, with its element type and trailing dims. */
+export interface FeedSpec {
+  name: string;
+  type: "int64" | "float32";
+  dims: Dim[];
+}
+
+/** What {@link buildGradGraph} needs to know. */
+export interface GradGraphSpec {
+  config: BertConfig;
+  heads: BertHeads;
+  /** Every parameter of the model (extras included) with its shape. */
+  params: Map<string, number[]>;
+  objective: string;
+  objectiveOptions?: unknown;
+  /** Apply dropout (masks fed per step). */
+  dropout: boolean;
+  /** Trailing dims of the batch's float targets (`t_scores_3` → `[heads, S, S]` as given). */
+  targets?: Record<string, number[]>;
+}
+
+/** A built gradient graph. */
+export interface GradGraph {
+  model: Uint8Array;
+  /** Parameters the loss depends on (each has a `grad:<name>` output), in input order. */
+  trained: string[];
+  /** Every parameter input of the graph. */
+  inputs: string[];
+  feeds: FeedSpec[];
+  dropout: DropoutSite[];
+}
+
+interface Forward {
+  hidden: Value[]; // [N, H] rows, index 0 = embeddings
+  scores: Value[]; // [B, nh, S, S]
+  values: Value[]; // [B, nh, S, d]
+  last3: Value; // [B, S, H]
+  logits?: Value;
+}
+
+/** Build the forward + objective + backward graph. */
+export function buildGradGraph(spec: GradGraphSpec): GradGraph {
+  const cfg = spec.config;
+  const t = new Tape();
+  const g = t.g;
+  const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh;
+  const N = "B*S";
+  const feeds: FeedSpec[] = [];
+  const dropout: DropoutSite[] = [];
+  const P = new Map<string, Value>();
+  const paramInputs: string[] = [];
+  const p = (name: string): Value => {
+    let v = P.get(name);
+    if (!v) {
+      const shape = spec.params.get(name);
+      if (!shape) throw new GraphBuildError(`the model has no parameter ${name}`);
+      v = t.param(name, shape);
+      P.set(name, v);
+      paramInputs.push(name);
+    }
+    return v;
+  };
+  const feed = (name: string, dims: Dim[], type: "int64" | "float32" = "int64"): Value => {
+    feeds.push({ name, type, dims });
+    return t.input(name, dims, type === "int64" ? DataType.INT64 : DataType.FLOAT);
+  };
+  const drop = (x: Value, rate: number): Value => {
+    if (!spec.dropout || rate <= 0) return x;
+    const call = dropout.length + 1;
+    const name = `dropout_${call}`;
+    dropout.push({ name, call, rate, dims: [...x.shape] });
+    const bits = t.input(name, [...x.shape], DataType.UINT8);
+    const keep = t.cast(bits, DataType.FLOAT);
+    return t.mul(x, t.mul(keep, t.scalar(1 / (1 - rate))));
+  };
+  const dense = (x: Value, prefix: string) =>
+    t.linear(x, p(`${prefix}.weight`), p(`${prefix}.bias`));
+  const norm = (x: Value, prefix: string) =>
+    t.layerNorm(x, p(`${prefix}.weight`), p(`${prefix}.bias`), cfg.layer_norm_eps);
+  const act = (x: Value): Value => {
+    if (cfg.hidden_act === "gelu") return t.gelu(x);
+    if (cfg.hidden_act === "gelu_new") return t.geluTanh(x);
+    if (cfg.hidden_act === "relu") return t.relu(x);
+    throw new GraphBuildError(`unsupported hidden_act '${cfg.hidden_act}'`);
+  };
+
+  const objective = spec.objective;
+  const dopts = spec.objectiveOptions as DistillObjectiveOptions | undefined;
+  const needs = objective === "distillation" ? termNeeds(dopts!.terms) : new Set<string>();
+
+  // --- inputs ------------------------------------------------------------------------------------
+  const ids = feed("input_ids", ["B", "S"]);
+  const mask = feed("attention_mask", ["B", "S"]);
+  const types = feed("token_type_ids", ["B", "S"]);
+  const shapeBS = t.constant(g.node("Shape", [ids.name]), [2], DataType.INT64);
+  const seqLen = t.constant(g.node("Shape", [ids.name], { start: 1, end: 2 }), [1], DataType.INT64);
+  const shapeOf = (tail: number[]) =>
+    t.constant(g.node("Concat", [shapeBS.name, g.int64s("tail", tail)], { axis: 0 }), [
+      2 + tail.length,
+    ], DataType.INT64);
+  const shapeBSH = shapeOf([H]), shapeHeads = shapeOf([nh, d]);
+
+  // --- forward (as Bert.forward) ------------------------------------------------------------------
+  const maskF = t.cast(mask, DataType.FLOAT); // [B, S]
+  const maskAdd = t.constant(
+    g.node("Unsqueeze", [
+      g.node("Mul", [g.node("Sub", [g.scalar("c", 1), maskF.name]), g.scalar("c", MASK_VALUE)]),
+      g.int64s("axes", [1, 2]),
+    ]),
+    ["B", 1, 1, "S"],
+  );
+  const flat = (v: Value) => t.reshape(v, [-1], [N]);
+  const words = t.gather(p("embeddings.word_embeddings.weight"), flat(ids)); // [N, H]
+  const pos = t.sliceFirst(p("embeddings.position_embeddings.weight"), 0, seqLen, "S");
+  const tt = t.gather(p("embeddings.token_type_embeddings.weight"), flat(types));
+  const sum3 = t.add(
+    t.add(t.reshapeTo(words, shapeBSH, ["B", "S", H]), pos),
+    t.reshapeTo(tt, shapeBSH, ["B", "S", H]),
+  );
+  let h = drop(
+    norm(t.reshape(sum3, [-1, H], [N, H]), "embeddings.LayerNorm"),
+    cfg.hidden_dropout_prob,
+  );
+
+  const fwd: Forward = { hidden: [h], scores: [], values: [], last3: h };
+  const sqrtD = t.scalar(Math.sqrt(d));
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const pre = `encoder.layer.${l}`;
+    const split = (x: Value) =>
+      t.transpose(t.reshapeTo(x, shapeHeads, ["B", "S", nh, d]), [0, 2, 1, 3]); // [B, nh, S, d]
+    const q = split(dense(h, `${pre}.attention.self.query`));
+    const k = split(dense(h, `${pre}.attention.self.key`));
+    const v = split(dense(h, `${pre}.attention.self.value`));
+    const scores = t.add(t.div(t.matmul(q, k, true), sqrtD), maskAdd); // [B, nh, S, S]
+    const probs = drop(t.softmax(scores), cfg.attention_probs_dropout_prob);
+    const ctx = t.reshape(t.transpose(t.matmul(probs, v), [0, 2, 1, 3]), [-1, H], [N, H]);
+    const attnProj = drop(dense(ctx, `${pre}.attention.output.dense`), cfg.hidden_dropout_prob);
+    const attnOut = norm(t.add(attnProj, h), `${pre}.attention.output.LayerNorm`);
+    const inter = act(dense(attnOut, `${pre}.intermediate.dense`));
+    const ffn = drop(dense(inter, `${pre}.output.dense`), cfg.hidden_dropout_prob);
+    h = norm(t.add(ffn, attnOut), `${pre}.output.LayerNorm`);
+    fwd.hidden.push(h);
+    fwd.scores.push(scores);
+    fwd.values.push(v);
+  }
+  fwd.last3 = t.reshapeTo(h, shapeBSH, ["B", "S", H]);
+
+  const wantsLogits = objective === "classification" || objective === "regression" ||
+    (objective === "distillation" && (needs.has("logits") || needs.has("labels")));
+  if (wantsLogits) {
+    if (!spec.heads.classifier) {
+      throw new GraphBuildError(`objective '${objective}' needs a model with a classifier`);
+    }
+    const cls = t.reshape(
+      t.sliceFirst(fwd.last3, 1, t.constant(g.int64s("one", [1]), [1], DataType.INT64), 1),
+      [-1, H],
+      ["B", H],
+    );
+    const pooled = t.tanh(dense(cls, "pooler.dense"));
+    const rate = cfg.classifier_dropout ?? cfg.hidden_dropout_prob;
+    fwd.logits = dense(drop(pooled, rate), "classifier");
+  }
+
+  // --- objective -----------------------------------------------------------------------------------
+  let loss: Value;
+  const C = numLabels(cfg);
+  if (objective === "classification") {
+    loss = t.crossEntropy(fwd.logits!, feed("labels", ["B"]));
+  } else if (objective === "regression") {
+    const y = feed("labels", ["B"], "float32");
+    const diff = t.sub(t.reshape(fwd.logits!, [-1], ["B"]), y);
+    loss = t.mean(t.square(diff));
+  } else if (objective === "mlm") {
+    if (!spec.heads.mlm) {
+      throw new GraphBuildError("objective 'mlm' needs a model with an MLM head");
+    }
+    const positions = feed("mlm_positions", ["M"]);
+    const targets = feed("mlm_targets", ["M"]);
+    const rows = t.gather(h, positions); // [M, H]
+    const tr = norm(
+      act(dense(rows, "cls.predictions.transform.dense")),
+      "cls.predictions.transform.LayerNorm",
+    );
+    const logits = t.linear(tr, p("embeddings.word_embeddings.weight"), p("cls.predictions.bias"));
+    loss = t.crossEntropy(logits, targets);
+  } else if (objective === "distillation") {
+    loss = distillationLoss(t, fwd, dopts!, spec, feed, p, C, mask);
+  } else {
+    throw new GraphBuildError(
+      `objective '${objective}' has no ONNX graph (known: classification, regression, mlm, distillation)`,
+    );
+  }
+  t.output(loss, "loss");
+  const params = paramInputs.map((n) => P.get(n)!);
+  const grads = t.gradients(loss, params, true);
+  const trained: string[] = [];
+  for (const [name, gname] of grads) {
+    trained.push(name);
+    t.g.output(gname, {
+      name: `grad:${name}`,
+      elemType: DataType.FLOAT,
+      dims: spec.params.get(name)!,
+    });
+  }
+  const model = g.toModel({
+    name: "tinystill_train",
+    opset: TRAIN_OPSET,
+    irVersion: 8,
+    producer: "tinystill",
+  });
+  return { model, trained, inputs: paramInputs, feeds, dropout };
+}
+
+function distillationLoss(
+  t: Tape,
+  fwd: Forward,
+  o: DistillObjectiveOptions,
+  spec: GradGraphSpec,
+  feed: (name: string, dims: Dim[], type?: "int64" | "float32") => Value,
+  p: (name: string) => Value,
+  C: number,
+  maskInt: Value,
+): Value {
+  const g = t.g;
+  const M = o.layerMap.length - 1;
+  const tdims = (key: string): number[] => {
+    const dims = spec.targets?.[key];
+    if (!dims) {
+      throw new GraphBuildError(
+        `distillation batch has no ${key} (the teacher outputs do not include what the loss needs)`,
+      );
+    }
+    return dims;
+  };
+  const fed = new Map<string, Value>();
+  /** A teacher target as a graph input: batch and sequence axes symbolic, the rest as sampled. */
+  const target = (key: string): Value => {
+    let v = fed.get(key);
+    if (!v) {
+      const [, a, b, c] = tdims(key);
+      let dims: Dim[];
+      if (key.startsWith("t_scores_")) dims = ["B", a, "S", "S"];
+      else if (key.startsWith("t_values_")) dims = ["B", a, "S", c];
+      else if (key.startsWith("t_hidden_")) dims = ["B", "S", b];
+      else dims = ["B", a];
+      v = feed(key, dims, "float32");
+      fed.set(key, v);
+    }
+    return v;
+  };
+  // real-token mask as bool and float
+  const maskF = t.cast(maskInt, DataType.FLOAT);
+  const half = t.scalar(0.5);
+  const real = t.compare("Greater", maskF, half); // [B, S] bool
+  const realF = t.cast(real, DataType.FLOAT);
+  const zero = t.scalar(0);
+  const countOf = (keepF: Value, factor: number) => t.maxConst(t.scale(t.sum(keepF), factor), 1);
+  const unsq = (v: Value, axes: number[], shape: Dim[]) =>
+    t.constant(g.node("Unsqueeze", [v.name, g.int64s("axes", axes)]), shape, v.type);
+  const headsOf = (v: Value) => v.shape[1] as number;
+  const match = (s: Value, tt: Value): [Value, Value] => {
+    const hs = headsOf(s), ht = headsOf(tt);
+    if (hs === ht) return [s, tt];
+    if (ht % hs === 0) return [s, t.headGroupMean(tt, ht / hs)];
+    if (hs % ht === 0) return [t.headGroupMean(s, hs / ht), tt];
+    throw new GraphBuildError(`teacher and student head counts are incompatible (${ht}, ${hs})`);
+  };
+  const rowKl = (s: Value, tt: Value): Value => {
+    const h = headsOf(s);
+    const keyReal = unsq(real, [1, 2], ["B", 1, 1, "S"]);
+    const queryReal = unsq(real, [1, 3], ["B", 1, "S", 1]);
+    const negBig = t.scalar(-1e9);
+    const prep = (x: Value) => t.where(keyReal, t.where(queryReal, x, zero), negBig);
+    const logPs = t.logSoftmax(prep(s));
+    const logPt = t.detach(t.logSoftmax(prep(tt)));
+    const perRow = t.sum(t.mul(t.exp(logPt), t.sub(logPt, logPs)), [-1]); // [B, h, S]
+    const rows = unsq(real, [1], ["B", 1, "S"]);
+    return t.div(t.sum(t.where(rows, perRow, zero)), countOf(realF, h));
+  };
+  const logits = () => {
+    if (!fwd.logits) {
+      throw new GraphBuildError("a prediction-layer loss needs a student with a classifier");
+    }
+    return fwd.logits;
+  };
+  const hidden3 = (m: number) =>
+    t.reshapeTo(fwd.hidden[m], t.constant(g.node("Shape", [fwd.last3.name]), [3], DataType.INT64), [
+      "B",
+      "S",
+      fwd.last3.shape[2],
+    ]);
+  const projected = (m: number): Value => {
+    // y = x·Wᵀ + b on rows [N, Hs] → [B, S, Ht]
+    const name = projectionName(o, m);
+    const w = spec.params.has(`${name}.weight`) ? p(`${name}.weight`) : null;
+    const b = spec.params.has(`${name}.bias`) ? p(`${name}.bias`) : null;
+    if (!w) return hidden3(m);
+    const y = t.linear(fwd.hidden[m], w, b ?? undefined);
+    const Ht = w.shape[0];
+    const shape = t.constant(
+      g.node("Concat", [
+        g.node("Shape", [fwd.last3.name], { start: 0, end: 2 }),
+        g.int64s("ht", [Ht as number]),
+      ], { axis: 0 }),
+      [3],
+      DataType.INT64,
+    );
+    return t.reshapeTo(y, shape, ["B", "S", Ht]);
+  };
+  const isFinite = (x: Value) =>
+    t.constant(
+      g.node("Not", [g.node("Or", [g.node("IsNaN", [x.name]), g.node("IsInf", [x.name])])]),
+      [...x.shape],
+      DataType.BOOL,
+    );
+
+  const terms: Record<LossTermName, (temperature: number) => Value> = {
+    attention_mse: () => {
+      const parts: Value[] = [];
+      const pair = t.mul(
+        t.constant(g.node("Unsqueeze", [realF.name, g.int64s("axes", [1, 3])]), ["B", 1, "S", 1]),
+        t.constant(g.node("Unsqueeze", [realF.name, g.int64s("axes", [1, 2])]), ["B", 1, 1, "S"]),
+      ); // [B, 1, S, S]
+      const hundred = t.scalar(-100);
+      for (let m = 1; m <= M; m++) {
+        const key = `t_scores_${o.layerMap[m] - 1}`;
+        const tt = target(key);
+        const [s, tm] = match(fwd.scores[m - 1], tt);
+        const h = headsOf(s);
+        const t0 = t.mul(t.where(t.compare("Greater", tm, hundred), tm, zero), pair);
+        const s0 = t.mul(t.where(t.compare("LessOrEqual", s, hundred), zero, s), pair);
+        parts.push(t.div(t.sum(t.square(t.sub(s0, t0))), t.maxConst(t.scale(t.sum(pair), h), 1)));
+      }
+      return parts.reduce((a, b) => t.add(a, b));
+    },
+    hidden_mse: () => {
+      const parts: Value[] = [];
+      const keep = t.constant(g.node("Unsqueeze", [realF.name, g.int64s("axes", [2])]), [
+        "B",
+        "S",
+        1,
+      ]);
+      for (let m = o.embeddings ? 0 : 1; m <= M; m++) {
+        const key = `t_hidden_${o.layerMap[m]}`;
+        const tt = target(key);
+        const y = projected(m);
+        const Ht = tt.shape[2] as number;
+        const t0 = t.mul(t.where(isFinite(tt), tt, zero), keep);
+        const y0 = t.mul(y, keep);
+        parts.push(t.div(t.sum(t.square(t.sub(y0, t0))), countOf(realF, Ht)));
+      }
+      return parts.reduce((a, b) => t.add(a, b));
+    },
+    soft_ce: (T) => {
+      const tl = target("t_logits");
+      const pt = t.detach(t.softmax(t.div(tl, t.scalar(T))));
+      const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
+      return t.neg(t.mean(t.mul(pt, logPs)));
+    },
+    kl: (T) => {
+      const tl = target("t_logits");
+      const logPt = t.detach(t.logSoftmax(t.div(tl, t.scalar(T))));
+      const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
+      const kl = t.sum(t.mul(t.exp(logPt), t.sub(logPt, logPs)));
+      const B = t.constant(
+        g.node("Max", [
+          g.node("Cast", [g.node("Shape", [tl.name], { start: 0, end: 1 })], {
+            to: DataType.FLOAT,
+          }),
+          g.floats("one", [1]),
+        ]),
+        [1],
+      );
+      return t.reshape(t.mul(kl, t.div(t.scalar(T * T), B)), [], []);
+    },
+    cosine: () => {
+      const s = projected(M);
+      const tt = target(`t_hidden_${o.layerMap[M]}`);
+      const keep = t.constant(g.node("Unsqueeze", [real.name, g.int64s("axes", [2])]), [
+        "B",
+        "S",
+        1,
+      ], DataType.BOOL);
+      const s0 = t.where(keep, s, zero);
+      const t0 = t.where(keep, tt, zero);
+      const eps2 = t.scalar(1e-8 * 1e-8);
+      const ns = t.sqrt(t.add(t.sum(t.square(s0), [-1]), eps2));
+      const nt = t.sqrt(t.add(t.sum(t.square(t0), [-1]), eps2));
+      const cos = t.div(t.sum(t.mul(s0, t0), [-1]), t.mul(ns, nt));
+      const per = t.where(real, t.sub(t.scalar(1), cos), zero);
+      return t.div(t.sum(per), countOf(realF, 1));
+    },
+    attention_kl: () => {
+      const tt = target(`t_scores_${o.layerMap[M] - 1}`);
+      const [s, tm] = match(fwd.scores[M - 1], tt);
+      return rowKl(s, tm);
+    },
+    value_relation: () => {
+      const tt = target(`t_values_${o.layerMap[M] - 1}`);
+      const keep = t.constant(g.node("Unsqueeze", [real.name, g.int64s("axes", [1, 3])]), [
+        "B",
+        1,
+        "S",
+        1,
+      ], DataType.BOOL);
+      const relation = (v: Value) => {
+        const v0 = t.where(keep, v, zero);
+        return t.div(t.matmul(v0, v0, true), t.scalar(Math.sqrt(v.shape[3] as number)));
+      };
+      const [s, tm] = match(relation(fwd.values[M - 1]), relation(tt));
+      return rowKl(s, tm);
+    },
+    logit_mse: () => {
+      const tl = target("t_logits");
+      return t.mean(t.square(t.sub(logits(), tl)));
+    },
+    hard_ce: () => t.crossEntropy(logits(), feed("labels", ["B"])),
+  };
+  void C;
+  const parts = o.terms.map((term) => {
+    const f = terms[term.name];
+    if (!f) throw new GraphBuildError(`loss term '${term.name}' has no ONNX graph`);
+    const v = f(term.temperature ?? 1);
+    return term.weight === 1 ? v : t.scale(v, term.weight);
+  });
+  return parts.reduce((a, b) => t.add(a, b));
+}
+
+/** One trained parameter of {@link buildAdamWGraph}. */
+export interface AdamWParam {
+  name: string;
+  shape: number[];
+}
+
+/** Hyperparameters baked into the update graph (the step's scalars are inputs). */
+export interface AdamWHyper {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm?: number;
+}
+
+/**
+ * The AdamW update graph. Scalar inputs (float32 `[]`): `step_size = lr / (1 − β1ᵗ)`,
+ * `bias_correction2 = 1 − β2ᵗ`, `decay_rate = lr · weight_decay`. Clipping as
+ * `torch.nn.utils.clip_grad_norm_`: `g · min(1, max / (‖g‖ + 1e-6))`.
+ */
+export function buildAdamWGraph(
+  params: AdamWParam[],
+  hyper: AdamWHyper,
+  decay: (name: string) => boolean = (n) => !isNoDecay(n),
+): Uint8Array {
+  const t = new Tape();
+  const g = t.g;
+  const scalarIn = (name: string) => g.input({ name, elemType: DataType.FLOAT, dims: [] });
+  const stepSize = scalarIn("step_size"), bc2 = scalarIn("bias_correction2");
+  const decayRate = scalarIn("decay_rate");
+  const ins = params.map(({ name, shape }) => ({
+    name,
+    shape,
+    p: g.input({ name, elemType: DataType.FLOAT, dims: shape }),
+    grad: g.input({ name: `grad:${name}`, elemType: DataType.FLOAT, dims: shape }),
+    m: g.input({ name: `m:${name}`, elemType: DataType.FLOAT, dims: shape }),
+    v: g.input({ name: `v:${name}`, elemType: DataType.FLOAT, dims: shape }),
+  }));
+  const squares = ins.map((x) => g.node("ReduceSumSquare", [x.grad], { keepdims: 0 }));
+  const norm = g.node("Sqrt", [squares.length === 1 ? squares[0] : g.node("Sum", squares)]);
+  g.output(norm, { name: "grad_norm", elemType: DataType.FLOAT, dims: [] });
+  const clipOn = hyper.maxGradNorm !== undefined && hyper.maxGradNorm > 0;
+  const clip = clipOn
+    ? g.node("Min", [
+      g.scalar("c", 1),
+      g.node("Div", [
+        g.scalar("c", hyper.maxGradNorm!),
+        g.node("Add", [norm, g.scalar("c", 1e-6)]),
+      ]),
+    ])
+    : null;
+  const b1 = g.scalar("c", hyper.beta1), b2 = g.scalar("c", hyper.beta2);
+  const ob1 = g.scalar("c", 1 - hyper.beta1), ob2 = g.scalar("c", 1 - hyper.beta2);
+  const eps = g.scalar("c", hyper.eps);
+  for (const x of ins) {
+    const gr = clip ? g.node("Mul", [x.grad, clip]) : x.grad;
+    const m1 = g.node("Add", [g.node("Mul", [x.m, b1]), g.node("Mul", [gr, ob1])]);
+    const v1 = g.node("Add", [
+      g.node("Mul", [x.v, b2]),
+      g.node("Mul", [g.node("Mul", [gr, gr]), ob2]),
+    ]);
+    const denom = g.node("Add", [g.node("Sqrt", [g.node("Div", [v1, bc2])]), eps]);
+    let next = g.node("Sub", [x.p, g.node("Mul", [g.node("Div", [m1, denom]), stepSize])]);
+    if (hyper.weightDecay > 0 && decay(x.name)) {
+      next = g.node("Sub", [next, g.node("Mul", [x.p, decayRate])]);
+    }
+    g.output(next, { name: `new:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
+    g.output(m1, { name: `new_m:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
+    g.output(v1, { name: `new_v:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
+  }
+  return g.toModel({
+    name: "tinystill_adamw",
+    opset: TRAIN_OPSET,
+    irVersion: 8,
+    producer: "tinystill",
+  });
+}
