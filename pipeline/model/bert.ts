@@ -167,17 +167,19 @@ export function dropoutMask(shape: number[], rate: number, seed: number): tf.Ten
 }
 
 /**
- * The keep bits of {@link dropoutMask} (1 = kept) for `n` entries: the same mulberry32 stream
- * and threshold, so `dropoutMask(shape, rate, seed)` = `bits · 1/(1 − rate)` entry for entry. The
- * ONNX training engine feeds these to its graph.
+ * {@link dropoutMask} on the host: entry i of `out` (its first `n` entries) is `keep` where the
+ * mask keeps it and 0 where it drops it — the same mulberry32 stream and threshold, so with
+ * `keep = 1/(1 − rate)` it equals `dropoutMask([n], rate, seed)` entry for entry. The ONNX
+ * training engine feeds these to its graph.
  */
-export function dropoutKeepBits(
+export function dropoutKeep<T extends Uint8Array | Float32Array>(
   n: number,
   rate: number,
   seed: number,
-  out?: Uint8Array,
-): Uint8Array {
-  const bits = out && out.length >= n ? out.subarray(0, n) : new Uint8Array(n);
+  out: T,
+  keep = 1,
+): T {
+  if (out.length < n) throw new Error(`dropoutKeep: ${out.length} entries for ${n}`);
   const threshold = (Math.min(Math.floor(rate * 2 ** 32), 2 ** 32 - 1) ^ 0x80000000) | 0;
   let a = seed | 0;
   for (let i = 0; i < n; i++) {
@@ -185,9 +187,9 @@ export function dropoutKeepBits(
     let t = Math.imul(a ^ (a >>> 15), a | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     t ^= t >>> 14;
-    bits[i] = ((t ^ 0x80000000) | 0) >= threshold ? 1 : 0;
+    out[i] = ((t ^ 0x80000000) | 0) >= threshold ? keep : 0;
   }
-  return bits;
+  return out;
 }
 
 /** The seed of `Bert.forward`'s `call`-th dropout mask (1-based) for a forward `seed`. */

@@ -144,6 +144,19 @@ export class Tape {
     return this.g.int64s("i64", values);
   }
 
+  /**
+   * Column sums of a 2-D `dy [n, k]` → `[k]`, as `ones[1, n] · dy` (a GEMV: ONNX Runtime's
+   * ReduceSum over axis 0 was measured 20–40× slower on `[4096, 312]`).
+   */
+  private sumRows(dy: string): string {
+    const n = this.n("Shape", [dy], { start: 0, end: 1 });
+    const ones = this.n("Expand", [
+      this.g.floats("one", [1], [1, 1]),
+      this.n("Concat", [this.i64([1]), n], { axis: 0 }),
+    ]);
+    return this.n("Reshape", [this.n("MatMul", [ones, dy]), this.i64([-1])]);
+  }
+
   /** Sum `dy` (of shape `out`) down to `shape` (undo broadcasting). */
   private reduceTo(dy: string, out: readonly Dim[], shape: readonly Dim[]): string {
     const lead = out.length - shape.length;
@@ -388,7 +401,7 @@ export class Tape {
     return this.emit("Gemm", ins, shape, (dy) => [
       x.grad ? this.n("MatMul", [dy, w.name]) : null,
       w.grad ? this.n("Gemm", [dy, x.name], { transA: 1 }) : null,
-      ...(b ? [b.grad ? this.n("ReduceSum", [dy, this.i64([0])], { keepdims: 0 }) : null] : []),
+      ...(b ? [b.grad ? this.sumRows(dy) : null] : []),
     ], { transB: 1 });
   }
 
@@ -424,11 +437,9 @@ export class Tape {
     const H = x.shape[x.shape.length - 1];
     return this.record(y, [x, w, b], [...x.shape], (dy) => {
       const xhat = this.n("Mul", [this.n("Sub", [x.name, mean]), invStd]);
-      const rows = this.i64(x.shape.slice(0, -1).map((_, i) => i));
-      const dw = w.grad
-        ? this.n("ReduceSum", [this.n("Mul", [dy, xhat]), rows], { keepdims: 0 })
-        : null;
-      const db = b.grad ? this.n("ReduceSum", [dy, rows], { keepdims: 0 }) : null;
+      if (x.shape.length !== 2) throw new GraphBuildError("layerNorm: rows [n, H] only");
+      const dw = w.grad ? this.sumRows(this.n("Mul", [dy, xhat])) : null;
+      const db = b.grad ? this.sumRows(dy) : null;
       let dx: string | null = null;
       if (x.grad) {
         const gh = this.n("Mul", [dy, w.name]);

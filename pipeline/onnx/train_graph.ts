@@ -33,7 +33,7 @@ export const TRAIN_OPSET = 17;
 
 /** One dropout site: the order matches `Bert.forward`'s dropout calls (seed offsets 1, 2, …). */
 export interface DropoutSite {
-  /** Graph input name (`dropout_<k>`, uint8 keep bits). */
+  /** Graph input name (`dropout_<k>`, float32: 0 or 1/(1 − rate)). */
   name: string;
   /** 1-based call index (the seed offset of `Bert.forward`). */
   call: number;
@@ -113,9 +113,8 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     const call = dropout.length + 1;
     const name = `dropout_${call}`;
     dropout.push({ name, call, rate, dims: [...x.shape] });
-    const bits = t.input(name, [...x.shape], DataType.UINT8);
-    const keep = t.cast(bits, DataType.FLOAT);
-    return t.mul(x, t.mul(keep, t.scalar(1 / (1 - rate))));
+    // the mask as fed: 0 or 1/(1 − rate), as `dropoutMask` (one multiply each way)
+    return t.mul(x, t.input(name, [...x.shape]));
   };
   const dense = (x: Value, prefix: string) =>
     t.linear(x, p(`${prefix}.weight`), p(`${prefix}.bias`));

@@ -16,7 +16,7 @@
 
 import * as ort from "onnxruntime-node";
 import * as tf from "@tensorflow/tfjs";
-import { type Bert, dropoutKeepBits, dropoutSeed } from "../model/bert.ts";
+import { type Bert, dropoutKeep, dropoutSeed, isNoDecay } from "../model/bert.ts";
 import type { AdamWState } from "../train/optim.ts";
 import { batchRows, type HostBatch } from "../train/batch.ts";
 import { NonFiniteLossError } from "../train/parallel.ts";
@@ -40,6 +40,15 @@ export interface OnnxTrainerOptions {
   threads?: number;
   /** Dropout on (default true: a training step). */
   dropout?: boolean;
+  /**
+   * Where the AdamW update runs: `"host"` (default), one fused pass over each parameter in
+   * this thread; `"graph"`, the ONNX AdamW graph ({@link buildAdamWGraph}). Same arithmetic;
+   * measured on TinyBERT4 (14.5M parameters, 2 cores) the graph's ~13 separate elementwise
+   * kernels take 400–570 ms a step, the fused pass 35–55 ms (`deno task bench`).
+   */
+  update?: "host" | "graph";
+  /** Decay rule (default: all but biases and LayerNorm weights). */
+  decay?: (name: string) => boolean;
 }
 
 /** What one step took, in milliseconds (for the benchmark). */
@@ -78,6 +87,8 @@ export class OnnxTrainer {
   readonly #v2 = new Map<string, Float32Array>();
   readonly #g = new Map<string, Float32Array>();
   readonly #shapes = new Map<string, number[]>();
+  /** Dropout mask buffers by site (reused: the attention masks are 25 MB each at 32×128). */
+  readonly #masks = new Map<string, Float32Array>();
   #dirty = false;
 
   private constructor(readonly model: Bert, readonly opts: OnnxTrainerOptions) {
@@ -158,6 +169,7 @@ export class OnnxTrainer {
         weightDecay: this.opts.weightDecay,
         maxGradNorm: this.opts.maxGradNorm,
       },
+      (n) => this.#decays(n),
     );
     this.#update = { session: await this.#session(model, "AdamW"), names: trained };
     return this.#update;
@@ -206,11 +218,16 @@ export class OnnxTrainer {
     for (const site of graph.dropout) {
       const dims = size(site.dims);
       const n = dims.reduce((x, y) => x * y, 1);
-      feeds[site.name] = new ort.Tensor(
-        "uint8",
-        dropoutKeepBits(n, site.rate, dropoutSeed(seed, site.call)),
-        dims,
+      let buf = this.#masks.get(site.name);
+      if (!buf || buf.length < n) this.#masks.set(site.name, buf = new Float32Array(n));
+      const mask = dropoutKeep(
+        n,
+        site.rate,
+        dropoutSeed(seed, site.call),
+        buf.subarray(0, n),
+        1 / (1 - site.rate),
       );
+      feeds[site.name] = new ort.Tensor("float32", mask, dims);
     }
     for (const name of graph.inputs) {
       feeds[name] = new ort.Tensor("float32", this.#w.get(name)!, this.#shapes.get(name)!);
@@ -298,14 +315,76 @@ export class OnnxTrainer {
     if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, this.stepCount + 1);
     const t0 = performance.now();
     const lr = this.currentLr();
-    const { session } = await this.#updateSession(trained);
-    const beta1 = this.opts.beta1 ?? 0.9, beta2 = this.opts.beta2 ?? 0.999;
     const t = this.stepCount + 1;
+    const gradNorm = (this.opts.update ?? "host") === "graph"
+      ? await this.#updateGraph(trained, lr, t)
+      : this.#updateHost(trained, lr, t);
+    this.stepCount = t;
+    this.#dirty = true;
+    this.lastTimes.update = performance.now() - t0;
+    return { loss, gradNorm, lr };
+  }
+
+  /** The step's scalars, as `AdamW.step` computes them. */
+  #scalars(lr: number, t: number) {
+    const beta1 = this.opts.beta1 ?? 0.9, beta2 = this.opts.beta2 ?? 0.999;
+    return {
+      beta1,
+      beta2,
+      eps: this.opts.eps ?? 1e-6,
+      stepSize: lr / (1 - beta1 ** t),
+      bc2: 1 - beta2 ** t,
+      decayRate: lr * this.opts.weightDecay,
+    };
+  }
+
+  #decays(name: string): boolean {
+    return this.opts.weightDecay > 0 && (this.opts.decay ?? ((n) => !isNoDecay(n)))(name);
+  }
+
+  /**
+   * AdamW in one pass per parameter, in place (float32 storage, the same formula as
+   * `AdamW.step`: `m ← β1·m + (1−β1)·ĝ`, `v ← β2·v + (1−β2)·ĝ²`,
+   * `p ← p − step·m / (√(v / bc2) + ε) − lr·wd·p`, ĝ the clipped gradient).
+   */
+  #updateHost(trained: string[], lr: number, t: number): number {
+    let sq = 0;
+    for (const name of trained) {
+      const g = this.#g.get(name)!;
+      let s = 0;
+      for (let j = 0; j < g.length; j++) s += g[j] * g[j];
+      sq += s;
+    }
+    const norm = Math.sqrt(sq);
+    const max = this.opts.maxGradNorm;
+    const clip = max && max > 0 ? Math.min(1, max / (norm + 1e-6)) : 1;
+    const { beta1, beta2, eps, stepSize, bc2, decayRate } = this.#scalars(lr, t);
+    const c1 = (1 - beta1) * clip, c2 = (1 - beta2) * clip * clip;
+    for (const name of trained) {
+      const p = this.#w.get(name)!, g = this.#g.get(name)!;
+      const m = this.#m.get(name)!, v = this.#v.get(name)!;
+      const decay = this.#decays(name) ? decayRate : 0;
+      for (let j = 0; j < p.length; j++) {
+        const gj = g[j], pj = p[j];
+        const mj = m[j] * beta1 + gj * c1;
+        const vj = v[j] * beta2 + gj * gj * c2;
+        m[j] = mj;
+        v[j] = vj;
+        p[j] = pj - stepSize * (mj / (Math.sqrt(vj / bc2) + eps)) - pj * decay;
+      }
+    }
+    return norm;
+  }
+
+  /** AdamW as the ONNX graph, outputs written into the spare buffers, then swapped in. */
+  async #updateGraph(trained: string[], lr: number, t: number): Promise<number> {
+    const { session } = await this.#updateSession(trained);
+    const { stepSize, bc2, decayRate } = this.#scalars(lr, t);
     const scalar = (v: number) => new ort.Tensor("float32", Float32Array.of(v), []);
     const feeds: Record<string, ort.Tensor> = {
-      step_size: scalar(lr / (1 - beta1 ** t)),
-      bias_correction2: scalar(1 - beta2 ** t),
-      decay_rate: scalar(lr * this.opts.weightDecay),
+      step_size: scalar(stepSize),
+      bias_correction2: scalar(bc2),
+      decay_rate: scalar(decayRate),
     };
     const fetches: Record<string, ort.Tensor | null> = { grad_norm: null };
     const spare = (
@@ -338,10 +417,7 @@ export class OnnxTrainer {
     }
     for (const x of Object.values(feeds)) x.dispose();
     out.grad_norm.dispose();
-    this.stepCount = t;
-    this.#dirty = true;
-    this.lastTimes.update = performance.now() - t0;
-    return { loss, gradNorm, lr };
+    return gradNorm;
   }
 
   /** Copy the current weights into `model.params` (tfjs) when a step changed them. */
