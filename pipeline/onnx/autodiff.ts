@@ -538,7 +538,13 @@ export class Tape {
     if (k === 1) return x;
     const [B, h, S, T] = x.shape;
     const g = typeof h === "number" ? h / k : `${h}/${k}`;
-    const r = this.reshape(x, [0, -1, k, 0, 0], [B, g, k, S, T]);
+    // [B, h, S, T] → [B, h/k, k, S, T] (dims from the runtime shape), mean over the k axis
+    const dims = this.n("Concat", [
+      this.n("Shape", [x.name], { start: 0, end: 1 }),
+      this.i64([-1, k]),
+      this.n("Shape", [x.name], { start: 2, end: 4 }),
+    ], { axis: 0 });
+    const r = this.reshapeTo(x, this.constant(dims, [5], DataType.INT64), [B, g, k, S, T]);
     return this.mean(r, [2]);
   }
 

@@ -160,7 +160,10 @@ export class GraphBuilder {
     const g = new ProtoWriter();
     for (const n of this.nodes) g.message(1, encodeNode(n));
     g.string(2, opts.name);
-    for (const t of this.inits) g.message(5, encodeTensor(t));
+    // initializers no node reads (e.g. a constant only a skipped branch would have used)
+    const used = new Set(this.nodes.flatMap((n) => n.inputs));
+    for (const v of this.outputs) used.add(v.name);
+    for (const t of this.inits) if (used.has(t.name)) g.message(5, encodeTensor(t));
     for (const v of this.inputs) g.message(11, encodeValueInfo(v));
     for (const v of this.outputs) g.message(12, encodeValueInfo(v));
 

@@ -31,6 +31,14 @@ import { DataType } from "./graph.ts";
 /** The ONNX opset of the training graphs. */
 export const TRAIN_OPSET = 17;
 
+/** The objectives {@link buildGradGraph} has a graph for. */
+export const GradGraphObjectives: readonly string[] = [
+  "classification",
+  "regression",
+  "mlm",
+  "distillation",
+];
+
 /** One dropout site: the order matches `Bert.forward`'s dropout calls (seed offsets 1, 2, …). */
 export interface DropoutSite {
   /** Graph input name (`dropout_<k>`, float32: 0 or 1/(1 − rate)). */

@@ -111,6 +111,7 @@ export class OnnxTrainer {
       executionProviders: ["cpu"],
       interOpNumThreads: 1,
       executionMode: "sequential",
+      logSeverityLevel: 3, // errors only
     };
     if (this.opts.threads !== undefined) o.intraOpNumThreads = this.opts.threads;
     return o;

@@ -306,8 +306,15 @@ export const LoopParams = {
   checkpoint_every: z.number().int().min(0).default(50),
   /** Restore the best dev checkpoint at the end. */
   keep_best: z.boolean().default(true),
-  /** Model replicas (one per core by default). */
+  /**
+   * Training engine: `onnx` (tinystill's forward/backward graphs on ONNX Runtime), `tfjs`
+   * (tfjs-wasm replicas) or `auto` (default: onnx when ONNX Runtime loads; ~4× faster here).
+   */
+  engine: z.enum(["auto", "onnx", "tfjs"]).default("auto"),
+  /** tfjs engine: model replicas (one per core by default). */
   replicas: z.number().int().positive().optional(),
+  /** onnx engine: intra-op threads (one per core by default). */
+  threads: z.number().int().positive().optional(),
   /** Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression). */
   metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
   /** Batch size for dev evaluation. */

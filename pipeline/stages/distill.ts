@@ -487,6 +487,8 @@ export const distill = defineStage({
         checkpointEvery: params.checkpoint_every,
         seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        engine: params.engine,
+        threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
         metric: params.metric ?? (isRegression(data.meta) ? "pearson" : "accuracy"),
         keepBest: params.keep_best,

@@ -291,6 +291,8 @@ export const mlmPretrain = defineStage({
         checkpointEvery: params.checkpoint_every,
         seed,
         replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        engine: params.engine,
+        threads: params.threads,
         evaluate: heldOut.length > 0 ? score : undefined,
         metric: "mlm_accuracy",
         keepBest: params.keep_best,

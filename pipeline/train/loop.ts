@@ -2,7 +2,7 @@
  * The training loop shared by `distill` and `finetune`: phases of AdamW steps (decoupled decay,
  * none on bias/LayerNorm), linear warmup + decay, gradient clipping and gradient accumulation
  * over micro-batches (so the effective batch does not depend on what fits in the wasm heap),
- * on {@link DataParallel} replicas.
+ * on either training engine (`engine.ts`: tfjs replicas or ONNX Runtime).
  *
  * Reproducible and resumable: the data order is a function of `(seed, epoch)`, dropout masks of
  * `(seed, phase, step)`, and every `checkpointEvery` steps the weights, the optimiser moments and
@@ -18,8 +18,9 @@ import * as tf from "@tensorflow/tfjs";
 import type { Bert } from "../model/bert.ts";
 import { seededRandom, shuffle } from "../random.ts";
 import { exists, swapDir, writeJsonAtomic } from "../store/fsutil.ts";
-import { AdamW, linearWarmupDecay } from "./optim.ts";
-import { DataParallel, NonFiniteLossError } from "./parallel.ts";
+import { linearWarmupDecay } from "./optim.ts";
+import { NonFiniteLossError } from "./parallel.ts";
+import { type EngineName, openTrainEngine, type TrainEngine } from "./engine.ts";
 import type { HostBatch } from "./batch.ts";
 import type { Progress } from "../run/progress.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
@@ -89,7 +90,12 @@ export interface TrainOptions {
   /** Write a checkpoint every this many steps (and at every phase end); 0 = phase ends only. */
   checkpointEvery: number;
   seed: number;
+  /** tfjs engine: model replicas (one per core). */
   replicas: number;
+  /** Training engine (default `auto`: ONNX Runtime when it loads, see `engine.ts`). */
+  engine?: EngineName;
+  /** ONNX engine: intra-op threads (default one per core). */
+  threads?: number;
   /** Dev-set evaluation; higher `metric` is better. */
   evaluate?: (model: Bert) => Promise<Record<string, number>>;
   metric?: string;
@@ -210,7 +216,7 @@ function assignParams(model: Bert, file: Map<string, { data: Float32Array }>, pa
 async function saveCheckpoint(
   dir: string,
   model: Bert,
-  opt: AdamW,
+  opt: Pick<TrainEngine, "getState">,
   state: SavedState,
 ): Promise<void> {
   const tmp = `${dir}.tmp`;
@@ -264,26 +270,24 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const phase = phases[pi];
     const src = phase.source ?? source;
     const total = phaseSteps(phase, src);
-    const opt = new AdamW(model.params, {
+    const engine = await openTrainEngine(model, {
+      objective: phase.objective,
+      objectiveOptions: phase.objectiveOptions,
       lr: linearWarmupDecay(phase.lr, Math.round(phase.warmup * total), total),
       weightDecay: phase.weightDecay,
       maxGradNorm: phase.maxGradNorm,
-    });
+    }, { engine: opts.engine, replicas: opts.replicas, threads: opts.threads });
     if (pi === state.phase && restoredMoments && state.step > 0) {
       const m: Record<string, Float32Array> = {}, v: Record<string, Float32Array> = {};
       for (const name of model.params.keys()) {
         m[name] = restoredMoments.file.get(`m.${name}`)!.data;
         v[name] = restoredMoments.file.get(`v.${name}`)!.data;
       }
-      opt.setState({ step: restoredMoments.step, m, v });
+      engine.setState({ step: restoredMoments.step, m, v });
     }
     const startStep = pi === state.phase ? state.step : 0;
     if (pi !== state.phase) state = { ...state, phase: pi, step: 0 };
-    const dp = await DataParallel.create(model, {
-      replicas: opts.replicas,
-      objective: phase.objective,
-      objectiveOptions: phase.objectiveOptions,
-    });
+    log(`${phase.name}: ${engine.name} engine`);
     const bar = opts.progress?.(`${phase.name}`, total);
     bar?.tick(startStep);
     const micro = phase.microBatchSize ?? phase.batchSize;
@@ -302,7 +306,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         }
         let res;
         try {
-          res = await dp.step(pieces, opt, opts.seed * 1_000_003 + pi * 100_003 + step);
+          res = await engine.step(pieces, opts.seed * 1_000_003 + pi * 100_003 + step);
         } catch (e) {
           if (e instanceof NonFiniteLossError) {
             throw new TrainingDivergedError(phase.name, step, e.loss, found ?? ckptDir);
@@ -328,6 +332,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           );
         }
         if (evalDue(step)) {
+          engine.sync();
           const metrics = await opts.evaluate!(model);
           const point = { phase: phase.name, step, globalStep: state.globalStep, metrics };
           state.evals.push(point);
@@ -348,13 +353,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           step === total ||
           (opts.checkpointEvery > 0 && state.globalStep % opts.checkpointEvery === 0)
         ) {
-          await saveCheckpoint(ckptDir, model, opt, state);
+          engine.sync();
+          await saveCheckpoint(ckptDir, model, engine, state);
         }
         await opts.afterStep?.(state.globalStep);
       }
     } finally {
-      dp.close();
-      opt.dispose();
+      await engine.close(); // syncs the weights into the model first
     }
     bar?.finish();
     restoredMoments = null;
