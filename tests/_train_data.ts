@@ -1,7 +1,21 @@
-/** Tiny labelled data, a model config and a bitwise check shared by the training tests. */
+/**
+ * Shared by the training tests: tiny labelled data, a model config, a bitwise check, and running
+ * `_train_child.ts` (killed and resumed) on either engine.
+ */
 
+import assert from "node:assert/strict";
+import { join } from "node:path";
 import { padRows, type TokenRows } from "../pipeline/store/tokens.ts";
-import type { BatchSource } from "../pipeline/train/loop.ts";
+import {
+  type BatchSource,
+  type CurvePoint,
+  train,
+  TrainingDivergedError,
+} from "../pipeline/train/loop.ts";
+import { setBackend } from "../pipeline/tfjs/backend.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import type { EngineName } from "../pipeline/train/engine.ts";
+import { readSafetensors } from "../pipeline/model/safetensors.ts";
 import { rng } from "./_util.ts";
 
 /** A 2-layer BERT small enough to train in milliseconds; dropout on (as in real training). */
@@ -51,4 +65,189 @@ export function assertSameBytes(actual: Float32Array, expected: Float32Array, wh
   const b = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
   const i = a.findIndex((x, j) => x !== b[j]);
   if (i >= 0) throw new Error(`${what}[${i}]: ${actual[i]}, expected ${expected[i]} (bit for bit)`);
+}
+
+/** What one run of `_train_child.ts` printed and how it ended. */
+export interface ChildRun {
+  out: string;
+  code: number;
+  signal: Deno.Signal | null;
+  err: string;
+}
+
+/**
+ * Run `_train_child.ts` on `dir`. With `killAfter = k` the child stalls after step `k` and is
+ * killed there with SIGKILL (after its checkpoint, if one was due at `k`).
+ */
+export async function runChild(
+  dir: string,
+  opts: { replicas?: number; engine?: EngineName; killAfter?: number } = {},
+): Promise<ChildRun> {
+  const { replicas = 1, engine = "tfjs", killAfter } = opts;
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./_train_child.ts", import.meta.url).pathname,
+      dir,
+      `${replicas}`,
+      engine,
+      killAfter === undefined ? "" : `${killAfter}`,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const proc = cmd.spawn();
+  let out = "";
+  const dec = new TextDecoder();
+  for await (const chunk of proc.stdout) {
+    out += dec.decode(chunk);
+    if (killAfter !== undefined && out.includes(`step ${killAfter}\n`)) {
+      proc.kill("SIGKILL");
+      break;
+    }
+  }
+  const status = await proc.status;
+  const err = dec.decode(await new Response(proc.stderr).arrayBuffer());
+  return { out, code: status.code, signal: status.signal, err };
+}
+
+/** The `<phase>: <engine> engine` lines a child printed, as `[phase, engine]` pairs. */
+export function childEngines(out: string): [string, string][] {
+  return [...out.matchAll(/^(\w+): (\w+) engine$/gm)].map((m) => [m[1], m[2]]);
+}
+
+/** What a finished child run left in `dir`: every weight, its loss curve, steps it restored. */
+export async function childResult(dir: string, run: ChildRun) {
+  assert.equal(run.code, 0, run.err);
+  const weights = (await readSafetensors(join(dir, "final.safetensors"))).tensors;
+  const curve: CurvePoint[] = JSON.parse(await Deno.readTextFile(join(dir, "curve.json")));
+  const resumed = /resumed (\d+)/.exec(run.out);
+  assert.ok(resumed, run.out);
+  return { weights, curve, resumedAt: Number(resumed[1]), engines: childEngines(run.out) };
+}
+
+/**
+ * The checkpoint a child killed after step `k` resumes from: every 2 global steps and at the end
+ * of phase `a` (step 5).
+ */
+export function lastCheckpoint(k: number): number {
+  return Math.max(k - (k % 2), k >= 5 ? 5 : 0);
+}
+
+/**
+ * Kill a child on `engine` with SIGKILL after each step in `kills` (3: mid phase `a`; 5: at its
+ * end; 7: mid phase `b`), resume it (on `resumeEngine`, default the same) and check what it ends
+ * with: the engines that ran, the step it resumed at, and then `check` (the weights and curve).
+ */
+export async function killAndResume(
+  dir: string,
+  opts: { replicas: number; engine: EngineName; resumeEngine?: EngineName; kills: number[] },
+  check: (k: number, got: Awaited<ReturnType<typeof childResult>>) => void,
+): Promise<void> {
+  const { replicas, engine, kills } = opts;
+  const resumeEngine = opts.resumeEngine ?? engine;
+  for (const k of kills) {
+    const d = join(dir, `k${k}-${engine}-${resumeEngine}`);
+    const killed = await runChild(d, { replicas, engine, killAfter: k });
+    assert.equal(killed.signal, "SIGKILL", `${killed.out}\n${killed.err}`);
+    assert.deepEqual(childEngines(killed.out)[0], ["a", engine]);
+    const got = await childResult(d, await runChild(d, { replicas, engine: resumeEngine }));
+    assert.equal(got.resumedAt, lastCheckpoint(k), `killed after step ${k}`);
+    // the resumed run opens the phase it stopped in and any after it, on its own engine
+    const phases = lastCheckpoint(k) <= 5 ? ["a", "b"] : ["b"];
+    assert.deepEqual(got.engines, phases.map((p) => [p, resumeEngine]));
+    check(k, got);
+  }
+}
+
+/**
+ * Regression on {@link tinySource}'s 0/1 labels; the last row of the 5th batch loaded gets the
+ * target `poison`, so step 5's loss is `poison`-valued. With 2 tfjs replicas that row is in the
+ * worker's shard (shard 0, the first rows, stays here).
+ */
+export function poisonedSource(poison: number): BatchSource {
+  const base = tinySource(48);
+  let loads = 0;
+  return {
+    groups: base.groups,
+    load: async (g, rows) => {
+      const b = await base.load(g, rows);
+      const targets = Float32Array.from(b.labels.data);
+      if (++loads === 5) targets[rows.length - 1] = poison;
+      return { ...b, labels: { data: targets, shape: b.labels.shape } };
+    },
+  };
+}
+
+/**
+ * Train regression on {@link poisonedSource}`(poison)` (checkpoints every 2 steps) on `engine`
+ * and check that it stops with {@link TrainingDivergedError} at phase "p" step 5 naming the
+ * checkpoint, that the failed update was not applied to the model, and that the checkpoint holds
+ * the state and weights after step 4, byte for byte.
+ */
+export async function checkDivergence(
+  poison: number,
+  opts: { replicas: number; engine: "tfjs" | "onnx" },
+): Promise<void> {
+  await setBackend("wasm");
+  const model = Bert.create({ ...TRAIN_CONFIG, id2label: { "0": "score" } }, {}, 5);
+  let afterStep4 = new Map<string, Float32Array>();
+  const keepWeights = () => {
+    afterStep4 = new Map([...model.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]));
+  };
+  const logs: string[] = [];
+  const dir = await Deno.makeTempDir({ prefix: "tinystill_test_" });
+  try {
+    await assert.rejects(
+      train({
+        model,
+        phases: [{
+          name: "p",
+          objective: "regression",
+          steps: 8,
+          batchSize: 8,
+          lr: 1e-3,
+          warmup: 0.2,
+          weightDecay: 0.01,
+          maxGradNorm: 1,
+        }],
+        source: poisonedSource(poison),
+        stateDir: dir,
+        checkpointEvery: 2,
+        seed: 1,
+        replicas: opts.replicas,
+        engine: opts.engine,
+        log: (m) => void logs.push(m),
+        afterStep: (s) => s === 4 ? keepWeights() : undefined,
+      }),
+      (e: unknown) => {
+        assert.ok(e instanceof TrainingDivergedError, String(e));
+        assert.equal(e.phase, "p");
+        assert.equal(e.step, 5);
+        assert.ok(Object.is(e.loss, poison), `loss ${e.loss}`);
+        assert.match(
+          e.message,
+          new RegExp(
+            `loss is ${poison} at phase "p" step 5; the last good checkpoint is kept in .*ckpt`,
+          ),
+        );
+        return true;
+      },
+    );
+    assert.ok(logs.includes(`p: ${opts.engine} engine`), logs.join("\n"));
+    const state = JSON.parse(await Deno.readTextFile(join(dir, "ckpt", "state.json")));
+    assert.equal(state.step, 4);
+    assert.equal(state.curve.length, 4);
+    // the failed update was not applied, and the checkpoint holds the weights after step 4
+    const saved = await readSafetensors(join(dir, "ckpt", "weights.safetensors"));
+    assert.equal(afterStep4.size, model.params.size);
+    for (const [name, w] of afterStep4) {
+      assertSameBytes(model.params.get(name)!.dataSync() as Float32Array, w, `model ${name}`);
+      assertSameBytes(saved.tensors.get(name)!.data, w, `checkpoint ${name}`);
+    }
+  } finally {
+    model.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
 }

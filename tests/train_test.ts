@@ -1,22 +1,26 @@
-/** The shared training loop: data order, accumulation, flat tensor count, resume, divergence. */
+/**
+ * The shared training loop on the tfjs engine (replicas + tfjs AdamW; `engine: "tfjs"` throughout,
+ * as the default `auto` runs these objectives on ONNX Runtime): data order, accumulation, flat
+ * tensor count, resume, divergence. The ONNX engine's loop tests are in `onnx_loop_test.ts`.
+ */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { classification } from "../pipeline/train/objectives.ts";
-import { readSafetensors } from "../pipeline/model/safetensors.ts";
-import {
-  type BatchSource,
-  type CurvePoint,
-  epochBatches,
-  type Phase,
-  train,
-  TrainingDivergedError,
-} from "../pipeline/train/loop.ts";
+import { type CurvePoint, epochBatches, type Phase, train } from "../pipeline/train/loop.ts";
 import { computeGradients, DataParallel } from "../pipeline/train/parallel.ts";
 import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
-import { assertSameBytes, tinySource, TRAIN_CONFIG } from "./_train_data.ts";
+import {
+  assertSameBytes,
+  checkDivergence,
+  childResult,
+  killAndResume,
+  runChild,
+  tinySource,
+  TRAIN_CONFIG,
+} from "./_train_data.ts";
 import { assertClose, withTempDir } from "./_util.ts";
 
 const PHASE: Phase = {
@@ -77,6 +81,7 @@ Deno.test("train: the tensor count stays flat across steps and phases; the loss 
       checkpointEvery: 7,
       seed: 1,
       replicas: 1,
+      engine: "tfjs",
       afterStep: () => void counts.push(tf.memory().numTensors),
     });
     assert.equal(res.steps, 45);
@@ -134,6 +139,7 @@ Deno.test("gradient accumulation: micro-batches give one full batch's loss and e
         checkpointEvery: 0,
         seed: 3,
         replicas: 1,
+        engine: "tfjs",
       });
       curves.push(res.curve);
     });
@@ -147,125 +153,27 @@ Deno.test("gradient accumulation: micro-batches give one full batch's loss and e
   });
 });
 
-async function child(dir: string, replicas: number, killAfter?: number) {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("./_train_child.ts", import.meta.url).pathname, dir, `${replicas}`],
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const proc = cmd.spawn();
-  let out = "";
-  const dec = new TextDecoder();
-  for await (const chunk of proc.stdout) {
-    out += dec.decode(chunk);
-    if (killAfter !== undefined && out.includes(`step ${killAfter}\n`)) {
-      proc.kill("SIGKILL");
-      break;
-    }
-  }
-  const status = await proc.status;
-  const err = dec.decode(await new Response(proc.stderr).arrayBuffer());
-  return { out, code: status.code, signal: status.signal, err };
-}
-
-/** What a finished child run left in `dir`: every weight, its loss curve, steps it restored. */
-async function childResult(dir: string, out: string) {
-  const weights = (await readSafetensors(join(dir, "final.safetensors"))).tensors;
-  const curve: CurvePoint[] = JSON.parse(await Deno.readTextFile(join(dir, "curve.json")));
-  return { weights, curve, resumedAt: Number(/resumed (\d+)/.exec(out)![1]) };
-}
-
-for (const replicas of [1, 2]) {
-  Deno.test(`train: a run killed with SIGKILL resumes to the same weights, bit for bit (${replicas} replica(s))`, async () => {
+// killed mid phase a (after step 3; resumes at 2), at its end (5) and mid phase b (7; resumes
+// at 6); each tfjs child takes 2-4 s here, so 2 replicas skip the phase-end kill
+for (const [replicas, kills] of [[1, [3, 5, 7]], [2, [3, 7]]] as const) {
+  Deno.test(`train: a run killed with SIGKILL resumes to the same weights, bit for bit (tfjs, ${replicas} replica(s))`, async () => {
     await withTempDir(async (dir) => {
-      const whole = await child(join(dir, "a"), replicas);
-      assert.equal(whole.code, 0, whole.err);
-      const want = await childResult(join(dir, "a"), whole.out);
+      const want = await childResult(join(dir, "a"), await runChild(join(dir, "a"), { replicas }));
       assert.equal(want.resumedAt, 0);
-      // killed after step 3 (last checkpoint at 2) and after step 7 (in phase b; phase a
-      // ended at 5 with a checkpoint, the last one is at 6)
-      for (const k of [3, 7]) {
-        const d = join(dir, `k${k}`);
-        const killed = await child(d, replicas, k);
-        assert.equal(killed.signal, "SIGKILL");
-        const resumed = await child(d, replicas);
-        assert.equal(resumed.code, 0, resumed.err);
-        const got = await childResult(d, resumed.out);
-        assert.ok(got.resumedAt > 0 && got.resumedAt <= k, `resumed at ${got.resumedAt}`);
+      assert.deepEqual(want.engines, [["a", "tfjs"], ["b", "tfjs"]]);
+      await killAndResume(dir, { replicas, engine: "tfjs", kills: [...kills] }, (k, got) => {
         assert.deepEqual([...got.weights.keys()], [...want.weights.keys()]);
         for (const [name, t] of want.weights) {
           assertSameBytes(got.weights.get(name)!.data, t.data, `killed at ${k}: ${name}`);
         }
-        assert.deepEqual(got.curve.map((p) => p.loss), want.curve.map((p) => p.loss));
-      }
+        assert.deepEqual(got.curve, want.curve);
+      });
     });
   });
 }
 
-/**
- * Regression on {@link tinySource}'s 0/1 labels; the last row of the 5th batch loaded gets the
- * target `poison`, so step 5's loss is `poison`-valued. With 2 replicas that row is in the
- * worker's shard (shard 0, the first rows, stays here).
- */
-function poisonedSource(poison: number): BatchSource {
-  const base = tinySource(48);
-  let loads = 0;
-  return {
-    groups: base.groups,
-    load: async (g, rows) => {
-      const b = await base.load(g, rows);
-      const targets = Float32Array.from(b.labels.data);
-      if (++loads === 5) targets[rows.length - 1] = poison;
-      return { ...b, labels: { data: targets, shape: b.labels.shape } };
-    },
-  };
-}
-
 for (const [poison, replicas] of [[NaN, 1], [Infinity, 1], [NaN, 2]]) {
-  Deno.test(`train: a loss of ${poison} on ${replicas} replica(s) stops with the phase and step named, the update not applied, the last checkpoint intact`, async () => {
-    await setBackend("wasm");
-    const model = Bert.create({ ...TRAIN_CONFIG, id2label: { "0": "score" } }, {}, 5);
-    let afterStep4 = new Map<string, Float32Array>();
-    const keepWeights = () => {
-      afterStep4 = new Map([...model.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]));
-    };
-    await withTempDir(async (dir) => {
-      await assert.rejects(
-        train({
-          model,
-          phases: [{ ...PHASE, objective: "regression", steps: 8 }],
-          source: poisonedSource(poison),
-          stateDir: dir,
-          checkpointEvery: 2,
-          seed: 1,
-          replicas,
-          afterStep: (s) => s === 4 ? keepWeights() : undefined,
-        }),
-        (e: unknown) => {
-          assert.ok(e instanceof TrainingDivergedError, String(e));
-          assert.equal(e.phase, "p");
-          assert.equal(e.step, 5);
-          assert.ok(Object.is(e.loss, poison), `loss ${e.loss}`);
-          assert.match(
-            e.message,
-            new RegExp(
-              `loss is ${poison} at phase "p" step 5; the last good checkpoint is kept in .*ckpt`,
-            ),
-          );
-          return true;
-        },
-      );
-      const state = JSON.parse(await Deno.readTextFile(join(dir, "ckpt", "state.json")));
-      assert.equal(state.step, 4);
-      assert.equal(state.curve.length, 4);
-      // the failed update was not applied, and the checkpoint holds the weights after step 4
-      const saved = await readSafetensors(join(dir, "ckpt", "weights.safetensors"));
-      assert.equal(afterStep4.size, model.params.size);
-      for (const [name, w] of afterStep4) {
-        assertSameBytes(model.params.get(name)!.dataSync() as Float32Array, w, `model ${name}`);
-        assertSameBytes(saved.tensors.get(name)!.data, w, `checkpoint ${name}`);
-      }
-    });
-    model.dispose();
+  Deno.test(`train: a loss of ${poison} on ${replicas} tfjs replica(s) stops with the phase and step named, the update not applied, the last checkpoint intact`, async () => {
+    await checkDivergence(poison, { replicas, engine: "tfjs" });
   });
 }
