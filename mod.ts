@@ -74,7 +74,7 @@ export {
   saveTokenizer,
 } from "./pipeline/model/tokenizer.ts";
 
-/** Training: AdamW, schedules, objectives, data-parallel replicas. */
+/** Training: AdamW, schedules, objectives, data-parallel replicas, the engines. */
 export {
   AdamW,
   type AdamWOptions,
@@ -94,6 +94,12 @@ export {
   type GradientResult,
 } from "./pipeline/train/parallel.ts";
 export { type HostBatch, toTensors } from "./pipeline/train/batch.ts";
+export {
+  type EngineName,
+  openTrainEngine,
+  resolveEngine,
+  type TrainEngine,
+} from "./pipeline/train/engine.ts";
 
 /**
  * The declarative pipeline: file schema, runner, stages, datasets, Parquet part stores. The stage
@@ -180,9 +186,21 @@ export {
   textTable,
 } from "./pipeline/report/report.ts";
 
-/** ONNX export (transformers.js layout) and ONNX Runtime inference. */
+/**
+ * ONNX export (transformers.js layout), ONNX Runtime inference, and training on ONNX Runtime:
+ * `OnnxTrainer` runs tinystill's generated forward + backward graphs (`buildGradGraph`, built by
+ * the `Tape` differentiator) and the AdamW update.
+ */
 export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
 export { OnnxEngine, OnnxLoadError } from "./pipeline/onnx/engine.ts";
+export { OnnxTrainer, type OnnxTrainerOptions } from "./pipeline/onnx/trainer.ts";
+export {
+  buildAdamWGraph,
+  buildGradGraph,
+  type GradGraph,
+  type GradGraphSpec,
+} from "./pipeline/onnx/train_graph.ts";
+export { GraphBuildError, Tape, type Value } from "./pipeline/onnx/autodiff.ts";
 
 /** Errors about bad input name the file, the field, and what was expected. */
 export { InputError, type InputErrorDetails } from "./pipeline/errors.ts";

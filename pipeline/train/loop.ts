@@ -265,6 +265,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     log(`resuming from ${found}: phase ${phases[state.phase]?.name} step ${state.step}`);
   }
   const resumedAt = state.globalStep;
+  /** Where the last good checkpoint is (a resume from `ckpt.old` reads there until a save). */
+  let lastCheckpoint = found ?? ckptDir;
 
   for (let pi = state.phase; pi < phases.length; pi++) {
     const phase = phases[pi];
@@ -309,7 +311,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           res = await engine.step(pieces, opts.seed * 1_000_003 + pi * 100_003 + step);
         } catch (e) {
           if (e instanceof NonFiniteLossError) {
-            throw new TrainingDivergedError(phase.name, step, e.loss, found ?? ckptDir);
+            throw new TrainingDivergedError(phase.name, step, e.loss, lastCheckpoint);
           }
           throw e;
         }
@@ -355,6 +357,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         ) {
           engine.sync();
           await saveCheckpoint(ckptDir, model, engine, state);
+          lastCheckpoint = ckptDir;
         }
         await opts.afterStep?.(state.globalStep);
       }
