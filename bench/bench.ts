@@ -2,7 +2,12 @@
  * `deno task bench [--quick]`: tokens/s of a TinyBERT4-shaped model (4 layers, 312 wide,
  * 12 heads, FFN 1200, vocab 30,522) at seq 128 on every backend that runs here — forward and a
  * full train step (forward + backward + AdamW) — with peak memory, all measured in one run, and
- * the ratio of tinystill's wasm path to stock tfjs-wasm.
+ * the ratio of tinystill's wasm path to stock tfjs-wasm. Then the pipeline workloads and the
+ * PyTorch peer (`bench/torch_peer.py`): forward and train step of TinyBERT4 and a 6×384 teacher
+ * at 32×128 on ONNX Runtime (inference export and the `OnnxTrainer` training engine) beside
+ * tfjs-wasm and PyTorch, with GFLOP/s, % of the sgemm roofline, the train step's
+ * feed / forward+backward / AdamW split (host-fused vs ONNX-graph AdamW) and the issue 14
+ * targets (ONNX train step ≥ 2× PyTorch and ≥ 50% of the roofline).
  *
  * Every workload runs in its own process (the wasm heap never shrinks, so a fresh process is
  * the only honest peak-memory figure). Figures are medians over the measured steps.
@@ -24,6 +29,7 @@ import { encodeExample } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
 import { computeGradients, DataParallel, forwardToHost } from "../pipeline/train/parallel.ts";
 import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
+import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
 
 /** TinyBERT4 (General_TinyBERT_4L_312D) with a 2-label classifier. */
 export const TINYBERT4: Partial<BertConfig> = {
@@ -274,7 +280,7 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
 async function child(id: string, quick: boolean): Promise<void> {
   const w = WORKLOADS.find((x) => x.id === id)!;
   const slow = w.backend !== "wasm" || w.stock;
-  const [warmup, steps] = quick || slow ? [1, 2] : [2, 3];
+  const [warmup, steps] = quick || slow ? [1, 2] : [2, w.kind === "train" ? 5 : 3];
   let result: Result;
   try {
     result = await measure(w, warmup, steps);
@@ -322,6 +328,49 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
     }
     await engine.close();
     return { tokensPerSec: (32 * SEQ * 1000) / median(times), msPerStep: median(times) };
+  }
+  if (id === "ort-train4" || id === "ort-train6" || id === "ort-train4-graph") {
+    // a full train step (forward + backward + AdamW) on the ONNX Runtime engine, classifier
+    // head, 32×128; the first ORT runs grow the arena, hence 2 warm-up steps
+    await setBackend("cpu"); // tfjs only initialises the weights here
+    const bert = Bert.create(id === "ort-train6" ? TEACHER6 : TINYBERT4, {}, 1);
+    const trainer = await OnnxTrainer.create(bert, {
+      objective: "classification",
+      lr: () => 5e-5,
+      weightDecay: 0.01,
+      maxGradNorm: 1,
+      threads: navigator.hardwareConcurrency,
+      update: id === "ort-train4-graph" ? "graph" : "host",
+    });
+    const host = randomBatch(32, 1);
+    host.tokenTypeIds = { data: new Int32Array(32 * SEQ), shape: [32, SEQ] };
+    const [warmup, steps] = quick ? [1, 2] : [2, 7];
+    const times: number[] = [], feed: number[] = [], grad: number[] = [], update: number[] = [];
+    let rss = 0, loss = 0;
+    for (let i = 0; i < warmup + steps; i++) {
+      const t0 = performance.now();
+      loss = (await trainer.step(host, i)).loss;
+      const dt = performance.now() - t0;
+      rss = Math.max(rss, Deno.memoryUsage().rss);
+      if (i < warmup) continue;
+      times.push(dt);
+      feed.push(trainer.lastTimes.feed);
+      grad.push(trainer.lastTimes.grad);
+      update.push(trainer.lastTimes.update);
+    }
+    await trainer.close();
+    bert.dispose();
+    const ms = median(times);
+    return {
+      tokensPerSec: (32 * SEQ * 1000) / ms,
+      msPerStep: ms,
+      stepsMs: times.map((t) => Math.round(t)),
+      feedMs: median(feed),
+      gradMs: median(grad),
+      updateMs: median(update),
+      rssGiB: rss / 2 ** 30,
+      loss,
+    };
   }
   if (id === "ort-sgemm") {
     // ONNX Runtime's own MatMul (MLAS) on n×n: the roofline its BERT graphs run against
@@ -482,6 +531,7 @@ async function main(): Promise<void> {
   const ortFwd = await runExtra("ort-fwd", quick), ortAll = await runExtra("ort-fwd-all", quick);
   const c32 = await runExtra("cache-f32", quick), c16 = await runExtra("cache-f16", quick);
   const peerArgs = (wl: string, shape: string[]) => [
+    ...(wl === "train" && !quick ? ["--steps", "5"] : []),
     "--workload",
     wl,
     ...shape,
@@ -499,6 +549,15 @@ async function main(): Promise<void> {
   const six = ["--layers", "6", "--hidden", "384", "--heads", "12", "--ffn", "1536"];
   const torchTeacher = await torchPeer(peerArgs("forward", six));
   const ortTeacher = await runExtra("ort-teacher6", quick);
+  const torchTrain6 = await torchPeer(peerArgs("train", six));
+  const ortTrain4 = await runExtra("ort-train4", quick);
+  const ortTrain6 = await runExtra("ort-train6", quick);
+  const ortTrain4g = await runExtra("ort-train4-graph", quick);
+  for (const [name, r] of [["4", ortTrain4], ["6", ortTrain6], ["4 graph", ortTrain4g]]) {
+    console.error(
+      `  measured ONNX Runtime train ${name}: ${fig(r as Record<string, unknown>, "msPerStep")} ms`,
+    );
+  }
   const ortGemm = await runExtra("ort-sgemm", quick);
   console.log("\npipeline workloads (same run):");
   console.log("| workload | figure |\n|---|---:|");
@@ -583,10 +642,61 @@ async function main(): Promise<void> {
         f6,
       );
     }
+    if (!ortTrain4.error) {
+      row("TinyBERT4 train step (ONNX Runtime engine)", Number(ortTrain4.tokensPerSec), tt, 3 * f4);
+    }
+    const tt6 = torchTrain6.error ? NaN : Number(torchTrain6.tokens_per_sec);
+    if (!ortTrain6.error && !torchTrain6.error) {
+      row(
+        "6×384 teacher train step (ONNX Runtime engine)",
+        Number(ortTrain6.tokensPerSec),
+        tt6,
+        3 * f6,
+      );
+    }
     console.log(
       `  roofline: the machine's best sgemm (max of OpenBLAS and MLAS over n = 512, 1024, 2048; ` +
         `${navigator.hardwareConcurrency} threads)`,
     );
+    if (torchTrain6.error) console.log(`  6×384 PyTorch train step: error: ${torchTrain6.error}`);
+    console.log(
+      "\nONNX Runtime engine train step, 32×128 (medians of the measured steps, ms):\n" +
+        "| model | AdamW | step | feed | forward+backward (ORT run) | update | RSS GiB |\n" +
+        "|---|---|---:|---:|---:|---:|---:|",
+    );
+    for (
+      const [name, adam, r] of [
+        ["TinyBERT4", "host (fused, default)", ortTrain4],
+        ["TinyBERT4", "ONNX AdamW graph", ortTrain4g],
+        ["6×384 teacher", "host (fused, default)", ortTrain6],
+      ] as const
+    ) {
+      if (r.error) {
+        console.log(`| ${name} | ${adam} | error: ${r.error} | | | | |`);
+        continue;
+      }
+      const cells = [fig(r, "msPerStep"), fig(r, "feedMs"), fig(r, "gradMs"), fig(r, "updateMs")];
+      console.log(`| ${name} | ${adam} | ${cells.join(" | ")} | ${fig(r, "rssGiB", 2)} |`);
+    }
+    for (
+      const [name, r, peer, flops] of [
+        ["TinyBERT4", ortTrain4, tt, 3 * f4],
+        ["6×384 teacher", ortTrain6, tt6, 3 * f6],
+      ] as const
+    ) {
+      if (r.error || !Number.isFinite(peer)) {
+        const why = r.error ?? `PyTorch peer: ${torchTrain6.error}`;
+        console.log(`targets (issue 14), ${name}: NOT measured (${why})`);
+        continue;
+      }
+      const mine = Number(r.tokensPerSec);
+      const ratio = mine / peer, pctRoof = (100 * mine * flops) / 1e9 / roof;
+      console.log(
+        `targets (issue 14), ${name}: ONNX train step ≥ 2.0× PyTorch: ${ratio.toFixed(2)}× ` +
+          `(${ratio >= 2 ? "met" : "NOT met"}); ≥ 50% of roofline: ${pctRoof.toFixed(0)}% ` +
+          `(${pctRoof >= 50 ? "met" : "NOT met"})`,
+      );
+    }
   }
 
   const best = (ids: string[]) => Math.max(...ids.map((id) => results.get(id)?.tokensPerSec ?? 0));
