@@ -6,7 +6,7 @@
  *   objective (`classification`, `regression`, `mlm` or `distillation` with any of its loss terms)
  *   and the backward pass. Inputs: every parameter the loss reads (Hugging Face names and
  *   orientation, so weights map 1:1 to `Bert.params`), the batch, and one uint8 keep-mask per
- *   dropout site. Outputs: `loss` and `grad:<parameter>`.
+ *   dropout site. Outputs: `loss`, `grad:<parameter>` and `grad_sq` (Σ of their squares).
  * - {@link buildAdamWGraph}: global-norm clipping and the AdamW update of every trained
  *   parameter (decoupled decay, none on biases and LayerNorm), exactly the arithmetic of
  *   `train/optim.ts`. Inputs `<p>`, `grad:<p>`, `m:<p>`, `v:<p>` and the step's scalars;
@@ -174,7 +174,7 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
   );
 
   const fwd: Forward = { hidden: [h], scores: [], values: [], last3: h };
-  const sqrtD = t.scalar(Math.sqrt(d));
+  const invSqrtD = t.scalar(1 / Math.sqrt(d));
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
     const pre = `encoder.layer.${l}`;
     const split = (x: Value) =>
@@ -182,7 +182,9 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     const q = split(dense(h, `${pre}.attention.self.query`));
     const k = split(dense(h, `${pre}.attention.self.key`));
     const v = split(dense(h, `${pre}.attention.self.value`));
-    const scores = t.add(t.div(t.matmul(q, k, true), sqrtD), maskAdd); // [B, nh, S, S]
+    // QKᵀ/√d with the 1/√d applied to Q ([B, nh, S, d], 4–5× smaller than the scores: one pass
+    // less over [B, nh, S, S] each way; equal to Bert.forward's division to float32 rounding)
+    const scores = t.add(t.matmul(t.mul(q, invSqrtD), k, true), maskAdd); // [B, nh, S, S]
     const probs = drop(t.softmax(scores), cfg.attention_probs_dropout_prob);
     const ctx = t.reshape(t.transpose(t.matmul(probs, v), [0, 2, 1, 3]), [-1, H], [N, H]);
     const attnProj = drop(dense(ctx, `${pre}.attention.output.dense`), cfg.hidden_dropout_prob);
@@ -245,6 +247,7 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
   const params = paramInputs.map((n) => P.get(n)!);
   const grads = t.gradients(loss, params, true);
   const trained: string[] = [];
+  const squares: string[] = [];
   for (const [name, gname] of grads) {
     trained.push(name);
     t.g.output(gname, {
@@ -252,7 +255,11 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
       elemType: DataType.FLOAT,
       dims: spec.params.get(name)!,
     });
+    squares.push(g.node("ReduceSumSquare", [gname], { keepdims: 0 }));
   }
+  // Σ‖g‖² over every gradient (the clipping norm of a step that is one micro-batch)
+  const sq = squares.length === 1 ? squares[0] : g.node("Sum", squares);
+  g.output(sq, { name: "grad_sq", elemType: DataType.FLOAT, dims: [] });
   const model = g.toModel({
     name: "tinystill_train",
     opset: TRAIN_OPSET,

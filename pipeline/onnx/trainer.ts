@@ -243,9 +243,10 @@ export class OnnxTrainer {
   async #accumulate(
     pieces: HostBatch[],
     seed: number,
-  ): Promise<{ loss: number; trained: string[] }> {
+  ): Promise<{ loss: number; trained: string[]; gradSq?: number }> {
     const total = pieces.reduce((n, b) => n + batchRows(b), 0);
     let loss = 0;
+    let gradSq: number | undefined;
     let trained: string[] = [];
     const scratch = new Map<string, Float32Array>();
     for (let k = 0; k < pieces.length; k++) {
@@ -253,7 +254,7 @@ export class OnnxTrainer {
       const { session, graph } = await this.#gradSession(pieces[k]);
       trained = graph.trained;
       const feeds = this.#feeds(graph, pieces[k], seed * pieces.length + k);
-      const fetches: Record<string, ort.Tensor | null> = { loss: null };
+      const fetches: Record<string, ort.Tensor | null> = { loss: null, grad_sq: null };
       const first = k === 0;
       for (const name of graph.trained) {
         if (!this.#g.has(name)) this.#g.set(name, new Float32Array(this.#w.get(name)!.length));
@@ -271,6 +272,8 @@ export class OnnxTrainer {
       this.lastTimes.grad += t2 - t1;
       const share = batchRows(pieces[k]) / total;
       loss += (out.loss.data as Float32Array)[0] * share;
+      gradSq = pieces.length === 1 ? (out.grad_sq.data as Float32Array)[0] : undefined;
+      out.grad_sq.dispose();
       // as DataParallel: acc = g₀·w₀, then acc += g_k·w_k
       if (pieces.length > 1) {
         for (const name of graph.trained) {
@@ -285,7 +288,7 @@ export class OnnxTrainer {
       for (const t of Object.values(feeds)) t.dispose();
       out.loss.dispose();
     }
-    return { loss, trained };
+    return { loss, trained, gradSq };
   }
 
   /** The learning rate the next step will use. */
@@ -312,14 +315,14 @@ export class OnnxTrainer {
   ): Promise<{ loss: number; gradNorm: number; lr: number }> {
     this.lastTimes = { feed: 0, grad: 0, update: 0 };
     const pieces = Array.isArray(batch) ? batch : [batch];
-    const { loss, trained } = await this.#accumulate(pieces, seed);
+    const { loss, trained, gradSq } = await this.#accumulate(pieces, seed);
     if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, this.stepCount + 1);
     const t0 = performance.now();
     const lr = this.currentLr();
     const t = this.stepCount + 1;
     const gradNorm = (this.opts.update ?? "host") === "graph"
       ? await this.#updateGraph(trained, lr, t)
-      : this.#updateHost(trained, lr, t);
+      : this.#updateHost(trained, lr, t, gradSq);
     this.stepCount = t;
     this.#dirty = true;
     this.lastTimes.update = performance.now() - t0;
@@ -348,13 +351,16 @@ export class OnnxTrainer {
    * `AdamW.step`: `m ← β1·m + (1−β1)·ĝ`, `v ← β2·v + (1−β2)·ĝ²`,
    * `p ← p − step·m / (√(v / bc2) + ε) − lr·wd·p`, ĝ the clipped gradient).
    */
-  #updateHost(trained: string[], lr: number, t: number): number {
-    let sq = 0;
-    for (const name of trained) {
-      const g = this.#g.get(name)!;
-      let s = 0;
-      for (let j = 0; j < g.length; j++) s += g[j] * g[j];
-      sq += s;
+  #updateHost(trained: string[], lr: number, t: number, gradSq?: number): number {
+    // one micro-batch: the graph summed the squares; accumulated micro-batches: sum them here
+    let sq = gradSq ?? 0;
+    if (gradSq === undefined) {
+      for (const name of trained) {
+        const g = this.#g.get(name)!;
+        let s = 0;
+        for (let j = 0; j < g.length; j++) s += g[j] * g[j];
+        sq += s;
+      }
     }
     const norm = Math.sqrt(sq);
     const max = this.opts.maxGradNorm;
