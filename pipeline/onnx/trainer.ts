@@ -16,10 +16,12 @@
 
 import * as ort from "onnxruntime-node";
 import * as tf from "@tensorflow/tfjs";
-import { type Bert, dropoutKeep, dropoutSeed, isNoDecay } from "../model/bert.ts";
+import { type Bert, type BertHeads, dropoutKeep, dropoutSeed, isNoDecay } from "../model/bert.ts";
+import type { BertConfig } from "../model/config.ts";
 import type { AdamWState } from "../train/optim.ts";
 import { batchRows, type HostBatch } from "../train/batch.ts";
-import { NonFiniteLossError } from "../train/parallel.ts";
+import { NonFiniteLossError, ReplicaWorker } from "../train/parallel.ts";
+import { sliceBatch } from "../train/batch.ts";
 import { IGNORE_INDEX } from "../train/objectives.ts";
 import { buildAdamWGraph, buildGradGraph, type GradGraph } from "./train_graph.ts";
 import type { Dim } from "./autodiff.ts";
@@ -49,6 +51,23 @@ export interface OnnxTrainerOptions {
   update?: "host" | "graph";
   /** Decay rule (default: all but biases and LayerNorm weights). */
   decay?: (name: string) => boolean;
+  /**
+   * Data-parallel replicas (default 1): this thread plus `replicas − 1` workers, each its own
+   * session with `threads` intra-op threads, on a shard of every micro-batch; gradients averaged
+   * through shared memory, the same host AdamW applied on every replica (weights stay
+   * bit-identical). Replica i of micro-batch seed s uses dropout seed `s·replicas + i`, as the
+   * tfjs `DataParallel` does.
+   */
+  replicas?: number;
+}
+
+/** What a replica is built from (a worker has no tfjs model). */
+export interface ReplicaCore {
+  config: BertConfig;
+  heads: BertHeads;
+  /** Every parameter's shape, in the model's order (the gradient layout follows it). */
+  shapes: [string, number[]][];
+  weights: Record<string, Float32Array>;
 }
 
 /** What one step took, in milliseconds (for the benchmark). */
@@ -91,18 +110,124 @@ export class OnnxTrainer {
   readonly #masks = new Map<string, Float32Array>();
   #dirty = false;
 
-  private constructor(readonly model: Bert, readonly opts: OnnxTrainerOptions) {
-    for (const [name, v] of model.params) {
-      this.#shapes.set(name, v.shape);
-      this.#w.set(name, Float32Array.from(v.dataSync() as Float32Array));
-      this.#m.set(name, new Float32Array(v.size));
-      this.#v.set(name, new Float32Array(v.size));
+  readonly config: BertConfig;
+  readonly heads: BertHeads;
+  /** Worker replicas (data parallel) and the shared gradient buffers. */
+  #workers: ReplicaWorker[] = [];
+  #layout = new Map<string, [number, number]>();
+  /** Per worker, where it writes its shard's gradients; and the averaged gradients. */
+  #shardGrads: Float32Array[] = [];
+  #avg: Float32Array | null = null;
+
+  private constructor(
+    readonly model: Bert | null,
+    core: ReplicaCore,
+    readonly opts: OnnxTrainerOptions,
+  ) {
+    this.config = core.config;
+    this.heads = core.heads;
+    let offset = 0;
+    for (const [name, shape] of core.shapes) {
+      const size = shape.reduce((a, b) => a * b, 1);
+      this.#shapes.set(name, shape);
+      this.#layout.set(name, [offset, size]);
+      offset += size;
+      this.#w.set(name, Float32Array.from(core.weights[name]));
+      this.#m.set(name, new Float32Array(size));
+      this.#v.set(name, new Float32Array(size));
     }
   }
 
-  /** A trainer on `model`'s current weights (moments zero, step 0). */
-  static create(model: Bert, opts: OnnxTrainerOptions): Promise<OnnxTrainer> {
-    return Promise.resolve(new OnnxTrainer(model, opts));
+  /**
+   * A trainer on `model`'s current weights (moments zero, step 0); with `replicas > 1`, its
+   * worker replicas are started here.
+   */
+  static async create(model: Bert, opts: OnnxTrainerOptions): Promise<OnnxTrainer> {
+    const core: ReplicaCore = {
+      config: model.config,
+      heads: model.heads,
+      shapes: [...model.params].map(([n, v]) => [n, v.shape]),
+      weights: Object.fromEntries(
+        [...model.params].map(([n, v]) => [n, v.dataSync() as Float32Array]),
+      ),
+    };
+    const trainer = new OnnxTrainer(model, core, opts);
+    await trainer.#startWorkers(core);
+    return trainer;
+  }
+
+  /** A replica for a worker thread (no tfjs model, no workers of its own). */
+  static forWorker(core: ReplicaCore, opts: OnnxTrainerOptions): OnnxTrainer {
+    return new OnnxTrainer(null, core, { ...opts, replicas: 1 });
+  }
+
+  async #startWorkers(core: ReplicaCore): Promise<void> {
+    const replicas = this.opts.replicas ?? 1;
+    if (replicas <= 1) return;
+    if (this.opts.decay) {
+      throw new Error("OnnxTrainer: a custom decay rule cannot cross to replicas");
+    }
+    if ((this.opts.update ?? "host") !== "host") {
+      throw new Error('OnnxTrainer: replicas apply AdamW on the host (update: "host")');
+    }
+    const total = [...this.#layout.values()].reduce((n, [, size]) => n + size, 0);
+    this.#avg = new Float32Array(new SharedArrayBuffer(total * 4));
+    const { lr: _lr, decay: _decay, ...plain } = this.opts;
+    try {
+      for (let i = 1; i < replicas; i++) {
+        const w = new ReplicaWorker(new URL("./replica_worker.ts", import.meta.url));
+        this.#workers.push(w);
+        const out = new SharedArrayBuffer(total * 4);
+        this.#shardGrads.push(new Float32Array(out));
+        await w.request({
+          type: "init",
+          core,
+          opts: { ...plain, replicas: 1 },
+          gradsOut: out,
+          gradsIn: this.#avg.buffer,
+        });
+      }
+    } catch (e) {
+      for (const w of this.#workers) w.terminate();
+      this.#workers = [];
+      throw e;
+    }
+  }
+
+  /** `name`'s slice of a flat gradient buffer laid out like the parameters. */
+  view(flat: Float32Array, name: string): Float32Array {
+    const [offset, size] = this.#layout.get(name)!;
+    return flat.subarray(offset, offset + size);
+  }
+
+  /** Worker side: loss and gradients of one shard, the gradients copied into `out`. */
+  async shardGradients(
+    b: HostBatch,
+    seed: number,
+    out: Float32Array,
+  ): Promise<{ loss: number; trained: string[] }> {
+    const { loss, trained } = await this.#accumulate([b], seed);
+    for (const name of trained) this.view(out, name).set(this.#g.get(name)!);
+    return { loss, trained };
+  }
+
+  /** Worker side: the AdamW step from the averaged gradients in `avg` (norm given). */
+  applyAveraged(trained: string[], lr: number, t: number, sq: number, avg: Float32Array): void {
+    this.#updateHost(trained, lr, t, sq, (name) => this.view(avg, name));
+    this.stepCount = t;
+  }
+
+  /** Copies of every weight (for tests: replicas hold the same bytes). */
+  weights(): Record<string, Float32Array> {
+    return Object.fromEntries([...this.#w].map(([n, a]) => [n, Float32Array.from(a)]));
+  }
+
+  /** Every replica's weights, this thread's first (for tests). */
+  async replicaWeights(): Promise<Record<string, Float32Array>[]> {
+    const theirs = await Promise.all(
+      this.#workers.map((w) => w.request<Record<string, Float32Array>>({ type: "weights" })),
+    );
+    return [this.weights(), ...theirs];
   }
 
   #sessionOptions(): ort.InferenceSession.SessionOptions {
@@ -143,8 +268,8 @@ export class OnnxTrainer {
     const targets: Record<string, number[]> = {};
     for (const [k, v] of Object.entries(b)) if (k.startsWith("t_")) targets[k] = v.shape;
     const graph = buildGradGraph({
-      config: this.model.config,
-      heads: this.model.heads,
+      config: this.config,
+      heads: this.heads,
       params: this.#shapes,
       objective: this.opts.objective,
       objectiveOptions: this.opts.objectiveOptions,
@@ -315,6 +440,7 @@ export class OnnxTrainer {
   ): Promise<{ loss: number; gradNorm: number; lr: number }> {
     this.lastTimes = { feed: 0, grad: 0, update: 0 };
     const pieces = Array.isArray(batch) ? batch : [batch];
+    if (this.#workers.length > 0) return await this.#parallelStep(pieces, seed);
     const { loss, trained, gradSq } = await this.#accumulate(pieces, seed);
     if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, this.stepCount + 1);
     const t0 = performance.now();
@@ -327,6 +453,78 @@ export class OnnxTrainer {
     this.#dirty = true;
     this.lastTimes.update = performance.now() - t0;
     return { loss, gradNorm, lr };
+  }
+
+  /**
+   * One step on every replica: each micro-batch split into shards (rows `[bounds[i],
+   * bounds[i+1])`, shard 0 here), the shards' gradients averaged into the shared buffer weighted
+   * by rows (as `DataParallel`: this replica's first, then each worker's in order), then the same
+   * host AdamW on every replica.
+   */
+  async #parallelStep(
+    pieces: HostBatch[],
+    seed: number,
+  ): Promise<{ loss: number; gradNorm: number; lr: number }> {
+    const R = this.#workers.length + 1;
+    const avg = this.#avg!;
+    if (!this.#stateSent) {
+      const state = this.getState();
+      await Promise.all(this.#workers.map((w) => w.request({ type: "state", state })));
+      this.#stateSent = true;
+    }
+    const total = pieces.reduce((n, b) => n + batchRows(b), 0);
+    let loss = 0;
+    let trained: string[] = [];
+    for (let k = 0; k < pieces.length; k++) {
+      const micro = seed * pieces.length + k;
+      const n = batchRows(pieces[k]), r = Math.min(R, n);
+      const bounds = Array.from({ length: r + 1 }, (_, i) => Math.round((i * n) / r));
+      const scale = n / total;
+      const pending = this.#workers.slice(0, r - 1).map((w, i) =>
+        w.request<{ loss: number; trained: string[] }>({
+          type: "grads",
+          batch: sliceBatch(pieces[k], bounds[i + 1], bounds[i + 2]),
+          seed: micro * R + i + 1,
+        })
+      );
+      const t0 = performance.now();
+      const mine = await this.#accumulate([sliceBatch(pieces[k], bounds[0], bounds[1])], micro * R);
+      const theirs = await Promise.all(pending);
+      const t1 = performance.now();
+      trained = mine.trained;
+      const weight = (i: number) => scale * (bounds[i + 1] - bounds[i]) / n;
+      loss += mine.loss * weight(0);
+      theirs.forEach((res, i) => loss += res.loss * weight(i + 1));
+      for (const name of trained) {
+        const acc = this.view(avg, name), g = this.#g.get(name)!, w0 = weight(0);
+        if (k === 0) { for (let j = 0; j < acc.length; j++) acc[j] = g[j] * w0; }
+        else for (let j = 0; j < acc.length; j++) acc[j] += g[j] * w0;
+        theirs.forEach((_, i) => {
+          const src = this.view(this.#shardGrads[i], name), wi = weight(i + 1);
+          for (let j = 0; j < acc.length; j++) acc[j] += src[j] * wi;
+        });
+      }
+      this.lastTimes.grad += t1 - t0;
+    }
+    if (!Number.isFinite(loss)) throw new NonFiniteLossError(loss, this.stepCount + 1);
+    const t0 = performance.now();
+    let sq = 0;
+    for (const name of trained) {
+      const g = this.view(avg, name);
+      let s = 0;
+      for (let j = 0; j < g.length; j++) s += g[j] * g[j];
+      sq += s;
+    }
+    const lr = this.currentLr();
+    const t = this.stepCount + 1;
+    // every replica applies the same update from the same averaged gradients
+    const applied = this.#workers.map((w) => w.request({ type: "apply", trained, lr, t, sq }));
+    this.#updateHost(trained, lr, t, sq, (name) => this.view(avg, name));
+    await Promise.all(applied);
+    this.stepCount = t;
+    this.#dirty = true;
+    this.lastTimes.update = performance.now() - t0;
+    return { loss, gradNorm: Math.sqrt(sq), lr };
   }
 
   /** The step's scalars, as `AdamW.step` computes them. */
@@ -351,12 +549,18 @@ export class OnnxTrainer {
    * `AdamW.step`: `m ← β1·m + (1−β1)·ĝ`, `v ← β2·v + (1−β2)·ĝ²`,
    * `p ← p − step·m / (√(v / bc2) + ε) − lr·wd·p`, ĝ the clipped gradient).
    */
-  #updateHost(trained: string[], lr: number, t: number, gradSq?: number): number {
+  #updateHost(
+    trained: string[],
+    lr: number,
+    t: number,
+    gradSq?: number,
+    grads: (name: string) => Float32Array = (name) => this.#g.get(name)!,
+  ): number {
     // one micro-batch: the graph summed the squares; accumulated micro-batches: sum them here
     let sq = gradSq ?? 0;
     if (gradSq === undefined) {
       for (const name of trained) {
-        const g = this.#g.get(name)!;
+        const g = grads(name);
         let s = 0;
         for (let j = 0; j < g.length; j++) s += g[j] * g[j];
         sq += s;
@@ -368,7 +572,7 @@ export class OnnxTrainer {
     const { beta1, beta2, eps, stepSize, bc2, decayRate } = this.#scalars(lr, t);
     const c1 = (1 - beta1) * clip, c2 = (1 - beta2) * clip * clip;
     for (const name of trained) {
-      const p = this.#w.get(name)!, g = this.#g.get(name)!;
+      const p = this.#w.get(name)!, g = grads(name);
       const m = this.#m.get(name)!, v = this.#v.get(name)!;
       const decay = this.#decays(name) ? decayRate : 0;
       for (let j = 0; j < p.length; j++) {
@@ -429,16 +633,10 @@ export class OnnxTrainer {
 
   /** Copy the current weights into `model.params` (tfjs) when a step changed them. */
   syncModel(): void {
-    if (!this.#dirty) return;
+    if (!this.#dirty || !this.model) return;
     for (const [name, v] of this.model.params) {
       tf.tidy(() => v.assign(tf.tensor(this.#w.get(name)!, v.shape)));
     }
-    this.#dirty = false;
-  }
-
-  /** Re-read `model.params` (after the caller assigned weights, e.g. a restored checkpoint). */
-  loadModel(): void {
-    for (const [name, v] of this.model.params) this.#w.get(name)!.set(v.dataSync() as Float32Array);
     this.#dirty = false;
   }
 
@@ -461,11 +659,17 @@ export class OnnxTrainer {
       this.#v.get(name)!.set(vv);
     }
     this.stepCount = state.step;
+    this.#stateSent = false; // the replicas get it before the next step
   }
+
+  #stateSent = true;
 
   /** Release the sessions (the weights stay in the model after {@link syncModel}). */
   async close(): Promise<void> {
     this.syncModel();
+    await Promise.all(this.#workers.map((w) => w.request({ type: "close" }).catch(() => {})));
+    for (const w of this.#workers) w.terminate();
+    this.#workers = [];
     await this.#grad?.session.release();
     await this.#update?.session.release();
     this.#grad = null;

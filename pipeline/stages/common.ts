@@ -311,9 +311,9 @@ export const LoopParams = {
    * (tfjs-wasm replicas) or `auto` (default: onnx when ONNX Runtime loads; ~4× faster here).
    */
   engine: z.enum(["auto", "onnx", "tfjs"]).default("auto"),
-  /** tfjs engine: model replicas (one per core by default). */
+  /** Data-parallel replicas (default: one per core on tfjs, 1 on onnx). */
   replicas: z.number().int().positive().optional(),
-  /** onnx engine: intra-op threads (one per core by default). */
+  /** onnx engine: intra-op threads per replica (default: the cores shared among replicas). */
   threads: z.number().int().positive().optional(),
   /** Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression). */
   metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),

@@ -486,7 +486,7 @@ export const distill = defineStage({
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
         seed,
-        replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        replicas: params.replicas,
         engine: params.engine,
         threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,

@@ -290,7 +290,7 @@ export const mlmPretrain = defineStage({
         stateDir: join(ctx.out, "train_state"),
         checkpointEvery: params.checkpoint_every,
         seed,
-        replicas: params.replicas ?? navigator.hardwareConcurrency ?? 1,
+        replicas: params.replicas,
         engine: params.engine,
         threads: params.threads,
         evaluate: heldOut.length > 0 ? score : undefined,

@@ -208,13 +208,18 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-class ReplicaWorker {
+/**
+ * A worker thread answering `{ id, type, … }` requests with `{ id, ok, result | error }`: the tfjs
+ * replica (`replica_worker.ts`, the default) or another module speaking the same protocol (the
+ * ONNX engine's `onnx/replica_worker.ts`).
+ */
+export class ReplicaWorker {
   private worker: Worker;
   private next = 0;
   private pending = new Map<number, Pending>();
 
-  constructor() {
-    this.worker = new Worker(new URL("./replica_worker.ts", import.meta.url), { type: "module" });
+  constructor(url: URL = new URL("./replica_worker.ts", import.meta.url)) {
+    this.worker = new Worker(url, { type: "module" });
     this.worker.onmessage = (e: MessageEvent) => {
       const { id, ok, result, error } = e.data;
       const p = this.pending.get(id);
