@@ -197,6 +197,8 @@ function tfjsOutputs(bert: Bert, x: Batch): Record<string, Float32Array> {
   const o = bert.forward(inputs, { mlm: true });
   const out: Record<string, Float32Array> = {};
   o.hiddenStates.forEach((t, i) => out[`hidden_state_${i}`] = Float32Array.from(t.dataSync()));
+  // the encoder output, which transformers.js' feature-extraction pipeline reads
+  out.last_hidden_state = Float32Array.from(o.hiddenStates.at(-1)!.dataSync());
   o.attentionScores.forEach((t, l) => {
     out[`attention_scores_${l}`] = Float32Array.from(t.dataSync());
   });
@@ -267,7 +269,7 @@ function compareAll(
   assert.deepEqual(names, Object.keys(ref).sort(), `${tag}: output names`);
   for (const name of names) {
     const o = onnx[name];
-    if (name.startsWith("hidden_state_")) {
+    if (name.startsWith("hidden_state_") || name === "last_hidden_state") {
       assert.deepEqual(o.dims, [x.batch, x.seq, cfg.hidden_size]);
     }
     if (name.startsWith("attention_scores_")) {
@@ -321,6 +323,7 @@ for (const [label, cfg, heads] of MODELS) {
         ...(heads.classifier ? ["logits"] : []),
         // transformers.js reads a masked-LM model's output as `logits`
         ...(heads.mlm ? [heads.classifier ? "mlm_logits" : "logits"] : []),
+        "last_hidden_state",
       ];
       assert.deepEqual([...engine.outputNames].sort(), expected.sort());
       // two shapes through the same session: the batch and sequence axes are dynamic

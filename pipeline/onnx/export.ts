@@ -10,7 +10,7 @@
  * - the masked-LM logits `[batch, sequence, vocab]` when it has a masked-LM head (unless
  *   `mlm: false`), named `logits` as transformers.js' `BertForMaskedLM` reads them when the model
  *   has no classifier, else `mlm_logits` (see {@link mlmOutputName});
- * - `last_hidden_state` `[batch, sequence, hidden]` when it has neither;
+ * - `last_hidden_state` `[batch, sequence, hidden]` (the encoder output, always);
  * - with `outputs: "all"`, also `hidden_state_{i}` (i = 0..L, 0 = embedding output) and the
  *   pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]` (l = 0..L−1), which
  *   include the additive mask `(1 − mask)·(−10000)` exactly as `Bert.forward` returns them.
@@ -27,8 +27,8 @@
 import { join } from "node:path";
 import type { Bert } from "../model/bert.ts";
 import { architectureOf } from "../model/checkpoint.ts";
-import { numLabels, writeConfig } from "../model/config.ts";
-import { writeFileAtomic } from "../store/fsutil.ts";
+import { type BertConfig, numLabels, writeConfig } from "../model/config.ts";
+import { writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import { type BertTokenizer, saveTokenizer } from "../model/tokenizer.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
 import { littleEndianBytes } from "./protobuf.ts";
@@ -282,9 +282,8 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
       dims: ["batch", "sequence", V],
     });
   }
-  if (!bert.heads.classifier && !wantMlm) {
-    g.output(h, { name: "last_hidden_state", elemType: DataType.FLOAT, dims: hiddenDims });
-  }
+  // always: transformers.js' feature-extraction pipeline reads it (besides a head's `logits`)
+  g.output(h, { name: "last_hidden_state", elemType: DataType.FLOAT, dims: hiddenDims });
 
   return g.toModel({
     name: "tinystill_bert",
@@ -294,10 +293,41 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   });
 }
 
+/**
+ * Set `model_max_length` in `dir/tokenizer_config.json` (when the file exists) to the least of its
+ * value, `maxLength` and `maxPositions`: a tokenizer must not produce sequences the model has no
+ * positions for. Returns the value written, or null without the file.
+ */
+export async function limitModelMaxLength(
+  dir: string,
+  maxPositions: number,
+  maxLength?: number,
+): Promise<number | null> {
+  const path = join(dir, "tokenizer_config.json");
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  const current = typeof config.model_max_length === "number" ? config.model_max_length : Infinity;
+  const limit = Math.min(current, maxLength ?? Infinity, maxPositions);
+  config.model_max_length = limit;
+  await writeJsonAtomic(path, config);
+  return limit;
+}
+
 /** Options of {@link saveOnnxFolder}. */
 export interface SaveOnnxFolderOptions {
   /** Also write `tokenizer.json`, `tokenizer_config.json` (and `vocab.txt`). */
   tokenizer?: BertTokenizer;
+  /**
+   * The length the model was trained at: `model_max_length` of `tokenizer_config.json` becomes
+   * the least of it, the tokenizer's own and `max_position_embeddings` (so transformers.js
+   * truncates long inputs instead of failing on them).
+   */
+  maxLength?: number;
   /** Outputs of both exports (default `"logits"`). */
   outputs?: "logits" | "all";
   /** Write `onnx/model_fp16.onnx` too (default true). */
@@ -324,13 +354,19 @@ export async function saveOnnxFolder(
       ...bert.config,
       architectures: [architectureOf(bert.heads)],
       torch_dtype: "float32",
-    }),
+      // transformers.js loads `onnx/model.onnx` unless told otherwise (its browser default, q8,
+      // needs a quantized file this folder does not have)
+      "transformers.js_config": { dtype: "fp32" },
+    } as BertConfig),
   );
   if (opts.tokenizer) {
     await saveTokenizer(opts.tokenizer, dir);
     for (const f of ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]) {
       written.push(join(dir, f));
     }
+  }
+  if (opts.tokenizer || opts.maxLength !== undefined) {
+    await limitModelMaxLength(dir, bert.config.max_position_embeddings, opts.maxLength);
   }
   const outputs = opts.outputs ?? "logits";
   const fp32Path = join(dir, "onnx", "model.onnx");

@@ -14,6 +14,7 @@ import { loadBert, saveBert } from "../model/checkpoint.ts";
 import { type BertConfig, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
+import { limitModelMaxLength } from "../onnx/export.ts";
 import {
   isRegression,
   padRows,
@@ -378,5 +379,8 @@ export async function writeTrainedModel(
   for (const f of ["vocab.txt", "tokenizer.json", "tokenizer_config.json"]) {
     await Deno.copyFile(join(tokensDir, "tokenizer", f), join(dir, f));
   }
+  // the length it was trained at (transformers.js truncates to model_max_length)
+  const meta = JSON.parse(await Deno.readTextFile(join(tokensDir, "labels.json")));
+  await limitModelMaxLength(dir, model.config.max_position_embeddings, meta.max_seq_length);
   await writeJsonAtomic(join(out, "curve.json"), curve);
 }
