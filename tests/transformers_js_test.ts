@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { AutoTokenizer, env, pipeline } from "@huggingface/transformers";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
-import { limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
+import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
+import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
 import { maxAbsErr, withTempDir } from "./_util.ts";
 
@@ -55,7 +56,8 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
     );
     assert.equal(tconf.model_max_length, TRAINED_LENGTH);
     const conf = JSON.parse(await Deno.readTextFile(join(dir, "student", "config.json")));
-    assert.deepEqual(conf["transformers.js_config"], { dtype: "fp32" });
+    // a quantized file is there, so transformers.js' own default (q8 in browsers) may stand
+    assert.equal(conf["transformers.js_config"], undefined);
 
     env.allowRemoteModels = false;
     env.localModelPath = dir;
@@ -109,8 +111,72 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
       const err = maxAbsErr(out.data as Float32Array, hidden);
       assert.ok(err <= 1e-4, `hidden state differs by ${err}`);
     }
+
+    // dtype q8 loads onnx/model_quantized.onnx: its probabilities are ONNX Runtime's on that file
+    const q8 = await pipeline("text-classification", "student", {
+      local_files_only: true,
+      dtype: "q8",
+    });
+    const engine = await OnnxEngine.load(join(dir, "student", "onnx", "model_quantized.onnx"));
+    try {
+      for (const text of texts) {
+        const ids = tjsIds(text);
+        const out = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: ids.length });
+        const z = Array.from(out.logits.data), m = Math.max(...z);
+        const e = z.map((v) => Math.exp(v - m)), sum = e.reduce((a, b) => a + b, 0);
+        const got = await q8(text, { top_k: null }) as { label: string; score: number }[];
+        for (const { label, score } of got) {
+          const i = Object.values(conf.id2label).indexOf(label);
+          assert.ok(Math.abs(score - e[i] / sum) <= 1e-5, `q8 ${label}: ${score} vs ${e[i] / sum}`);
+        }
+      }
+    } finally {
+      await engine.close();
+    }
     bert.dispose();
   });
+});
+
+Deno.test("q8 export: int8 per-channel Linear weights, under half the size, logits within 5%", async () => {
+  const bert = Bert.create(
+    {
+      vocab_size: 1000,
+      hidden_size: 128,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      intermediate_size: 512,
+      max_position_embeddings: 64,
+      initializer_range: 0.1,
+      id2label: { "0": "a", "1": "b", "2": "c" },
+    },
+    { classifier: true },
+    1,
+  );
+  const fp32 = exportOnnx(bert), q8 = exportOnnx(bert, { dtype: "q8" });
+  const ratio = q8.length / fp32.length;
+  // the Linear weights are 0.79M of the 0.93M parameters here; embeddings stay float32
+  assert.ok(ratio < 0.45, `q8 file is ${ratio.toFixed(3)} of fp32`);
+  const a = await OnnxEngine.load(fp32), b = await OnnxEngine.load(q8);
+  try {
+    const B = 16, S = 32;
+    const ids = new Int32Array(B * S).map((_, i) => 1 + (i * 7919) % 999);
+    const x = (await a.run({ inputIds: ids, batch: B, seq: S })).logits.data;
+    const y = (await b.run({ inputIds: ids, batch: B, seq: S })).logits.data;
+    const scale = Math.max(...Array.from(x, Math.abs));
+    const err = maxAbsErr(y, x);
+    assert.ok(err > 0, "the q8 graph computes something else than fp32 (it is quantized)");
+    assert.ok(err <= 0.05 * scale, `q8 logits differ by ${err} (max |logit| ${scale})`);
+    const argmax = (z: Float32Array, r: number) =>
+      [0, 1, 2].reduce((k, c) => z[r * 3 + c] > z[r * 3 + k] ? c : k, 0);
+    for (let r = 0; r < B; r++) assert.equal(argmax(y, r), argmax(x, r), `row ${r} label`);
+    console.log(
+      `q8: ${ratio.toFixed(3)} of the fp32 size; logits within ${(err / scale * 100).toFixed(1)}%`,
+    );
+  } finally {
+    await a.close();
+    await b.close();
+    bert.dispose();
+  }
 });
 
 Deno.test("model_max_length is never above the trained length or max_position_embeddings", async () => {

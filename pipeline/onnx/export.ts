@@ -52,8 +52,12 @@ export function mlmOutputName(bert: Pick<Bert, "heads">): string {
 export interface ExportOnnxOptions {
   /** `"logits"` (default): the head outputs only; `"all"`: also every hidden state and score. */
   outputs?: "logits" | "all";
-  /** Weight storage: `"fp32"` (default) or `"fp16"` (cast to float32 at use). */
-  dtype?: "fp32" | "fp16";
+  /**
+   * Weight storage: `"fp32"` (default), `"fp16"` (cast to float32 at use) or `"q8"` (the encoder's
+   * and MLM transform's Linear weights int8 per output channel, dynamic uint8 activations,
+   * `MatMulInteger`; embeddings, pooler and classifier stay float32).
+   */
+  dtype?: "fp32" | "fp16" | "q8";
   /** Emit `mlm_logits` when the model has an MLM head (default true). */
   mlm?: boolean;
 }
@@ -117,7 +121,10 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   if (opts.outputs !== undefined && opts.outputs !== "logits" && opts.outputs !== "all") {
     throw new Error(`exportOnnx: outputs must be "logits" or "all", got ${opts.outputs}`);
   }
-  if (opts.dtype !== undefined && opts.dtype !== "fp32" && opts.dtype !== "fp16") {
+  const q8 = opts.dtype === "q8";
+  if (
+    opts.dtype !== undefined && opts.dtype !== "fp32" && opts.dtype !== "fp16" && !q8
+  ) {
     throw new Error(`exportOnnx: dtype must be "fp32" or "fp16", got ${opts.dtype}`);
   }
   const wantMlm = bert.heads.mlm && (opts.mlm ?? true);
@@ -170,8 +177,40 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   const axes0 = g.int64s("axes0", [0]);
   const axes12 = g.int64s("axes12", [1, 2]);
 
+  /**
+   * INT8 `x·W` (dynamic quantization, as onnxruntime's `quantize_dynamic`): `x` → uint8 with a
+   * per-tensor scale and zero point computed at run time (DynamicQuantizeLinear), `W` stored as
+   * int8, symmetric, one scale per output column; `MatMulInteger`, then × (x_scale · w_scale).
+   */
+  const matmulQ8 = (x: string, name: string): string => {
+    const p = bert.p(name);
+    const [rows, cols] = p.shape; // [out, in]
+    const w = p.dataSync() as Float32Array;
+    const q = new Int8Array(rows * cols), scale = new Float32Array(rows);
+    for (let o = 0; o < rows; o++) {
+      let max = 0;
+      for (let i = 0; i < cols; i++) max = Math.max(max, Math.abs(w[o * cols + i]));
+      const s = max > 0 ? max / 127 : 1;
+      scale[o] = s;
+      // stored transposed, [in, out]
+      for (let i = 0; i < cols; i++) q[i * rows + o] = Math.round(w[o * cols + i] / s);
+    }
+    const wq = g.initializer(
+      `${name}.T.int8`,
+      DataType.INT8,
+      [cols, rows],
+      new Uint8Array(q.buffer),
+    );
+    const ws = g.initializer(`${name}.scale`, DataType.FLOAT, [rows], littleEndianBytes(scale));
+    const [xq, xs, xzp] = g.nodeMulti("DynamicQuantizeLinear", [x], 3);
+    const yi = g.node("MatMulInteger", [xq, wq, xzp]);
+    return g.node("Mul", [g.node("Cast", [yi], { to: DataType.FLOAT }), g.node("Mul", [xs, ws])]);
+  };
   const linear = (x: string, prefix: string): string =>
-    g.node("Add", [g.node("MatMul", [x, WT(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+    g.node("Add", [
+      q8 ? matmulQ8(x, `${prefix}.weight`) : g.node("MatMul", [x, WT(`${prefix}.weight`)]),
+      W(`${prefix}.bias`),
+    ]);
   const gemm = (x: string, weight: string, bias: string): string =>
     g.node("Gemm", [x, W(weight), W(bias)], { transB: 1 });
   const norm = (x: string, prefix: string): string =>
@@ -332,8 +371,8 @@ export interface SaveOnnxFolderOptions {
   outputs?: "logits" | "all";
   /** Write `onnx/model_fp16.onnx` too (default true). */
   fp16?: boolean;
-  /** Quantized variant: not implemented; `true` throws. */
-  quantize?: false;
+  /** Write `onnx/model_quantized.onnx` (`dtype: "q8"`, what transformers.js loads for `q8`; default true). */
+  quantize?: boolean;
 }
 
 /**
@@ -346,17 +385,17 @@ export async function saveOnnxFolder(
   dir: string,
   opts: SaveOnnxFolderOptions = {},
 ): Promise<string[]> {
-  if (opts.quantize) throw new Error("saveOnnxFolder: quantized export is not implemented");
   const written: string[] = [];
+  const quantize = opts.quantize ?? true;
   await Deno.mkdir(join(dir, "onnx"), { recursive: true });
   written.push(
     await writeConfig(dir, {
       ...bert.config,
       architectures: [architectureOf(bert.heads)],
       torch_dtype: "float32",
-      // transformers.js loads `onnx/model.onnx` unless told otherwise (its browser default, q8,
-      // needs a quantized file this folder does not have)
-      "transformers.js_config": { dtype: "fp32" },
+      // without a quantized file, transformers.js must not look for one (its browser default is
+      // q8): point it at `onnx/model.onnx`
+      ...(quantize ? {} : { "transformers.js_config": { dtype: "fp32" } }),
     } as BertConfig),
   );
   if (opts.tokenizer) {
@@ -376,6 +415,11 @@ export async function saveOnnxFolder(
     const fp16Path = join(dir, "onnx", "model_fp16.onnx");
     await writeFileAtomic(fp16Path, exportOnnx(bert, { outputs, dtype: "fp16" }));
     written.push(fp16Path);
+  }
+  if (quantize) {
+    const q8Path = join(dir, "onnx", "model_quantized.onnx");
+    await writeFileAtomic(q8Path, exportOnnx(bert, { outputs, dtype: "q8" }));
+    written.push(q8Path);
   }
   return written;
 }

@@ -14,7 +14,15 @@
 import { littleEndianBytes, ProtoWriter } from "./protobuf.ts";
 
 /** ONNX `TensorProto.DataType` values used here. */
-export const DataType = { FLOAT: 1, UINT8: 2, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export const DataType = {
+  FLOAT: 1,
+  UINT8: 2,
+  INT8: 3,
+  INT32: 6,
+  INT64: 7,
+  BOOL: 9,
+  FLOAT16: 10,
+} as const;
 
 /** ONNX `AttributeProto.AttributeType` values used here. */
 const AttrType = { FLOAT: 1, INT: 2, STRING: 3, INTS: 7 } as const;
