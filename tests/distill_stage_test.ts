@@ -152,9 +152,14 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     assert.deepEqual(rep.models.map((m: { name: string }) => m.name), [
       "teacher",
       "student",
+      "student (int8)",
       "labels-only",
     ]);
-    const [t, s] = rep.models;
+    const [t, s, q] = rep.models;
+    // the INT8 row: the student's quantized export (the file distill wrote), run on ONNX Runtime
+    assert.equal(q.bytes, (await Deno.stat(join(modelDir, "onnx", "model_quantized.onnx"))).size);
+    assert.equal(q.engine, "onnx-int8");
+    assert.equal(q.parameters, s.parameters);
     assert.equal(s.parameters, student.numParameters());
     assert.ok(t.parameters > s.parameters);
     assert.equal(s.bytes, (await Deno.stat(join(modelDir, "model.safetensors"))).size);
@@ -174,7 +179,7 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     );
     assert.deepEqual(
       rep.paired.map((c: { a: string; b: string }) => `${c.a}|${c.b}`),
-      ["student|labels-only", "student|teacher", "labels-only|teacher"],
+      ["student|labels-only", "student|teacher", "labels-only|teacher", "student (int8)|student"],
     );
     for (const c of rep.paired) {
       assert.ok(Math.abs(c.diff - (acc[c.a] - acc[c.b])) < 1e-9, JSON.stringify(c));

@@ -66,6 +66,12 @@ export const EvaluateParams = z.strictObject({
   /** The metric retention is computed on (default accuracy; pearson for regression). */
   metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
+  /**
+   * Also measure each student's INT8 export (`onnx/model_quantized.onnx`: int8 per-channel Linear
+   * weights, dynamic activations) as a row `<name> (int8)` — accuracy, file size, latency (onnx
+   * engine only).
+   */
+  quantized: z.boolean().default(true),
   /** Threads for ONNX Runtime (default: every core). */
   threads: z.number().int().positive().optional(),
   batch_size: z.number().int().positive().default(32),
@@ -83,10 +89,13 @@ async function makeRunner(
   engine: "onnx" | "tfjs",
   threads: number | undefined,
   log: (m: string) => void,
+  model?: Uint8Array,
 ): Promise<{ run: Runner; close: () => Promise<void>; engine: string }> {
   if (engine === "onnx") {
     try {
-      const onnx = await OnnxEngine.load(exportOnnx(bert, { outputs: "logits" }), { threads });
+      const onnx = await OnnxEngine.load(model ?? exportOnnx(bert, { outputs: "logits" }), {
+        threads,
+      });
       return {
         engine: "onnx",
         run: async (b) => {
@@ -123,7 +132,14 @@ async function makeRunner(
 export async function measureModel(
   bert: Bert,
   rows: TokenRows,
-  opts: { engine: "onnx" | "tfjs"; threads?: number; batchSize: number; latencyExamples: number },
+  opts: {
+    engine: "onnx" | "tfjs";
+    threads?: number;
+    batchSize: number;
+    latencyExamples: number;
+    /** The ONNX model to run (default: the fp32 export of `bert`). */
+    model?: Uint8Array;
+  },
   log: (m: string) => void = () => {},
 ): Promise<
   {
@@ -136,7 +152,7 @@ export async function measureModel(
   }
 > {
   const C = numLabels(bert.config);
-  const runner = await makeRunner(bert, opts.engine, opts.threads, log);
+  const runner = await makeRunner(bert, opts.engine, opts.threads, log, opts.model);
   try {
     const n = rows.lengths.length;
     const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
@@ -189,8 +205,8 @@ export interface PairedRow extends PairedComparison {
 }
 
 /**
- * Which pairs to test: every student against every baseline and against the teacher, and every
- * baseline against the teacher.
+ * Which pairs to test: every student against every baseline and against the teacher, every
+ * baseline against the teacher, and each student's INT8 export against the student.
  */
 function pairedComparisons(
   models: { name: string; role: ModelRow["role"] }[],
@@ -201,6 +217,8 @@ function pairedComparisons(
   const pairs: [string, string][] = [
     ...of("student").flatMap((s) => of("baseline").map((b) => [s, b] as [string, string])),
     ...[...of("student"), ...of("baseline")].map((m) => [m, "teacher"] as [string, string]),
+    // what INT8 costs: each student's quantized export against itself
+    ...of("student").map((s) => [`${s} (int8)`, s] as [string, string]),
   ];
   return pairs
     .filter(([a, b]) => predictions.has(a) && predictions.has(b))
@@ -319,6 +337,31 @@ async function measureAll(
         layers: bert.config.num_hidden_layers,
         hidden: bert.config.hidden_size,
       });
+      if (params.quantized && params.engine === "onnx" && m.role === "student") {
+        const q8 = exportOnnx(bert, { outputs: "logits", dtype: "q8" });
+        const name = `${m.name} (int8)`;
+        const rq = await measureModel(bert, rows, {
+          engine: "onnx",
+          threads: params.threads,
+          batchSize: params.batch_size,
+          latencyExamples: params.latency_examples,
+          model: q8,
+        }, ctx.log);
+        if (rq.predictions instanceof Int32Array) predictions.set(name, rq.predictions);
+        result.push({
+          name,
+          role: m.role,
+          metrics: rq.metrics,
+          parameters: bert.numParameters(),
+          bytes: q8.length,
+          latency_ms: rq.latency_ms,
+          throughput: rq.throughput,
+          engine: "onnx-int8",
+          stage: m.stage,
+          layers: bert.config.num_hidden_layers,
+          hidden: bert.config.hidden_size,
+        });
+      }
     } finally {
       bert.dispose();
     }
