@@ -152,11 +152,14 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     assert.deepEqual(rep.models.map((m: { name: string }) => m.name), [
       "teacher",
       "student",
+      "student (fp16)",
       "student (int8)",
       "labels-only",
     ]);
-    const [t, s, q] = rep.models;
-    // the INT8 row: the student's quantized export (the file distill wrote), run on ONNX Runtime
+    const [t, s, h, q] = rep.models;
+    // the fp16 and INT8 rows: the student's other exports (the files distill wrote) on ONNX Runtime
+    assert.equal(h.bytes, (await Deno.stat(join(modelDir, "onnx", "model_fp16.onnx"))).size);
+    assert.equal(h.engine, "onnx-fp16");
     assert.equal(q.bytes, (await Deno.stat(join(modelDir, "onnx", "model_quantized.onnx"))).size);
     assert.equal(q.engine, "onnx-int8");
     assert.equal(q.parameters, s.parameters);
@@ -179,7 +182,13 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
     );
     assert.deepEqual(
       rep.paired.map((c: { a: string; b: string }) => `${c.a}|${c.b}`),
-      ["student|labels-only", "student|teacher", "labels-only|teacher", "student (int8)|student"],
+      [
+        "student|labels-only",
+        "student|teacher",
+        "labels-only|teacher",
+        "student (fp16)|student",
+        "student (int8)|student",
+      ],
     );
     for (const c of rep.paired) {
       assert.ok(Math.abs(c.diff - (acc[c.a] - acc[c.b])) < 1e-9, JSON.stringify(c));

@@ -67,11 +67,12 @@ export const EvaluateParams = z.strictObject({
   metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /**
-   * Also measure each student's INT8 export (`onnx/model_quantized.onnx`: int8 per-channel Linear
-   * weights, dynamic activations) as a row `<name> (int8)` — accuracy, file size, latency (onnx
-   * engine only).
+   * Also measure each student's other exports, each as a row `<name> (<variant>)` — accuracy,
+   * file size, latency — and a paired test against the student (onnx engine only): `fp16`
+   * (`onnx/model_fp16.onnx`, float16 weights) and `int8` (`onnx/model_quantized.onnx`: int8
+   * per-channel Linear weights, dynamic activations).
    */
-  quantized: z.boolean().default(true),
+  variants: z.array(z.enum(["fp16", "int8"])).default(["fp16", "int8"]),
   /** Threads for ONNX Runtime (default: every core). */
   threads: z.number().int().positive().optional(),
   batch_size: z.number().int().positive().default(32),
@@ -206,7 +207,7 @@ export interface PairedRow extends PairedComparison {
 
 /**
  * Which pairs to test: every student against every baseline and against the teacher, every
- * baseline against the teacher, and each student's INT8 export against the student.
+ * baseline against the teacher, and each student's fp16 and INT8 exports against the student.
  */
 function pairedComparisons(
   models: { name: string; role: ModelRow["role"] }[],
@@ -217,8 +218,10 @@ function pairedComparisons(
   const pairs: [string, string][] = [
     ...of("student").flatMap((s) => of("baseline").map((b) => [s, b] as [string, string])),
     ...[...of("student"), ...of("baseline")].map((m) => [m, "teacher"] as [string, string]),
-    // what INT8 costs: each student's quantized export against itself
-    ...of("student").map((s) => [`${s} (int8)`, s] as [string, string]),
+    // what fp16 / INT8 cost: each student's other exports against itself
+    ...of("student").flatMap((s) =>
+      ["fp16", "int8"].map((v) => [`${s} (${v})`, s] as [string, string])
+    ),
   ];
   return pairs
     .filter(([a, b]) => predictions.has(a) && predictions.has(b))
@@ -337,15 +340,20 @@ async function measureAll(
         layers: bert.config.num_hidden_layers,
         hidden: bert.config.hidden_size,
       });
-      if (params.quantized && params.engine === "onnx" && m.role === "student") {
-        const q8 = exportOnnx(bert, { outputs: "logits", dtype: "q8" });
-        const name = `${m.name} (int8)`;
+      for (
+        const variant of params.engine === "onnx" && m.role === "student" ? params.variants : []
+      ) {
+        const file = exportOnnx(bert, {
+          outputs: "logits",
+          dtype: variant === "int8" ? "q8" : "fp16",
+        });
+        const name = `${m.name} (${variant})`;
         const rq = await measureModel(bert, rows, {
           engine: "onnx",
           threads: params.threads,
           batchSize: params.batch_size,
           latencyExamples: params.latency_examples,
-          model: q8,
+          model: file,
         }, ctx.log);
         if (rq.predictions instanceof Int32Array) predictions.set(name, rq.predictions);
         result.push({
@@ -353,10 +361,10 @@ async function measureAll(
           role: m.role,
           metrics: rq.metrics,
           parameters: bert.numParameters(),
-          bytes: q8.length,
+          bytes: file.length,
           latency_ms: rq.latency_ms,
           throughput: rq.throughput,
-          engine: "onnx-int8",
+          engine: `onnx-${variant}`,
           stage: m.stage,
           layers: bert.config.num_hidden_layers,
           hidden: bert.config.hidden_size,
