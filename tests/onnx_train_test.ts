@@ -334,28 +334,20 @@ Deno.test("onnx engine = tfjs engine: every distillation loss term, heads and wi
 });
 
 Deno.test("onnx engine: clear errors for what it cannot build or run", async () => {
-  const shapes = parameterShapes(makeConfig(STUDENT), { classifier: true, mlm: false });
+  const heads = { classifier: true, mlm: false };
+  const spec = {
+    config: makeConfig(STUDENT),
+    heads,
+    params: parameterShapes(makeConfig(STUDENT), heads),
+    dropout: false,
+  };
   assert.throws(
-    () =>
-      buildGradGraph({
-        config: makeConfig(STUDENT),
-        heads: { classifier: true, mlm: false },
-        params: shapes,
-        objective: "contrastive",
-        dropout: false,
-      }),
+    () => buildGradGraph({ ...spec, objective: "contrastive" }),
     (e: Error) =>
       e instanceof GraphBuildError && /objective 'contrastive' has no ONNX graph/.test(e.message),
   );
   assert.throws(
-    () =>
-      buildGradGraph({
-        config: makeConfig(STUDENT),
-        heads: { classifier: true, mlm: false },
-        params: shapes,
-        objective: "mlm",
-        dropout: false,
-      }),
+    () => buildGradGraph({ ...spec, objective: "mlm" }),
     (e: Error) => e instanceof GraphBuildError && /needs a model with an MLM head/.test(e.message),
   );
   // a distillation batch without the teacher output its loss reads

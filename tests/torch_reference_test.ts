@@ -330,6 +330,19 @@ function compareTraining(
   return conditioned;
 }
 
+/** One engine's column of the printed report: its worst error per category, Δ elements used. */
+function reportColumn(
+  report: Record<string, Record<string, string>>,
+  column: string,
+  errs: Errors,
+  conditioned: { used: number; total: number },
+): void {
+  for (const [category, err] of errs.worst) {
+    (report[category] ??= {})[column] = err.toExponential(2);
+  }
+  (report["Δ elements compared"] ??= {})[column] = `${conditioned.used}/${conditioned.total}`;
+}
+
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
@@ -400,6 +413,7 @@ for (const [ci, c] of CASES.entries()) {
         );
 
         const report: Record<string, Record<string, string>> = {};
+        const torchStep: TorchStep = { ref, noGrad, zeroGrad, gradMax, gradNormRef, before };
         for (const backend of BACKENDS) {
           await setBackend(backend);
           const errs = new Errors();
@@ -474,24 +488,17 @@ for (const [ci, c] of CASES.entries()) {
           });
           const { gradNorm } = opt.step(grads);
           const after = new Map([...model.params].map(([n, p]) => [n, p.dataSync()]));
-          const conditioned = compareTraining(errs, { loss, grads: hostGrads, gradNorm, after }, {
-            ref,
-            noGrad,
-            zeroGrad,
-            gradMax,
-            gradNormRef,
-            before,
-          });
+          const conditioned = compareTraining(
+            errs,
+            { loss, grads: hostGrads, gradNorm, after },
+            torchStep,
+          );
           opt.dispose();
           tf.dispose([...grads.values()]);
           tf.dispose(Object.values(batch));
           model.dispose();
 
-          for (const [category, err] of errs.worst) {
-            (report[category] ??= {})[backend] = err.toExponential(2);
-          }
-          (report["Δ elements compared"] ??= {})[backend] =
-            `${conditioned.used}/${conditioned.total}`;
+          reportColumn(report, backend, errs, conditioned);
           assert.deepEqual(errs.failures, [], `${backend}: mismatches against torch`);
         }
         // The ONNX Runtime training engine: the same loss, gradients and AdamW step, computed
@@ -516,21 +523,10 @@ for (const [ci, c] of CASES.entries()) {
           const { gradNorm } = await trainer.step(batch);
           trainer.syncModel();
           const after = new Map([...model.params].map(([n, p]) => [n, p.dataSync()]));
-          const conditioned = compareTraining(errs, { loss, grads, gradNorm, after }, {
-            ref,
-            noGrad,
-            zeroGrad,
-            gradMax,
-            gradNormRef,
-            before,
-          });
+          const conditioned = compareTraining(errs, { loss, grads, gradNorm, after }, torchStep);
           await trainer.close();
           model.dispose();
-          for (const [category, err] of errs.worst) {
-            (report[category] ??= {})["onnx engine"] = err.toExponential(2);
-          }
-          (report["Δ elements compared"] ??= {})["onnx engine"] =
-            `${conditioned.used}/${conditioned.total}`;
+          reportColumn(report, "onnx engine", errs, conditioned);
           assert.deepEqual(errs.failures, [], `onnx engine: mismatches against torch`);
         }
         console.log(

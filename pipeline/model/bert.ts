@@ -150,27 +150,14 @@ export function layerNorm<T extends tf.Tensor>(
  */
 export function dropoutMask(shape: number[], rate: number, seed: number): tf.Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
-  const mask = scratchFloats(n);
-  const keep = 1 / (1 - rate);
-  // Everything stays int32 (no heap numbers): u >= threshold on uint32 is the signed comparison
-  // of both with the top bit flipped.
-  const threshold = (Math.min(Math.floor(rate * 2 ** 32), 2 ** 32 - 1) ^ 0x80000000) | 0;
-  let a = seed | 0;
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    t ^= t >>> 14;
-    mask[i] = ((t ^ 0x80000000) | 0) >= threshold ? keep : 0;
-  }
-  return tf.tensor(mask, shape);
+  return tf.tensor(dropoutKeep(n, rate, seed, scratchFloats(n), 1 / (1 - rate)), shape);
 }
 
 /**
- * {@link dropoutMask} on the host: entry i of `out` (its first `n` entries) is `keep` where the
- * mask keeps it and 0 where it drops it — the same mulberry32 stream and threshold, so with
- * `keep = 1/(1 − rate)` it equals `dropoutMask([n], rate, seed)` entry for entry. The ONNX
- * training engine feeds these to its graph.
+ * The dropout mask stream on the host: entry i of `out` (its first `n` entries) is `keep` where
+ * the mask keeps it and 0 where it drops it. {@link dropoutMask} is this with
+ * `keep = 1/(1 − rate)` as a tensor; the ONNX training engine feeds these to its graph, so both
+ * engines drop the same units.
  */
 export function dropoutKeep<T extends Uint8Array | Float32Array>(
   n: number,
@@ -180,6 +167,8 @@ export function dropoutKeep<T extends Uint8Array | Float32Array>(
   keep = 1,
 ): T {
   if (out.length < n) throw new Error(`dropoutKeep: ${out.length} entries for ${n}`);
+  // Everything stays int32 (no heap numbers): u >= threshold on uint32 is the signed comparison
+  // of both with the top bit flipped.
   const threshold = (Math.min(Math.floor(rate * 2 ** 32), 2 ** 32 - 1) ^ 0x80000000) | 0;
   let a = seed | 0;
   for (let i = 0; i < n; i++) {
