@@ -14,7 +14,7 @@ import { Bert } from "../pipeline/model/bert.ts";
 import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
-import { maxAbsErr, withTempDir } from "./_util.ts";
+import { assertInputError, maxAbsErr, withTempDir } from "./_util.ts";
 
 await setBackend("cpu");
 
@@ -191,6 +191,11 @@ Deno.test("model_max_length is never above the trained length or max_position_em
     assert.equal(await limitModelMaxLength(dir, 128, 64), 32);
     const kept = JSON.parse(await Deno.readTextFile(join(dir, "tokenizer_config.json")));
     assert.equal(kept.model_max_length, 32);
+    await Deno.writeTextFile(join(dir, "tokenizer_config.json"), "{ model_max_length: ");
+    await assertInputError(() => limitModelMaxLength(dir, 128, 64), [
+      "tokenizer_config.json is not valid JSON",
+      join(dir, "tokenizer_config.json"),
+    ]);
     await Deno.remove(join(dir, "tokenizer_config.json"));
     assert.equal(await limitModelMaxLength(dir, 128, 64), null);
   });

@@ -31,6 +31,7 @@ import { type BertConfig, numLabels, writeConfig } from "../model/config.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import { type BertTokenizer, saveTokenizer } from "../model/tokenizer.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
+import { InputError } from "../errors.ts";
 import { littleEndianBytes } from "./protobuf.ts";
 
 /** The default-domain opset of the exported graphs (17: `LayerNormalization`). */
@@ -344,11 +345,21 @@ export async function limitModelMaxLength(
 ): Promise<number | null> {
   const path = join(dir, "tokenizer_config.json");
   let config: Record<string, unknown>;
+  let text: string;
   try {
-    config = JSON.parse(await Deno.readTextFile(path));
+    text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
+  }
+  try {
+    config = JSON.parse(text);
+  } catch (e) {
+    throw new InputError("tokenizer_config.json is not valid JSON", {
+      file: path,
+      expected: "a JSON object",
+      got: (e as Error).message,
+    });
   }
   const current = typeof config.model_max_length === "number" ? config.model_max_length : Infinity;
   const limit = Math.min(current, maxLength ?? Infinity, maxPositions);
