@@ -13,7 +13,35 @@ export interface Example {
   label?: number;
   /** The gold value of a regression task (e.g. an STS-B similarity score). */
   target?: number;
+  /**
+   * Token classification: the words of `text`, in order (`text` is them joined by spaces). The
+   * tokenizer splits each word into word pieces; the first piece carries the word's tag.
+   */
+  words?: string[];
+  /** Token classification: one tag per word, each an index into {@link Dataset.labels}. */
+  tags?: number[];
+  /**
+   * Extractive QA: the gold answers, spans of the context. `text` is the question and
+   * `textPair` the context; `start` is the answer's character offset in the context (UTF-16, as
+   * SQuAD's `answer_start`). The first answer is the training target; all count for evaluation.
+   */
+  answers?: Answer[];
 }
+
+/** An answer span of an extractive-QA example. */
+export interface Answer {
+  /** The answer text, equal to `context.slice(start, start + text.length)`. */
+  text: string;
+  /** Character offset of the answer in the context. */
+  start: number;
+}
+
+/** What a dataset's examples are labelled with. */
+export type TaskKind =
+  | "classification"
+  | "regression"
+  | "token-classification"
+  | "question-answering";
 
 /** A loaded dataset: examples split three ways, with the label order fixed and recorded. */
 export interface Dataset {
@@ -25,8 +53,12 @@ export interface Dataset {
    * teacher's `id2label` before distilling. Absent for unlabeled text.
    */
   labels?: string[];
-  /** `regression` when examples carry a numeric `target` instead of a class. */
-  task?: "classification" | "regression";
+  /**
+   * `regression` when examples carry a numeric `target` instead of a class;
+   * `token-classification` when they carry `words` and per-word `tags` (labels are the tag
+   * names); `question-answering` when they carry `answers` (no labels).
+   */
+  task?: TaskKind;
   /** Training examples. */
   train: Example[];
   /** Development (validation) examples; may be empty. */
@@ -47,6 +79,7 @@ export type DatasetFormat =
   | "parquet"
   | "spam-assassin"
   | "brown"
+  | "brown-pos"
   | "sotu"
   | "moby-dick";
 
@@ -82,8 +115,19 @@ export interface DatasetSpec {
   label_column?: string;
   /** The label list, in the teacher's order; labels not in it are an error. Inferred if absent. */
   labels?: string[];
-  /** `regression`: the label column holds numbers (the `target` of each example). */
-  task?: "classification" | "regression";
+  /**
+   * `regression`: the label column holds numbers (the `target` of each example).
+   * `token-classification`: `words_column` (default `tokens`) holds a list of words and
+   * `label_column` (default `tags`) a list of tags of the same length, names or indices into
+   * `labels`. `question-answering`: `text_column` (default `question`) and `text_pair_column`
+   * (default `context`), `answers_column` (default `answers`, SQuAD's
+   * `{ text: [...], answer_start: [...] }`).
+   */
+  task?: TaskKind;
+  /** Token classification: the column with each example's list of words (default `tokens`). */
+  words_column?: string;
+  /** Extractive QA: the column with the answers (default `answers`). */
+  answers_column?: string;
   /** How to split a single source (default `{ dev: 0.1, test: 0.1, seed: 0 }` for `path`). */
   split?: SplitSpec;
   /** Keep at most this many examples per source, sampled by the split seed (order kept). */
@@ -106,6 +150,12 @@ export interface RawRecord {
   textPair?: string;
   /** The label as written in the data. */
   label?: string;
+  /** Token classification: the words, and their tags as written in the data. */
+  words?: string[];
+  /** Token classification: one tag per word, as written in the data. */
+  tags?: string[];
+  /** Extractive QA: the answer spans in `textPair`. */
+  answers?: Answer[];
   /** Where the record was read from, for error messages: `line 12`, `row 3`, `ham/00012`. */
   where: string;
 }
