@@ -50,6 +50,10 @@ export interface BertOutputs {
   pooled: tf.Tensor2D;
   /** Sequence-classification logits `[batch, numLabels]`, when the model has a classifier. */
   logits?: tf.Tensor2D;
+  /** Token-classification logits `[batch, seq, numLabels]` (a per-token classifier). */
+  tokenLogits?: tf.Tensor3D;
+  /** Extractive-QA logits `[batch, seq, 2]`: span start (index 0) and end (1) per token. */
+  spanLogits?: tf.Tensor3D;
   /** Masked-LM logits `[batch, seq, vocab]`, when asked and the model has an MLM head. */
   mlmLogits?: tf.Tensor3D;
   /** `L` tensors `[batch, heads, seq, head_dim]`: each layer's values, when asked. */
@@ -58,8 +62,15 @@ export interface BertOutputs {
 
 /** Which heads a model carries. */
 export interface BertHeads {
-  /** A `classifier` on the pooled output, `numLabels(config)` wide. */
+  /**
+   * A `classifier`, `numLabels(config)` wide: on the pooled output (sequence classification), or
+   * on every token's last hidden state when {@link tokenClassifier} is set.
+   */
   classifier: boolean;
+  /** The classifier labels every token (`BertForTokenClassification`; no pooler). */
+  tokenClassifier?: boolean;
+  /** `qa_outputs`, a Linear(hidden, 2) of span start/end logits (`BertForQuestionAnswering`). */
+  qa?: boolean;
   /** A masked-LM head (`cls.predictions.*`) whose decoder is tied to the word embeddings. */
   mlm: boolean;
 }
@@ -106,6 +117,10 @@ export function parameterShapes(config: BertConfig, heads: BertHeads): Map<strin
     if (C < 1) throw new Error("a classifier head needs config.id2label with at least 1 label");
     s.set("classifier.weight", [C, H]);
     s.set("classifier.bias", [C]);
+  }
+  if (heads.qa) {
+    s.set("qa_outputs.weight", [2, H]);
+    s.set("qa_outputs.bias", [2]);
   }
   if (heads.mlm) {
     s.set("cls.predictions.transform.dense.weight", [H, H]);
@@ -268,6 +283,8 @@ export class Bert {
     const h: BertHeads = {
       classifier: heads.classifier ?? numLabels(cfg) > 0,
       mlm: heads.mlm ?? false,
+      ...(heads.tokenClassifier ? { tokenClassifier: true } : {}),
+      ...(heads.qa ? { qa: true } : {}),
     };
     const tensors = new Map<string, tf.Tensor>();
     let i = 0;
@@ -471,7 +488,25 @@ export class Bert {
     if (opts.values) out.values = values;
     if (this.heads.classifier) {
       const dropRate = cfg.classifier_dropout ?? cfg.hidden_dropout_prob;
-      out.logits = tf.tidy(() => this.dense("classifier", dropout(out.pooled, dropRate)));
+      if (this.heads.tokenClassifier) {
+        // BertForTokenClassification: dropout, then the classifier on every token
+        out.tokenLogits = tf.tidy(() => {
+          const rows = dropout(last.reshape([B * S, H]) as tf.Tensor2D, dropRate);
+          return this.dense("classifier", rows).reshape([B, S, -1]) as tf.Tensor3D;
+        });
+      } else {
+        out.logits = tf.tidy(() => this.dense("classifier", dropout(out.pooled, dropRate)));
+      }
+    }
+    if (this.heads.qa) {
+      // BertForQuestionAnswering: qa_outputs on every token, no dropout
+      out.spanLogits = tf.tidy(() =>
+        this.dense("qa_outputs", last.reshape([B * S, H]) as tf.Tensor2D).reshape([
+          B,
+          S,
+          2,
+        ]) as tf.Tensor3D
+      );
     }
     if (opts.mlm && this.heads.mlm) {
       out.mlmLogits = tf.tidy(() =>

@@ -71,11 +71,17 @@ export async function loadBert(dir: string, opts: LoadBertOptions = {}): Promise
     tensors.set("cls.predictions.bias", tensors.get("cls.predictions.decoder.bias")!);
   }
   tensors.delete("cls.predictions.decoder.bias");
+  const arch = config.architectures ?? [];
   const heads: BertHeads = {
     classifier: opts.heads?.classifier ??
       (tensors.has("classifier.weight") && numLabels(config) > 0),
     mlm: opts.heads?.mlm ?? tensors.has("cls.predictions.transform.dense.weight"),
   };
+  // the classifier of a token-classification checkpoint labels every token
+  const tokenClassifier = opts.heads?.tokenClassifier ??
+    arch.includes("BertForTokenClassification");
+  if (heads.classifier && tokenClassifier) heads.tokenClassifier = true;
+  if (opts.heads?.qa ?? tensors.has("qa_outputs.weight")) heads.qa = true;
   if (heads.classifier && numLabels(config) < 1) {
     throw new InputError("a classifier head needs labels", {
       file: join(dir, "config.json"),
@@ -105,7 +111,8 @@ export async function loadBert(dir: string, opts: LoadBertOptions = {}): Promise
     }
   }
   const optional = (n: string) =>
-    n.startsWith("pooler.") || n.startsWith("classifier.") || n.startsWith("cls.predictions.");
+    n.startsWith("pooler.") || n.startsWith("classifier.") || n.startsWith("cls.predictions.") ||
+    n.startsWith("qa_outputs.");
   const required = missing.filter((n) => !optional(n));
   if (required.length > 0) {
     throw new InputError(`${required.length} tensor(s) missing`, {
@@ -152,6 +159,8 @@ export interface SaveBertOptions {
 
 /** The Hugging Face class that loads a model with these heads. */
 export function architectureOf(heads: BertHeads): string {
+  if (heads.qa) return "BertForQuestionAnswering";
+  if (heads.classifier && heads.tokenClassifier) return "BertForTokenClassification";
   if (heads.classifier) return "BertForSequenceClassification";
   if (heads.mlm) return "BertForMaskedLM";
   return "BertModel";
@@ -164,12 +173,15 @@ export function architectureOf(heads: BertHeads): string {
 export async function saveBert(bert: Bert, dir: string, opts: SaveBertOptions = {}): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  // token classification and QA models have no pooler in transformers (add_pooling_layer=False)
+  const pooler = !(bert.heads.qa || (bert.heads.classifier && bert.heads.tokenClassifier));
   for (const [name, v] of bert.modelParams()) {
+    if (!pooler && name.startsWith("pooler.")) continue;
     tensors.set(name, { shape: v.shape, data: v.dataSync() as Float32Array });
   }
   await writeCheckpointTensors(dir, tensors, {
     dtype: opts.dtype ?? "F32",
-    prefixBase: bert.heads.classifier || bert.heads.mlm,
+    prefixBase: bert.heads.classifier || bert.heads.mlm || !!bert.heads.qa,
     metadata: { format: "pt", producer: "tinystill", ...opts.metadata },
   });
   await writeConfig(dir, {

@@ -12,7 +12,8 @@ import { dirname, join } from "node:path";
 import { z } from "zod";
 import { datasetHash, excludeExamples, loadDataset } from "../data/mod.ts";
 import { shuffled } from "../random.ts";
-import type { Dataset, DatasetSpec } from "../data/types.ts";
+import type { Dataset, DatasetSpec, Example, TaskKind } from "../data/types.ts";
+import { encodeQuestionContext, encodeWords } from "../model/align.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
@@ -44,6 +45,29 @@ export const TARGET_COLUMN = {
   shape: [1],
   dtype: "F32" as const,
 };
+
+/**
+ * Token classification: `token_labels` (per token: the word's tag at its first piece, −100
+ * elsewhere) and `word_tags` (every word's tag, cut words included, for word-level metrics).
+ */
+export const TOKEN_CLASSIFICATION_COLUMNS = [
+  { name: "token_labels", kind: "int32-blob" as const },
+  { name: "word_tags", kind: "int32-blob" as const },
+];
+
+/**
+ * Extractive QA: the answer's first and last token (`[CLS]` = 0 when the answer was cut off),
+ * each token's context word (−1 elsewhere), the words' character spans, the context and the gold
+ * answers (JSON `[{text, start}]`), for span decoding and exact match / F1.
+ */
+export const QA_COLUMNS = [
+  { name: "start_position", kind: "int32" as const },
+  { name: "end_position", kind: "int32" as const },
+  { name: "token_words", kind: "int32-blob" as const },
+  { name: "word_spans", kind: "int32-blob" as const },
+  { name: "context", kind: "string" as const },
+  { name: "answers", kind: "string" as const },
+];
 
 /** The store columns of a token shard. */
 export const TOKEN_COLUMNS = [
@@ -124,6 +148,37 @@ export function encodeExample(
   return { ids: cut.inputIds, types: cut.tokenTypeIds, truncated: true };
 }
 
+/**
+ * Encode an example of any task kind; the task's own columns go to `add(column, value)`.
+ * Token classification aligns word tags to first pieces; QA encodes question + context and the
+ * first answer's token span.
+ */
+export function encodeTaskExample(
+  tok: BertTokenizer,
+  ex: Example,
+  task: TaskKind | undefined,
+  maxLength: number,
+  add: (column: string, value: unknown) => void,
+): { ids: number[]; types: number[]; truncated: boolean } {
+  if (task === "token-classification") {
+    const enc = encodeWords(tok, ex.words!, ex.tags!, maxLength);
+    add("token_labels", Int32Array.from(enc.tokenLabels));
+    add("word_tags", Int32Array.from(ex.tags!));
+    return { ids: enc.ids, types: enc.ids.map(() => 0), truncated: enc.truncated };
+  }
+  if (task === "question-answering") {
+    const enc = encodeQuestionContext(tok, ex.text, ex.textPair!, ex.answers?.[0], maxLength);
+    add("start_position", enc.startPosition);
+    add("end_position", enc.endPosition);
+    add("token_words", Int32Array.from(enc.tokenWords));
+    add("word_spans", Int32Array.from(enc.wordSpans));
+    add("context", ex.textPair!);
+    add("answers", JSON.stringify(ex.answers ?? []));
+    return { ids: enc.ids, types: enc.types, truncated: enc.truncated };
+  }
+  return encodeExample(tok, ex.text, ex.textPair, maxLength);
+}
+
 /** The tokenize stage. */
 export const tokenize = defineStage({
   name: "tokenize",
@@ -157,8 +212,15 @@ export const tokenize = defineStage({
       if (examples.length === 0) continue;
       const dir = join(ctx.out, split);
       const regression = data.task === "regression";
+      const tokenTask = data.task === "token-classification";
+      const qa = data.task === "question-answering";
       const writer = await PartWriter.open(dir, {
-        columns: regression ? [...TOKEN_COLUMNS, TARGET_COLUMN] : TOKEN_COLUMNS,
+        columns: [
+          ...TOKEN_COLUMNS,
+          ...(regression ? [TARGET_COLUMN] : []),
+          ...(tokenTask ? TOKEN_CLASSIFICATION_COLUMNS : []),
+          ...(qa ? QA_COLUMNS : []),
+        ],
         rowsPerPart: params.rows_per_part,
         totalRows: examples.length,
         metadata: { dataset: params.dataset, split, labels: data.labels ?? null },
@@ -168,9 +230,11 @@ export const tokenize = defineStage({
         const lengths = new Int32Array(range.end - range.start);
         const labels = new Int32Array(range.end - range.start);
         const cut = new Int32Array(range.end - range.start);
+        const extra: Record<string, unknown[]> = {};
+        const add = (name: string, v: unknown) => (extra[name] ??= []).push(v);
         for (let i = range.start; i < range.end; i++) {
           const ex = examples[i];
-          const enc = encodeExample(tok, ex.text, ex.textPair, params.max_seq_length);
+          const enc = encodeTaskExample(tok, ex, data.task, params.max_seq_length, add);
           cut[i - range.start] = enc.truncated ? 1 : 0;
           ids.push(Int32Array.from(enc.ids));
           types.push(Int32Array.from(enc.types));
@@ -185,6 +249,12 @@ export const tokenize = defineStage({
           length: lengths,
           label: labels,
           truncated: cut,
+          ...Object.fromEntries(
+            Object.entries(extra).map(([k, v]) => [
+              k,
+              k === "start_position" || k === "end_position" ? Int32Array.from(v as number[]) : v,
+            ]),
+          ),
           ...(regression
             ? {
               target: examples.slice(range.start, range.end).map((ex) =>

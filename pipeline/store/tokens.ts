@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { HostBatch } from "../train/batch.ts";
 import { exists } from "./fsutil.ts";
 import { PartReader } from "./parquet.ts";
+import type { TaskKind } from "../data/types.ts";
 
 /** Every row of one split's token store, in row order. */
 export interface TokenRows {
@@ -18,6 +19,19 @@ export interface TokenRows {
   labels: Int32Array;
   /** Regression targets (regression datasets only). */
   targets?: Float32Array;
+  /** Token classification: per token, the word's tag at its first piece, −100 elsewhere. */
+  tokenLabels?: Int32Array[];
+  /** Token classification: every word's gold tag (words cut by truncation included). */
+  wordTags?: Int32Array[];
+  /** Extractive QA: the answer's first and last token (0 = `[CLS]`: cut off or no answer). */
+  startPositions?: Int32Array;
+  endPositions?: Int32Array;
+  /** Extractive QA: per token, its context word or −1; per word, `[start, end)` characters. */
+  tokenWords?: Int32Array[];
+  wordSpans?: Int32Array[];
+  /** Extractive QA: the context and the gold answers of each row. */
+  contexts?: string[];
+  answers?: { text: string; start: number }[][];
 }
 
 /** Read a split of a tokenize output (`<dir>/<split>/`); null when the split is empty. */
@@ -31,16 +45,47 @@ export async function readTokenSplit(tokensDir: string, split: string): Promise<
 export async function readTokenRows(reader: PartReader): Promise<TokenRows> {
   const ids: Int32Array[] = [], types: Int32Array[] = [];
   const lengths = new Int32Array(reader.totalRows), labels = new Int32Array(reader.totalRows);
-  const regression = reader.columns.some((c) => c.name === "target");
+  const has = (name: string) => reader.columns.some((c) => c.name === name);
+  const regression = has("target");
   const targets = regression ? new Float32Array(reader.totalRows) : undefined;
+  const tokenTask = has("token_labels"), qa = has("start_position");
+  const out: Partial<TokenRows> = {};
+  if (tokenTask) Object.assign(out, { tokenLabels: [], wordTags: [] });
+  if (qa) {
+    Object.assign(out, {
+      startPositions: new Int32Array(reader.totalRows),
+      endPositions: new Int32Array(reader.totalRows),
+      tokenWords: [],
+      wordSpans: [],
+      contexts: [],
+      answers: [],
+    });
+  }
   const cols = [
     "input_ids",
     "token_type_ids",
     "length",
     "label",
     ...(regression ? ["target"] : []),
+    ...(tokenTask ? ["token_labels", "word_tags"] : []),
+    ...(qa
+      ? ["start_position", "end_position", "token_words", "word_spans", "context", "answers"]
+      : []),
   ];
   for await (const part of reader.parts(cols)) {
+    const c = part.columns;
+    if (tokenTask) {
+      out.tokenLabels!.push(...(c.token_labels as Int32Array[]));
+      out.wordTags!.push(...(c.word_tags as Int32Array[]));
+    }
+    if (qa) {
+      out.startPositions!.set(c.start_position as Int32Array, part.firstRow);
+      out.endPositions!.set(c.end_position as Int32Array, part.firstRow);
+      out.tokenWords!.push(...(c.token_words as Int32Array[]));
+      out.wordSpans!.push(...(c.word_spans as Int32Array[]));
+      out.contexts!.push(...(c.context as string[]));
+      out.answers!.push(...(c.answers as string[]).map((a) => JSON.parse(a)));
+    }
     ids.push(...(part.columns.input_ids as Int32Array[]));
     types.push(...(part.columns.token_type_ids as Int32Array[]));
     lengths.set(part.columns.length as Int32Array, part.firstRow);
@@ -49,7 +94,7 @@ export async function readTokenRows(reader: PartReader): Promise<TokenRows> {
       (part.columns.target as Float32Array[]).forEach((t, i) => targets[part.firstRow + i] = t[0]);
     }
   }
-  return { ids, types, lengths, labels, ...(targets ? { targets } : {}) };
+  return { ids, types, lengths, labels, ...(targets ? { targets } : {}), ...out };
 }
 
 /** The given rows of a token split as one host batch, padded to their longest. */
@@ -66,19 +111,32 @@ export function padRows(t: TokenRows, rows: number[], withLabels = true): HostBa
     mask.fill(1, i * S, i * S + t.lengths[r]);
     labels[i] = t.targets ? t.targets[r] : t.labels[r];
   });
-  return {
+  const batch: HostBatch = {
     inputIds: { data: inputIds, shape: [b, S] },
     attentionMask: { data: mask, shape: [b, S] },
     tokenTypeIds: { data: tt, shape: [b, S] },
-    ...(withLabels ? { labels: { data: labels, shape: [b] } } : {}),
   };
+  if (!withLabels) return batch;
+  if (t.tokenLabels) {
+    // per-token targets, padding ignored (−100)
+    const tl = new Int32Array(b * S).fill(-100);
+    rows.forEach((r, i) => tl.set(t.tokenLabels![r], i * S));
+    batch.tokenLabels = { data: tl, shape: [b, S] };
+  } else if (t.startPositions) {
+    batch.startPositions = {
+      data: Int32Array.from(rows, (r) => t.startPositions![r]),
+      shape: [b],
+    };
+    batch.endPositions = { data: Int32Array.from(rows, (r) => t.endPositions![r]), shape: [b] };
+  } else batch.labels = { data: labels, shape: [b] };
+  return batch;
 }
 
 /** `labels.json` of a tokenize output. */
 export interface TokenMeta {
   labels: string[] | null;
-  /** `regression` for numeric targets; null for unlabeled text. */
-  task?: "classification" | "regression" | null;
+  /** `regression` for numeric targets, the token and span tasks; null for unlabeled text. */
+  task?: TaskKind | null;
   vocab_size: number;
   max_seq_length?: number;
 }
