@@ -126,7 +126,7 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   if (
     opts.dtype !== undefined && opts.dtype !== "fp32" && opts.dtype !== "fp16" && !q8
   ) {
-    throw new Error(`exportOnnx: dtype must be "fp32" or "fp16", got ${opts.dtype}`);
+    throw new Error(`exportOnnx: dtype must be "fp32", "fp16" or "q8", got ${opts.dtype}`);
   }
   const wantMlm = bert.heads.mlm && (opts.mlm ?? true);
   const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh, L = cfg.num_hidden_layers;
@@ -300,11 +300,33 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   }
 
   // Heads.
-  if (bert.heads.classifier) {
+  /** A float (never quantized) Linear on every token: `h [B, S, H]` → `[B, S, out]`. */
+  const tokenLinear = (prefix: string): string =>
+    g.node("Add", [g.node("MatMul", [h, WT(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
+  if (bert.heads.classifier && bert.heads.tokenClassifier) {
+    // BertForTokenClassification: the classifier on every token's last hidden state, no pooler
+    g.output(tokenLinear("classifier"), {
+      name: "logits",
+      elemType: DataType.FLOAT,
+      dims: ["batch", "sequence", numLabels(cfg)],
+    });
+  } else if (bert.heads.classifier) {
     const cls = g.node("Gather", [h, g.int64s("cls_index", [0], [])], { axis: 1 }); // [B, H]
     const pooled = g.node("Tanh", [gemm(cls, "pooler.dense.weight", "pooler.dense.bias")]);
     const logits = gemm(pooled, "classifier.weight", "classifier.bias");
     g.output(logits, { name: "logits", elemType: DataType.FLOAT, dims: ["batch", numLabels(cfg)] });
+  }
+  if (bert.heads.qa) {
+    // BertForQuestionAnswering: qa_outputs [B, S, 2], split into start (0) and end (1)
+    const span = tokenLinear("qa_outputs");
+    for (const [i, name] of ["start_logits", "end_logits"].entries()) {
+      const idx = g.int64s(`${name}_index`, [i], []);
+      g.output(g.node("Gather", [span, idx], { axis: 2 }), {
+        name,
+        elemType: DataType.FLOAT,
+        dims: ["batch", "sequence"],
+      });
+    }
   }
   if (wantMlm) {
     const t = norm(
