@@ -31,7 +31,7 @@ import {
   softCrossEntropy,
   valueRelationKl,
 } from "./losses.ts";
-import type { Batch, Objective } from "../train/objectives.ts";
+import { type Batch, labelledPositions, type Objective, spanRows } from "../train/objectives.ts";
 
 /** What a loss term reads besides the student's own forward pass. */
 export type LossInput = "scores" | "hidden" | "logits" | "values" | "labels";
@@ -102,15 +102,20 @@ export const LOSS_TERMS = Object.freeze(
       needs: ["logits"],
       classes: true,
       description: "TinyBERT: soft cross-entropy −softmax(z_t/T)·log_softmax(z_s/T), mean over B×C",
-      compute: ({ out, batch, temperature }) =>
-        softCrossEntropy(logitsOf(out.logits), target(batch, "t_logits"), temperature),
+      compute: ({ out, batch, mask, temperature }) => {
+        const { s, t, scale } = predictionRows(out, batch, mask);
+        const loss = softCrossEntropy(s, t!, temperature);
+        return scale === 1 ? loss : tf.mul(loss, scale) as tf.Scalar;
+      },
     },
     kl: {
       needs: ["logits"],
       classes: true,
       description: "DistilBERT: KL(softmax(z_t/T) ‖ softmax(z_s/T))·T², mean over the batch",
-      compute: ({ out, batch, temperature }) =>
-        klDivergence(logitsOf(out.logits), target(batch, "t_logits"), temperature),
+      compute: ({ out, batch, mask, temperature }) => {
+        const { s, t } = predictionRows(out, batch, mask);
+        return klDivergence(s, t!, temperature);
+      },
     },
     cosine: {
       needs: ["hidden"],
@@ -152,13 +157,19 @@ export const LOSS_TERMS = Object.freeze(
       needs: ["logits"],
       description:
         "MSE between student and teacher logits (TinyBERT's prediction loss for regression)",
-      compute: ({ out, batch }) => logitMse(logitsOf(out.logits), target(batch, "t_logits")),
+      compute: ({ out, batch, mask }) => {
+        const { s, t } = predictionRows(out, batch, mask);
+        return logitMse(s, t!);
+      },
     },
     hard_ce: {
       needs: ["labels"],
       classes: true,
       description: "cross-entropy of the student's logits on the gold labels, mean over the batch",
-      compute: ({ out, batch }) => hardCrossEntropy(logitsOf(out.logits), target(batch, "labels")),
+      compute: ({ out, batch, mask }) => {
+        const { s, gold } = predictionRows(out, batch, mask, true);
+        return hardCrossEntropy(s, gold!);
+      },
     },
   } satisfies Record<string, LossTerm>,
 ) as Readonly<Record<LossTermName, LossTerm>>;
@@ -302,9 +313,55 @@ export function distillationObjective(options: unknown): Objective {
   };
 }
 
-function logitsOf(l: tf.Tensor2D | undefined): tf.Tensor2D {
-  if (!l) throw new Error("a prediction-layer loss needs a student with a classifier");
-  return l;
+/**
+ * The rows the prediction-layer terms compare, `[N, K]` for the student (`s`) and the teacher
+ * (`t`, from `t_logits`), or the gold targets of the student's rows (`gold`, for `hard_ce`):
+ * - sequence classification: one row per example (`logits [B, C]`);
+ * - token classification: one row per real token (`[CLS]`/`[SEP]` and every word piece: the
+ *   teacher's distribution everywhere; `t_logits [B, S, C]`), or for `gold` the labelled first
+ *   pieces of `tokenLabels`;
+ * - QA: the start and the end distribution over the positions of each example (2B rows,
+ *   padding masked; `t_logits [B, S, 2]`), gold `startPositions`/`endPositions`; `soft_ce`
+ *   multiplies by `scale` = S, so it is the mean cross-entropy of those 2B distributions.
+ */
+export function predictionRows(
+  out: BertOutputs,
+  batch: Batch,
+  mask: tf.Tensor2D,
+  gold = false,
+): { s: tf.Tensor2D; t?: tf.Tensor2D; gold?: tf.Tensor1D; scale: number } {
+  if (out.tokenLogits) {
+    const [B, S, C] = out.tokenLogits.shape;
+    const flat = out.tokenLogits.reshape([B * S, C]) as tf.Tensor2D;
+    if (gold) {
+      const { positions, targets } = labelledPositions(target(batch, "tokenLabels").dataSync());
+      const idx = tf.tensor1d(positions, "int32");
+      return { s: tf.gather(flat, idx), gold: tf.tensor1d(targets, "int32"), scale: 1 };
+    }
+    const real: number[] = [];
+    mask.dataSync().forEach((m, i) => m > 0 && real.push(i));
+    const idx = tf.tensor1d(real, "int32");
+    const t = target<tf.Tensor3D>(batch, "t_logits").reshape([B * S, C]) as tf.Tensor2D;
+    return { s: tf.gather(flat, idx), t: tf.gather(t, idx), scale: 1 };
+  }
+  if (out.spanLogits) {
+    const s = spanRows(out.spanLogits, mask);
+    if (gold) {
+      const g = tf.concat([
+        tf.cast(target(batch, "startPositions"), "int32"),
+        tf.cast(target(batch, "endPositions"), "int32"),
+      ]) as tf.Tensor1D;
+      return { s, gold: g, scale: 1 };
+    }
+    // soft_ce's mean over rows × "classes" would divide by the padded length here: × S makes
+    // it the cross-entropy of each start/end distribution, mean over the 2B rows
+    const t = spanRows(target<tf.Tensor3D>(batch, "t_logits"), mask);
+    return { s, t, scale: s.shape[1] };
+  }
+  if (!out.logits) throw new Error("a prediction-layer loss needs a student with a classifier");
+  return gold
+    ? { s: out.logits, gold: target<tf.Tensor1D>(batch, "labels"), scale: 1 }
+    : { s: out.logits, t: target<tf.Tensor2D>(batch, "t_logits"), scale: 1 };
 }
 
 /**

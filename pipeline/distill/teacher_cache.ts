@@ -72,7 +72,11 @@ export function toRecords(
       hidden: hiddenIndices.map((i) => cropHidden(out.hiddenStates![i], b, len)),
       scores: attentionLayers.map((l) => cropScores(out.attentionScores![l], b, len)),
     };
-    if (out.logits) {
+    if (out.logits && out.logits.shape.length === 3) {
+      // per token (token classification, QA): the first `len` positions, [len, C]
+      const [, S, C] = out.logits.shape;
+      rec.logits = out.logits.data.slice(b * S * C, (b * S + len) * C) as Float32Array;
+    } else if (out.logits) {
       const C = out.logits.shape[1];
       rec.logits = out.logits.data.slice(b * C, (b + 1) * C) as Float32Array;
     }
@@ -87,13 +91,16 @@ export function cacheColumns(
   hiddenIndices: number[],
   attentionLayers: number[],
   dtype: "F16" | "F32",
+  /** Token classification / QA: `[length, numLabels]` logits per row. */
+  perToken = false,
 ): ColumnSpec[] {
+  const logits: ColumnSpec = perToken
+    ? { name: "logits", kind: "float-blob", dtype: "F32" }
+    : { name: "logits", kind: "float-blob", shape: [numLabels], dtype: "F32" };
   return [
     { name: "length", kind: "int32" },
     { name: "label", kind: "int32" },
-    ...(numLabels
-      ? [{ name: "logits", kind: "float-blob" as const, shape: [numLabels], dtype: "F32" as const }]
-      : []),
+    ...(numLabels ? [logits] : []),
     ...hiddenIndices.map((i) => ({ name: `hidden_${i}`, kind: "float-blob" as const, dtype })),
     ...attentionLayers.map((l) => ({ name: `scores_${l}`, kind: "float-blob" as const, dtype })),
   ];
@@ -155,6 +162,31 @@ function padScores(blobs: Float32Array[], lengths: number[], S: number): HostArr
   return { data: out, shape: [B, h, S, S] };
 }
 
+/**
+ * Cached logits of some rows as one batch array: `[B, C]`, or for token classification and QA
+ * (the token rows have per-token targets) `[B, S, C]` padded with NaN past each row's length,
+ * as {@link padHidden} pads hidden states.
+ */
+export function padLogits(arrs: Float32Array[], tokens: TokenRows, rows: number[]): HostArray {
+  const B = rows.length;
+  if (!tokens.tokenLabels && !tokens.startPositions) {
+    const C = arrs[0].length, data = new Float32Array(B * C);
+    arrs.forEach((l, i) => data.set(l, i * C));
+    return { data, shape: [B, C] };
+  }
+  let S = 1;
+  for (const r of rows) S = Math.max(S, tokens.lengths[r]);
+  const C = arrs[0].length / tokens.lengths[rows[0]];
+  const data = new Float32Array(B * S * C).fill(NaN);
+  arrs.forEach((l, i) => {
+    if (l.length !== tokens.lengths[rows[i]] * C) {
+      throw new Error(`teacher cache row ${rows[i]}: ${l.length} logits, expected length × ${C}`);
+    }
+    data.set(l, i * S * C);
+  });
+  return { data, shape: [B, S, C] };
+}
+
 /** Batches of token rows with the teacher's cached outputs (batches stay inside a part). */
 export async function cacheSource(
   cacheDir: string,
@@ -183,11 +215,7 @@ export async function cacheSource(
       lengths: tokens.lengths,
       load(_group, rs) {
         const batch = padRows(tokens, rs);
-        if (logits) {
-          const C = all[0].length, data = new Float32Array(rs.length * C);
-          rs.forEach((r, i) => data.set(all[r], i * C));
-          batch.t_logits = { data, shape: [rs.length, C] };
-        }
+        if (logits) batch.t_logits = padLogits(rs.map((r) => all[r]), tokens, rs);
         return Promise.resolve(batch);
       },
     };
@@ -213,12 +241,7 @@ export async function cacheSource(
       });
       const pick = (name: string) =>
         rows.map((r) => (cached!.columns[name] as Float32Array[])[r - first]);
-      if (logits) {
-        const C = pick("logits")[0].length;
-        const data = new Float32Array(rows.length * C);
-        pick("logits").forEach((l, i) => data.set(l, i * C));
-        batch.t_logits = { data, shape: [rows.length, C] };
-      }
+      if (logits) batch.t_logits = padLogits(pick("logits"), tokens, rows);
       for (const i of hidden) batch[`t_hidden_${i}`] = padHidden(pick(`hidden_${i}`), lengths, S);
       for (const l of attention) {
         batch[`t_scores_${l}`] = padScores(pick(`scores_${l}`), lengths, S);
@@ -255,7 +278,8 @@ export function onlineSource(
           data: x.dataSync() as Float32Array,
           shape: x.shape,
         });
-        if (needs.has("logits") && out.logits) batch.t_logits = host(out.logits);
+        const logits = out.logits ?? out.tokenLogits ?? out.spanLogits;
+        if (needs.has("logits") && logits) batch.t_logits = host(logits);
         if (needs.has("hidden")) {
           for (const i of hidden) batch[`t_hidden_${i}`] = host(out.hiddenStates[i]);
         }
@@ -277,6 +301,8 @@ export function onlineSource(
 /** What the cache stores per example. */
 export interface CacheShape {
   numLabels: number;
+  /** `numLabels` logits per token (token classification, QA) rather than per example. */
+  perToken?: boolean;
   hiddenSize: number;
   heads: number;
   /** Number of teacher hidden states kept (embedding output included if mapped). */
@@ -292,7 +318,7 @@ export function estimateCacheBytes(lengths: ArrayLike<number>, s: CacheShape): n
   let values = 0;
   for (let i = 0; i < lengths.length; i++) {
     const len = lengths[i];
-    values += s.numLabels + s.hiddenLayers * len * s.hiddenSize +
+    values += s.numLabels * (s.perToken ? len : 1) + s.hiddenLayers * len * s.hiddenSize +
       s.attentionLayers * s.heads * len * len;
   }
   return values * width;

@@ -29,6 +29,7 @@ export const DatasetSchema = z.strictObject({
     "parquet",
     "spam-assassin",
     "brown",
+    "brown-pos",
     "sotu",
     "moby-dick",
   ]),
@@ -42,8 +43,17 @@ export const DatasetSchema = z.strictObject({
   label_column: z.string().min(1).optional(),
   /** The label order; must match the teacher's id2label. Inferred (sorted) when absent. */
   labels: z.array(z.string().min(1)).min(1).optional(),
-  /** `regression`: the label column holds numbers (STS-B style). */
-  task: z.enum(["classification", "regression"]).optional(),
+  /**
+   * `regression`: the label column holds numbers (STS-B style); `token-classification`: a list
+   * of words (`words_column`, default `tokens`) and one tag per word (`label_column`, default
+   * `tags`); `question-answering`: question, context and SQuAD-style answers.
+   */
+  task: z.enum(["classification", "regression", "token-classification", "question-answering"])
+    .optional(),
+  /** Token classification: the column with each example's words (default `tokens`). */
+  words_column: z.string().min(1).optional(),
+  /** Extractive QA: the column with the answers (default `answers`). */
+  answers_column: z.string().min(1).optional(),
   split: z.strictObject({
     dev: z.number().min(0).max(0.5).default(0.1),
     test: z.number().min(0).max(0.5).default(0.1),

@@ -112,8 +112,10 @@ interface CachePlan {
   map: number[];
   hiddenIdx: number[];
   attLayers: number[];
-  /** Logits kept per example (0: the teacher has no classifier). */
+  /** Logits kept per example (0: the teacher has no classifier), or per token. */
   C: number;
+  /** Token classification / QA: `C` logits per token. */
+  perToken: boolean;
   stores: { split: string; reader: PartReader }[];
   lengths: number[];
   bytes: number;
@@ -168,7 +170,9 @@ async function planCache(
     "teacher-forward.layer_map",
   );
   const hiddenIdx = teacherHiddenIndices(map), attLayers = teacherAttentionLayers(map);
-  const C = teacher.heads.classifier ? numLabels(cfg) : 0;
+  // logits per example: C classes, or per token C tags / 2 (span start, end)
+  const C = teacher.heads.qa ? 2 : teacher.heads.classifier ? numLabels(cfg) : 0;
+  const perToken = !!(teacher.heads.qa || teacher.heads.tokenClassifier);
   const stores: CachePlan["stores"] = [];
   const lengths: number[] = [];
   for (const split of SPLITS) {
@@ -187,6 +191,7 @@ async function planCache(
   });
   const bytes = estimateCacheBytes(lengths, {
     numLabels: C,
+    perToken,
     hiddenSize: cfg.hidden_size,
     heads: cfg.num_attention_heads,
     hiddenLayers: hiddenIdx.length,
@@ -198,7 +203,7 @@ async function planCache(
       `${hiddenIdx.join(",")}; attention layers ${attLayers.join(",")}; ${params.dtype})`,
   );
   checkCacheLimit(bytes, params.max_cache_bytes, `${ctx.key}.max_cache_bytes`);
-  return { map, hiddenIdx, attLayers, C, stores, lengths, bytes };
+  return { map, hiddenIdx, attLayers, C, perToken, stores, lengths, bytes };
 }
 
 /** A way to run the teacher on host batches: ONNX Runtime, tfjs replicas or tfjs here. */
@@ -226,7 +231,8 @@ async function openEngine(
       });
       return {
         name: "onnx",
-        forward: (host) => onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers),
+        forward: (host) =>
+          onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers, !!teacher.heads.qa),
         close: () => onnx.close(), // the native session is released before the stage returns
       };
     } catch (e) {
@@ -273,7 +279,7 @@ async function writeSplit(
 ): Promise<number> {
   const { params } = ctx;
   const writer = await PartWriter.open(join(ctx.out, split), {
-    columns: cacheColumns(plan.C, plan.hiddenIdx, plan.attLayers, params.dtype),
+    columns: cacheColumns(plan.C, plan.hiddenIdx, plan.attLayers, params.dtype, plan.perToken),
     rowsPerPart: params.rows_per_part,
     totalRows: reader.totalRows,
     metadata: {
@@ -379,10 +385,11 @@ async function onnxForward(
   logits: boolean,
   hiddenIdx: number[],
   attLayers: number[],
+  qa = false,
 ): Promise<HostOutputs> {
   const [batch, seq] = host.inputIds.shape;
   const names = [
-    ...(logits ? ["logits"] : []),
+    ...(logits ? (qa ? ["start_logits", "end_logits"] : ["logits"]) : []),
     ...hiddenIdx.map((i) => `hidden_state_${i}`),
     ...attLayers.map((l) => `attention_scores_${l}`),
   ];
@@ -399,5 +406,15 @@ async function onnxForward(
   const attentionScores: HostOutputs["attentionScores"] = [];
   for (const i of hiddenIdx) hiddenStates[i] = arr(`hidden_state_${i}`);
   for (const l of attLayers) attentionScores[l] = arr(`attention_scores_${l}`);
+  if (logits && qa) {
+    // [B, S] start and end → [B, S, 2], as Bert.forward's spanLogits
+    const st = res.start_logits.data as Float32Array, en = res.end_logits.data as Float32Array;
+    const data = new Float32Array(st.length * 2);
+    for (let i = 0; i < st.length; i++) {
+      data[2 * i] = st[i];
+      data[2 * i + 1] = en[i];
+    }
+    return { logits: { data, shape: [batch, seq, 2] }, hiddenStates, attentionScores };
+  }
   return { ...(logits ? { logits: arr("logits") } : {}), hiddenStates, attentionScores };
 }

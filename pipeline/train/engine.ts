@@ -16,7 +16,7 @@
  */
 
 import * as ort from "onnxruntime-node";
-import type { Bert } from "../model/bert.ts";
+import type { Bert, BertHeads } from "../model/bert.ts";
 import { OnnxTrainer } from "../onnx/trainer.ts";
 import { GradGraphObjectives } from "../onnx/train_graph.ts";
 import { DataType, GraphBuilder } from "../onnx/graph.ts";
@@ -84,8 +84,17 @@ function onnxRuntimeProblem(): Promise<string | null> {
 export async function resolveEngine(
   engine: EngineName,
   objective: string,
+  heads?: BertHeads,
 ): Promise<{ name: "onnx" | "tfjs"; reason: string }> {
   if (engine === "tfjs") return { name: "tfjs", reason: "asked for" };
+  // the training graphs know the sequence classifier only (token/QA heads train on tfjs)
+  const headGraph = !heads?.qa && !(heads?.classifier && heads.tokenClassifier);
+  if (!headGraph) {
+    if (engine === "onnx") {
+      throw new Error("engine: onnx has no training graph for token/QA heads; use engine: tfjs");
+    }
+    return { name: "tfjs", reason: "no ONNX graph for token/QA heads" };
+  }
   const supported = GradGraphObjectives.includes(objective);
   const problem = await onnxRuntimeProblem();
   if (engine === "onnx") {
@@ -109,7 +118,7 @@ export async function openTrainEngine(
   spec: EngineSpec,
   opts: EngineOptions,
 ): Promise<TrainEngine> {
-  const { name } = await resolveEngine(opts.engine ?? "auto", spec.objective);
+  const { name } = await resolveEngine(opts.engine ?? "auto", spec.objective, model.heads);
   if (name === "onnx") {
     // one session on every core: 2 single-thread replicas measured 5% slower on 2 cores
     // (TinyBERT4 32×128: 1,060–1,072 vs 1,006–1,013 ms a step, same run)

@@ -80,15 +80,17 @@ export function forwardToHost(model: Bert, batch: Batch, outputs: OutputName[]):
     tokenTypeIds: batch.tokenTypeIds as tf.Tensor2D | undefined,
   }, { hiddenStates: want.has("hiddenStates"), attentionScores: want.has("attentionScores") });
   const res: HostOutputs = {};
+  // sequence [B, C], token classification [B, S, C], QA [B, S, 2] (start, end)
+  const logits = out.logits ?? out.tokenLogits ?? out.spanLogits;
   if (want.has("logits")) {
-    if (!out.logits) throw new Error("forward: the model has no classifier, so no logits");
-    res.logits = host(out.logits);
+    if (!logits) throw new Error("forward: the model has no classifier, so no logits");
+    res.logits = host(logits);
   }
   if (want.has("pooled")) res.pooled = host(out.pooled);
   if (want.has("hiddenStates")) res.hiddenStates = out.hiddenStates.map(host);
   if (want.has("attentionScores")) res.attentionScores = out.attentionScores.map(host);
   tf.dispose([...out.hiddenStates, ...out.attentionScores, out.pooled]);
-  if (out.logits) out.logits.dispose();
+  if (logits) logits.dispose();
   return res;
 }
 
