@@ -9,8 +9,10 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { tf } from "../tfjs/backend.ts";
-import { Bert } from "../model/bert.ts";
-import { loadBert, saveBert } from "../model/checkpoint.ts";
+import { Bert, type BertHeads } from "../model/bert.ts";
+import { architectureOf, loadBert, saveBert } from "../model/checkpoint.ts";
+import { bestSpan, IGNORE_INDEX, spanText } from "../model/align.ts";
+import type { TaskKind } from "../data/types.ts";
 import { type BertConfig, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
@@ -22,7 +24,13 @@ import {
   type TokenMeta,
   type TokenRows,
 } from "../store/tokens.ts";
-import { classificationMetrics, regressionMetrics } from "../report/metrics.ts";
+import {
+  classificationMetrics,
+  entityF1,
+  regressionMetrics,
+  squadMetrics,
+  tokenAccuracy,
+} from "../report/metrics.ts";
 import type { DataParallel } from "../train/parallel.ts";
 import { inputTensors } from "../train/batch.ts";
 import type { Pipeline } from "../run/spec.ts";
@@ -160,7 +168,33 @@ export function modelFromConfig(
       field: `${role}.config`,
     });
   }
-  return Bert.create(config, { classifier: labels.length > 0 }, seed);
+  return Bert.create(config, taskHeads(meta.task, labels), seed);
+}
+
+/** The heads a model for a task needs (`labels`: the task's class or tag names). */
+export function taskHeads(task: TaskKind | null | undefined, labels: string[] | null): BertHeads {
+  if (task === "question-answering") return { classifier: false, mlm: false, qa: true };
+  if (task === "token-classification") {
+    return { classifier: true, mlm: false, tokenClassifier: true };
+  }
+  return { classifier: !!labels?.length, mlm: false };
+}
+
+/** The training objective on a task's labels (see `train/objectives.ts`). */
+export function taskObjective(task: TaskKind | null | undefined): string {
+  return {
+    "regression": "regression",
+    "token-classification": "token_classification",
+    "question-answering": "span",
+    "classification": "classification",
+  }[task ?? "classification"];
+}
+
+/** The dev metric that picks the best checkpoint by default. */
+export function taskMetric(task: TaskKind | null | undefined): DevMetric {
+  if (task === "regression") return "pearson";
+  if (task === "question-answering") return "f1";
+  return "accuracy";
 }
 
 /**
@@ -172,31 +206,42 @@ export async function loadForTask(
   dir: string,
   labels: string[] | null,
   seed: number,
-  regression = false,
+  task: TaskKind | null | undefined = labels ? "classification" : null,
 ) {
   if (!labels) return await loadBert(dir, { seed });
+  const heads = taskHeads(task, labels);
   const probe = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
   const theirs = probe.id2label
     ? Object.keys(probe.id2label).sort((a, b) => +a - +b).map((k) => probe.id2label[k])
-    : null;
-  const same = theirs && theirs.join("\u0000") === labels.join("\u0000");
-  if (same) return await loadBert(dir, { seed, heads: { classifier: true } });
-  // a different head: load the encoder only, then add a fresh classifier
-  const enc = await loadBert(dir, { seed, heads: { classifier: false, mlm: false } });
-  const config = makeConfig({
-    ...enc.config,
-    ...(regression ? { problem_type: "regression" as const } : {}),
-    id2label: id2labelOf(labels),
-    label2id: Object.fromEntries(labels.map((l, i) => [l, i])),
+    : [];
+  const arch = Array.isArray(probe.architectures) ? probe.architectures[0] : undefined;
+  const same = theirs.join("\u0000") === labels.join("\u0000") &&
+    arch === architectureOf(heads);
+  if (same) return await loadBert(dir, { seed, heads });
+  // a different head: load the encoder only, then add a fresh head
+  const enc = await loadBert(dir, {
+    seed,
+    heads: { classifier: false, mlm: false, qa: false, tokenClassifier: false },
   });
-  const fresh = Bert.create(config, { classifier: true, mlm: false }, seed);
+  const { id2label: _i, label2id: _l, problem_type: _p, ...rest } = enc.config;
+  const config = makeConfig({
+    ...rest,
+    ...(task === "regression" ? { problem_type: "regression" as const } : {}),
+    ...(labels.length
+      ? {
+        id2label: id2labelOf(labels),
+        label2id: Object.fromEntries(labels.map((l, i) => [l, i])),
+      }
+      : {}),
+  });
+  const fresh = Bert.create(config, heads, seed);
   const tensors = new Map<string, tf.Tensor>();
   for (const [name, v] of fresh.params) {
     tensors.set(name, enc.params.has(name) ? tf.clone(enc.params.get(name)!) : tf.clone(v));
   }
   fresh.dispose();
   enc.dispose();
-  return new Bert(config, { classifier: true, mlm: false }, tensors);
+  return new Bert(config, heads, tensors);
 }
 
 /**
@@ -296,6 +341,20 @@ export function phaseFromParams(
   };
 }
 
+/** Dev metrics a stage can select checkpoints by. */
+export const DEV_METRICS = [
+  "accuracy",
+  "macro_f1",
+  "mcc",
+  "pearson",
+  "spearman",
+  "entity_f1",
+  "exact_match",
+  "f1",
+] as const;
+/** A dev metric name. */
+export type DevMetric = typeof DEV_METRICS[number];
+
 /** Run-level training settings. */
 export const LoopParams = {
   /**
@@ -316,27 +375,49 @@ export const LoopParams = {
   replicas: z.number().int().positive().optional(),
   /** onnx engine: intra-op threads per replica (default: the cores shared among replicas). */
   threads: z.number().int().positive().optional(),
-  /** Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression). */
-  metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
+  /**
+   * Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression; f1
+   * for QA). Token classification: accuracy (over words) or entity_f1 (BIO tags).
+   */
+  metric: z.enum(DEV_METRICS).optional(),
   /** Batch size for dev evaluation. */
   eval_batch_size: z.number().int().positive().default(64),
 };
 
-/** Dev-set classification metrics of `model` (tfjs forward on `dp`'s replicas). */
-export async function evaluateRows(
+/**
+ * Predictions of `model` on token rows (tfjs forward, or `dp`'s replicas for sequence tasks):
+ * class indices or regression values per row; for token classification each row's predicted
+ * word tags (−1 for words cut by `max_seq_length`); for QA each row's answer text.
+ */
+export async function predictRows(
   dp: DataParallel | null,
   model: Bert,
   rows: TokenRows,
   batchSize: number,
-): Promise<Record<string, number>> {
+): Promise<Int32Array | Float32Array | number[][] | string[]> {
   const n = rows.lengths.length;
   const C = numLabels(model.config);
   const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
+  const words: number[][] = new Array(n), answers: string[] = new Array(n);
   // sorted by length, so batches carry little padding
   const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
   for (let s = 0; s < n; s += batchSize) {
     const idx = order.slice(s, s + batchSize);
     const batch = padRows(rows, idx, false);
+    const S = batch.inputIds.shape[1];
+    if (rows.tokenLabels || rows.startPositions) {
+      const out = tf.tidy(() => {
+        const o = model.forward(inputTensors(batch), {
+          hiddenStates: false,
+          attentionScores: false,
+        });
+        const l = o.tokenLogits ?? o.spanLogits;
+        if (!l) throw new Error("the model has no token-classification or QA head");
+        return l.dataSync() as Float32Array;
+      });
+      decodeBatch(out, rows, idx, S, C, words, answers);
+      continue;
+    }
     let logits: Float32Array;
     if (dp) logits = (await dp.forward(batch, ["logits"])).logits!.data as Float32Array;
     else {
@@ -348,9 +429,83 @@ export async function evaluateRows(
     const best = argmaxRows(logits, C);
     idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
   }
+  if (rows.tokenLabels) return words;
+  if (rows.startPositions) return answers;
+  return pred;
+}
+
+/**
+ * Decode per-token outputs `[batch, S, K]` of the rows `idx`: token classification (`K` = tags)
+ * into each row's predicted word tags (−1 for words cut by `max_seq_length`) in `words`; QA
+ * (`K` = 2: start, end) into each row's answer text in `answers` (best span, see `bestSpan`).
+ */
+export function decodeBatch(
+  out: Float32Array,
+  rows: TokenRows,
+  idx: number[],
+  S: number,
+  C: number,
+  words: number[][],
+  answers: string[],
+): void {
+  idx.forEach((r, i) => {
+    if (rows.tokenLabels) {
+      const best = argmaxRows(out.subarray(i * S * C, (i + 1) * S * C), C);
+      const tags = rows.tokenLabels[r], got: number[] = [];
+      for (let k = 0; k < tags.length; k++) if (tags[k] !== IGNORE_INDEX) got.push(best[k]);
+      const all = rows.wordTags![r].length;
+      words[r] = [...got, ...new Array(all - got.length).fill(-1)];
+    } else {
+      const st = new Float32Array(S), en = new Float32Array(S);
+      for (let k = 0; k < S; k++) {
+        st[k] = out[(i * S + k) * 2];
+        en[k] = out[(i * S + k) * 2 + 1];
+      }
+      const tw = rows.tokenWords![r];
+      const span = bestSpan(st, en, tw);
+      answers[r] = spanText(rows.contexts![r], tw, rows.wordSpans![r], span.start, span.end);
+    }
+  });
+}
+
+/**
+ * The metrics of predictions (as {@link predictRows} returns them) against the rows' gold:
+ * classification / regression metrics; token classification: word accuracy (cut words count
+ * as wrong) and entity F1 (conlleval chunks, when the tags are BIO); QA: exact match and F1.
+ */
+export function rowMetrics(
+  pred: Int32Array | Float32Array | number[][] | string[],
+  rows: TokenRows,
+  labels: string[],
+): Record<string, number> {
+  if (rows.tokenLabels) {
+    const p = pred as number[][], g = rows.wordTags!.map((t) => [...t]);
+    const name = (i: number) => (i < 0 ? "O" : labels[i]);
+    const out: Record<string, number> = { accuracy: tokenAccuracy(p, g) };
+    if (labels.some((l) => /^[BI]-/.test(l))) {
+      out.entity_f1 = entityF1(g.map((s) => s.map(name)), p.map((s) => s.map(name))).f1;
+    }
+    return out;
+  }
+  if (rows.startPositions) {
+    const m = squadMetrics(pred as string[], rows.answers!.map((a) => a.map((x) => x.text)));
+    return { exact_match: m.exactMatch, f1: m.f1 };
+  }
   return rows.targets
-    ? { ...regressionMetrics(pred, rows.targets) }
-    : { ...classificationMetrics(pred, rows.labels, C) };
+    ? { ...regressionMetrics(pred as Float32Array, rows.targets) }
+    : { ...classificationMetrics(pred as Int32Array, rows.labels, labels.length) };
+}
+
+/** Dev-set metrics of `model` (see {@link predictRows} and {@link rowMetrics}). */
+export async function evaluateRows(
+  dp: DataParallel | null,
+  model: Bert,
+  rows: TokenRows,
+  batchSize: number,
+): Promise<Record<string, number>> {
+  const C = numLabels(model.config);
+  const labels = Array.from({ length: C }, (_, i) => model.config.id2label?.[i] ?? `LABEL_${i}`);
+  return rowMetrics(await predictRows(dp, model, rows, batchSize), rows, labels);
 }
 
 /** What a training stage reports in its manifest: steps, examples, size, time, final and dev metrics. */

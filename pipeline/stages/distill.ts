@@ -70,6 +70,7 @@ import {
   type OptimSettings,
   phaseFromParams,
   PhaseOptimParams,
+  taskMetric,
   trainingResult,
   withLength,
   writeTrainedModel,
@@ -313,7 +314,7 @@ async function initStudent(
     "student",
     `${ctx.key}.init_from`,
   );
-  return await loadForTask(dir, taskLabels(meta), seed, isRegression(meta));
+  return await loadForTask(dir, taskLabels(meta), seed, meta.task);
 }
 
 /**
@@ -490,7 +491,7 @@ export const distill = defineStage({
         engine: params.engine,
         threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
-        metric: params.metric ?? (isRegression(data.meta) ? "pearson" : "accuracy"),
+        metric: params.metric ?? taskMetric(data.meta.task),
         keepBest: params.keep_best,
         progress: (label, total) => ctx.progress(total, `${label} steps`),
         log: ctx.log,

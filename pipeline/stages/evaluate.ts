@@ -22,12 +22,7 @@ import { loadBert } from "../model/checkpoint.ts";
 import { numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
-import {
-  classificationMetrics,
-  pairedAccuracy,
-  type PairedComparison,
-  regressionMetrics,
-} from "../report/metrics.ts";
+import { exactMatch, pairedAccuracy, type PairedComparison } from "../report/metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import {
@@ -42,13 +37,24 @@ import {
 } from "../report/report.ts";
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { CurvePoint, EvalPoint } from "../train/loop.ts";
-import { argmaxRows, checkSeqLength, longestRow, modelDirOf, range } from "./common.ts";
+import {
+  argmaxRows,
+  checkSeqLength,
+  decodeBatch,
+  DEV_METRICS,
+  longestRow,
+  modelDirOf,
+  range,
+  rowMetrics,
+  taskMetric,
+} from "./common.ts";
 import {
   isRegression,
   padRows,
   readTokenMeta,
   readTokenSplit,
   taskLabels,
+  type TokenMeta,
   type TokenRows,
 } from "../store/tokens.ts";
 import { inputTensors } from "../train/batch.ts";
@@ -63,8 +69,11 @@ export const EvaluateParams = z.strictObject({
   students: z.record(z.string().min(1), z.string().min(1)).default({}),
   /** Reference models (e.g. the student trained on labels alone): name → stage. */
   baselines: z.record(z.string().min(1), z.string().min(1)).default({}),
-  /** The metric retention is computed on (default accuracy; pearson for regression). */
-  metric: z.enum(["accuracy", "macro_f1", "mcc", "pearson", "spearman"]).optional(),
+  /**
+   * The metric retention is computed on (default accuracy; pearson for regression; f1 for QA;
+   * token classification: accuracy over words, or entity_f1).
+   */
+  metric: z.enum(DEV_METRICS).optional(),
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /**
    * Also measure each student's other exports, each as a row `<name> (<variant>)` — accuracy,
@@ -107,8 +116,13 @@ async function makeRunner(
             tokenTypeIds: b.tokenTypeIds.data as Int32Array,
             batch,
             seq,
-          }, ["logits"]);
-          return res.logits.data;
+          }, bert.heads.qa ? ["start_logits", "end_logits"] : ["logits"]);
+          if (!bert.heads.qa) return res.logits.data;
+          // [B, S] start and end → [B, S, 2], as Bert.forward's spanLogits
+          const st = res.start_logits.data, en = res.end_logits.data;
+          const out = new Float32Array(st.length * 2);
+          for (let i = 0; i < st.length; i++) [out[2 * i], out[2 * i + 1]] = [st[i], en[i]];
+          return out;
         },
         close: () => onnx.close(),
       };
@@ -120,10 +134,10 @@ async function makeRunner(
     engine: `tfjs-${tf.getBackend()}`,
     run: (b) =>
       Promise.resolve(
-        tf.tidy(() =>
-          bert.forward(inputTensors(b), { hiddenStates: false, attentionScores: false }).logits!
-            .dataSync() as Float32Array
-        ),
+        tf.tidy(() => {
+          const o = bert.forward(inputTensors(b), { hiddenStates: false, attentionScores: false });
+          return (o.logits ?? o.tokenLogits ?? o.spanLogits)!.dataSync() as Float32Array;
+        }),
       ),
     close: () => Promise.resolve(),
   };
@@ -148,7 +162,11 @@ export async function measureModel(
     latency_ms: number;
     throughput: number;
     engine: string;
-    /** Per example, in data order: the class id (classification) or the output (regression). */
+    /**
+     * Per example, in data order: the class id (classification) or the output (regression);
+     * token classification: every word's predicted tag, rows concatenated (−1: cut); QA: 1 where
+     * the answer is an exact match, else 0.
+     */
     predictions: Float32Array | Int32Array;
   }
 > {
@@ -158,11 +176,18 @@ export async function measureModel(
     const n = rows.lengths.length;
     const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
     const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
+    const perToken = !!(rows.tokenLabels || rows.startPositions);
+    const words: number[][] = new Array(n), answers: string[] = new Array(n);
     await runner.run(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
     const t0 = performance.now();
     for (let s = 0; s < n; s += opts.batchSize) {
       const idx = order.slice(s, s + opts.batchSize);
-      const logits = await runner.run(padRows(rows, idx, false));
+      const batch = padRows(rows, idx, false);
+      const logits = await runner.run(batch);
+      if (perToken) {
+        decodeBatch(logits, rows, idx, batch.inputIds.shape[1], C, words, answers);
+        continue;
+      }
       const p = rows.targets ? logits : argmaxRows(logits, C); // regression: the one output
       idx.forEach((r, i) => pred[r] = p[i * (rows.targets ? C : 1)]);
     }
@@ -178,14 +203,22 @@ export async function measureModel(
       times.push(performance.now() - t);
     }
     times.sort((a, b) => a - b);
+    const labels = Array.from({ length: C }, (_, i) => bert.config.id2label![i]);
+    const metrics = rowMetrics(
+      rows.tokenLabels ? words : rows.startPositions ? answers : pred,
+      rows,
+      labels,
+    );
     return {
-      metrics: rows.targets
-        ? { ...regressionMetrics(pred, rows.targets) }
-        : { ...classificationMetrics(pred, rows.labels, C) },
+      metrics,
       latency_ms: times[Math.floor(times.length / 2)],
       throughput,
       engine: runner.engine,
-      predictions: pred,
+      predictions: rows.tokenLabels
+        ? Int32Array.from(words.flat())
+        : rows.startPositions
+        ? Int32Array.from(answers, (a, i) => exactMatch(a, rows.answers![i].map((x) => x.text)))
+        : pred,
     };
   } finally {
     // released before returning: a native release still running when the process or its
@@ -380,12 +413,20 @@ async function measureAll(
   return { result, predictions };
 }
 
+/** The metrics drawn for a task. */
+function metricNamesOf(task: TokenMeta["task"]): string[] {
+  if (task === "regression") return ["pearson", "spearman"];
+  if (task === "question-answering") return ["exact_match", "f1"];
+  if (task === "token-classification") return ["accuracy", "entity_f1"];
+  return ["accuracy", "macro_f1", "mcc"];
+}
+
 /** Step 3: the charts — the metric bars, and the loss curve of every model trained here. */
 async function writeCharts(
   ctx: StageContext<EvaluateParams>,
   models: EvalModel[],
   result: ResultRow[],
-  regression: boolean,
+  metricNames: string[],
 ): Promise<{ file: string; caption: string }[]> {
   const { params, pipeline: p } = ctx;
   // loss curves and dev curves of every model trained in this pipeline
@@ -407,7 +448,6 @@ async function writeCharts(
     );
     charts.push({ file, caption: `${m.name} training loss` });
   }
-  const metricNames = regression ? ["pearson", "spearman"] : ["accuracy", "macro_f1", "mcc"];
   await writeFileAtomic(
     join(ctx.out, "metrics.svg"),
     barChartSvg(
@@ -458,7 +498,7 @@ export const evaluate = defineStage({
       throw new InputError("evaluate needs labelled data", { file: p.file, field: ctx.key });
     }
     const regression = isRegression(meta);
-    const metric = params.metric ?? (regression ? "pearson" : "accuracy");
+    const metric = params.metric ?? taskMetric(meta.task);
     const rows = await readTokenSplit(tokensDir, params.split);
     if (!rows) {
       throw new InputError(`the ${params.split} split is empty`, {
@@ -477,8 +517,15 @@ export const evaluate = defineStage({
     }
     const { result, predictions } = await measureAll(ctx, models, rows, wanted);
     const table = comparisonTable(result, { metric });
-    const paired = regression ? [] : pairedComparisons(models, predictions, rows.labels);
-    const charts = await writeCharts(ctx, models, result, regression);
+    // paired over the unit each model is right or wrong on: examples; words (token
+    // classification); exact matches (QA)
+    const gold = rows.wordTags
+      ? Int32Array.from(rows.wordTags.flatMap((t) => [...t]))
+      : rows.startPositions
+      ? new Int32Array(rows.lengths.length).fill(1)
+      : rows.labels;
+    const paired = regression ? [] : pairedComparisons(models, predictions, gold);
+    const charts = await writeCharts(ctx, models, result, metricNamesOf(meta.task));
     const notes = [
       `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${metric} ` +
       `÷ the teacher's.`,

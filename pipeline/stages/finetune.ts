@@ -26,12 +26,13 @@ import {
   modelFromConfig,
   optimParams,
   phaseFromParams,
+  taskMetric,
+  taskObjective,
   trainingResult,
   withLength,
   writeTrainedModel,
 } from "./common.ts";
 import {
-  isRegression,
   padRows,
   readTokenMeta,
   readTokenSplit,
@@ -90,7 +91,6 @@ export const finetune = defineStage({
     const tokensDir = ctx.inputs[params.tokens];
     const meta = await readTokenMeta(tokensDir);
     const labels = taskLabels(meta);
-    const regression = isRegression(meta);
     if (!labels) {
       throw new InputError("finetune needs labelled data", {
         file: pipeline.file,
@@ -123,7 +123,7 @@ export const finetune = defineStage({
         modelDirOf(pipeline, ctx.inputs, ctx.resolve, params.from, params.model, ctx.key),
         labels,
         seed,
-        regression,
+        meta.task,
       )
       : modelFromConfig(pipeline, params.model, meta, seed, base);
     checkSeqLength(longestRow(train_, dev), model.config, {
@@ -146,7 +146,7 @@ export const finetune = defineStage({
     );
     const phase = phaseFromParams(
       "finetune",
-      regression ? "regression" : "classification",
+      taskObjective(meta.task),
       params,
       {
         evaluate: dev !== null,
@@ -164,7 +164,7 @@ export const finetune = defineStage({
         engine: params.engine,
         threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
-        metric: params.metric ?? (regression ? "pearson" : "accuracy"),
+        metric: params.metric ?? taskMetric(meta.task),
         keepBest: params.keep_best,
         progress: (label, total) => ctx.progress(total, `${label} steps`),
         log: ctx.log,

@@ -152,8 +152,10 @@ export function isRegression(meta: TokenMeta): boolean {
 
 /**
  * The output labels a model for this data needs: the class names, or one unnamed output for
- * regression (`LABEL_0`, as transformers names it); null for unlabeled text.
+ * regression (`LABEL_0`, as transformers names it), none for QA (`[]`: labelled with spans);
+ * null for unlabeled text.
  */
 export function taskLabels(meta: TokenMeta): string[] | null {
+  if (meta.task === "question-answering") return []; // labelled, but with spans, not classes
   return isRegression(meta) ? ["LABEL_0"] : meta.labels;
 }
