@@ -10,10 +10,16 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { AutoTokenizer, env, pipeline } from "@huggingface/transformers";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
-import { Bert } from "../pipeline/model/bert.ts";
+import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
+import {
+  bestSpan,
+  encodeQuestionContext,
+  type SpanEncoding,
+  spanText,
+} from "../pipeline/model/align.ts";
 import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
-import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { type BertTokenizer, loadTokenizer } from "../pipeline/model/tokenizer.ts";
 import { assertInputError, maxAbsErr, withTempDir } from "./_util.ts";
 
 await setBackend("cpu");
@@ -198,5 +204,285 @@ Deno.test("model_max_length is never above the trained length or max_position_em
     ]);
     await Deno.remove(join(dir, "tokenizer_config.json"));
     assert.equal(await limitModelMaxLength(dir, 128, 64), null);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// token classification and extractive QA
+
+const NER_TAGS = { "0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC" };
+
+/** A small random encoder over the bert-base-uncased vocabulary, with the given heads. */
+function tinyModel(vocab: number, heads: Partial<BertHeads>, labels: boolean, seed: number): Bert {
+  return Bert.create(
+    {
+      vocab_size: vocab,
+      hidden_size: 32,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      intermediate_size: 48,
+      max_position_embeddings: 40,
+      initializer_range: 0.3,
+      ...(labels ? { id2label: NER_TAGS } : {}),
+    },
+    { mlm: false, ...heads },
+    seed,
+  );
+}
+
+function softmax(z: ArrayLike<number>): number[] {
+  const m = Math.max(...Array.from(z));
+  const e = Array.from(z, (v) => Math.exp(v - m)), sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
+}
+
+interface TokenEntity {
+  entity: string;
+  score: number;
+  index: number;
+  word: string;
+}
+
+/**
+ * What transformers.js' token-classification pipeline returns (aggregation "none"), computed from
+ * per-token logits `[seq, labels]` row-major: per token the argmax label and its softmax
+ * probability; special tokens ([CLS], [SEP], [PAD]) skipped, labels in `ignore` dropped.
+ */
+function expectedEntities(
+  tok: BertTokenizer,
+  ids: number[],
+  logits: ArrayLike<number>,
+  ignore: string[],
+): TokenEntity[] {
+  const C = Object.keys(NER_TAGS).length;
+  const out: TokenEntity[] = [];
+  const specials = new Set([tok.clsId, tok.sepId, tok.padId]);
+  ids.forEach((id, j) => {
+    const p = softmax(Array.from({ length: C }, (_, c) => logits[j * C + c]));
+    const k = p.indexOf(Math.max(...p));
+    const entity = NER_TAGS[String(k) as keyof typeof NER_TAGS];
+    if (ignore.includes(entity) || specials.has(id)) return;
+    out.push({ entity, score: p[k], index: j, word: tok.idToToken[id] });
+  });
+  return out;
+}
+
+function assertEntities(got: TokenEntity[], want: TokenEntity[], tag: string): void {
+  assert.deepEqual(
+    got.map((e) => [e.entity, e.index, e.word]),
+    want.map((e) => [e.entity, e.index, e.word]),
+    `${tag}: entities`,
+  );
+  got.forEach((e, i) => {
+    const d = Math.abs(e.score - want[i].score);
+    assert.ok(d <= 1e-5, `${tag}: token ${e.index} score ${e.score} vs ${want[i].score}`);
+  });
+}
+
+Deno.test("transformers.js loads a token-classification student: per-token labels and scores are tinystill's (fp32, batched, q8)", async () => {
+  await withTempDir(async (dir) => {
+    const tok = await loadTokenizer("fixtures/bert-base-uncased");
+    const bert = tinyModel(tok.vocabSize, { classifier: true, tokenClassifier: true }, true, 5);
+    const texts = [
+      "sarah lives in the united states of america",
+      "john met mary in paris and london yesterday with tokenization",
+    ];
+    // A random classifier gives most tokens the same label: each label's logit is standardised
+    // over these texts' tokens (its weight row / std, bias −mean / std), so the labels vary and
+    // the bias is not zero.
+    tf.tidy(() => {
+      const ids = texts.flatMap((t) => tok.encode(t).inputIds);
+      const z = bert.forward({ inputIds: tf.tensor2d([ids], [1, ids.length], "int32") }, {
+        attentionScores: false,
+        hiddenStates: false,
+      }).tokenLogits!;
+      const { mean, variance } = tf.moments(z, [0, 1]);
+      const std = tf.sqrt(variance);
+      const w = bert.p("classifier.weight");
+      w.assign(tf.div(w, std.reshape([-1, 1])));
+      bert.p("classifier.bias").assign(tf.div(tf.sub(bert.p("classifier.bias"), mean), std));
+    });
+    await saveOnnxFolder(bert, join(dir, "ner"), { tokenizer: tok, maxLength: TRAINED_LENGTH });
+    const conf = JSON.parse(await Deno.readTextFile(join(dir, "ner", "config.json")));
+    assert.deepEqual(conf.architectures, ["BertForTokenClassification"]);
+    assert.deepEqual(conf.id2label, NER_TAGS);
+
+    env.allowRemoteModels = false;
+    env.localModelPath = dir;
+    const ner = await pipeline("token-classification", "ner", { local_files_only: true });
+    const ref = texts.map((text) => {
+      const ids = tok.encode(text).inputIds;
+      const logits = tf.tidy(() =>
+        bert.forward({ inputIds: tf.tensor2d([ids], [1, ids.length], "int32") }, {
+          attentionScores: false,
+          hiddenStates: false,
+        }).tokenLogits!.dataSync()
+      );
+      return { ids, logits };
+    });
+    const labels = new Set<string>();
+    for (const [t, text] of texts.entries()) {
+      const { ids, logits } = ref[t];
+      // the default drops "O"; ignore_labels: [] keeps every (non-special) token
+      const all = expectedEntities(tok, ids, logits, []);
+      for (const e of all) labels.add(e.entity);
+      assertEntities(
+        await ner(text) as TokenEntity[],
+        expectedEntities(tok, ids, logits, ["O"]),
+        `"${text}"`,
+      );
+      assertEntities(await ner(text, { ignore_labels: [] }) as TokenEntity[], all, `"${text}" all`);
+      assert.equal(all.length, ids.length - 2, "every token but [CLS] and [SEP]");
+    }
+    assert.ok(labels.has("O") && labels.size >= 3, `labels seen: ${[...labels]}`);
+
+    // a batch of both: transformers.js pads the shorter text; the padding changes nothing
+    const batched = await ner(texts, { ignore_labels: [] }) as TokenEntity[][];
+    batched.forEach((got, t) => {
+      assertEntities(got, expectedEntities(tok, ref[t].ids, ref[t].logits, []), `batch row ${t}`);
+    });
+
+    // dtype q8 loads onnx/model_quantized.onnx: ONNX Runtime's logits on that file
+    const q8 = await pipeline("token-classification", "ner", {
+      local_files_only: true,
+      dtype: "q8",
+    });
+    const engine = await OnnxEngine.load(join(dir, "ner", "onnx", "model_quantized.onnx"));
+    try {
+      for (const [t, text] of texts.entries()) {
+        const { ids } = ref[t];
+        const out = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: ids.length });
+        assert.deepEqual(out.logits.dims, [1, ids.length, 5]);
+        assertEntities(
+          await q8(text, { ignore_labels: [] }) as TokenEntity[],
+          expectedEntities(tok, ids, out.logits.data, []),
+          `q8 "${text}"`,
+        );
+      }
+    } finally {
+      await engine.close();
+    }
+    bert.dispose();
+  });
+});
+
+interface QaAnswer {
+  answer: string;
+  score: number;
+}
+
+/**
+ * tinystill's answers from start/end logits, by transformers.js' rule: start and end
+ * probabilities are softmaxes over [CLS] and the context tokens, [CLS] itself then scored 0, and
+ * spans i ≤ j rank by p_start(i) · p_end(j) — the order of start[i] + end[j], which `bestSpan`
+ * maximises (the contexts here are shorter than its 30-token limit). The text is the context's
+ * words from the start token's to the end token's (`spanText`).
+ */
+function expectedAnswers(
+  enc: SpanEncoding,
+  context: string,
+  start: ArrayLike<number>,
+  end: ArrayLike<number>,
+  topK: number,
+): QaAnswer[] {
+  const ctx = Array.from({ length: enc.ids.length }, (_, i) => i).filter((i) =>
+    enc.tokenWords[i] >= 0
+  );
+  const probs = (z: ArrayLike<number>) => {
+    const p = softmax([z[0], ...ctx.map((i) => z[i])]);
+    return new Map(ctx.map((i, k) => [i, p[k + 1]]));
+  };
+  const ps = probs(start), pe = probs(end);
+  const spans: { i: number; j: number; score: number }[] = [];
+  for (const i of ctx) {
+    for (const j of ctx) if (j >= i) spans.push({ i, j, score: ps.get(i)! * pe.get(j)! });
+  }
+  spans.sort((a, b) => b.score - a.score);
+  const best = bestSpan(start, end, enc.tokenWords);
+  assert.deepEqual([best.start, best.end], [spans[0].i, spans[0].j], "bestSpan's pick");
+  return spans.slice(0, topK).map(({ i, j, score }) => ({
+    answer: spanText(context, enc.tokenWords, enc.wordSpans, i, j),
+    score,
+  }));
+}
+
+function assertAnswers(got: QaAnswer[], want: QaAnswer[], tag: string): void {
+  assert.deepEqual(got.map((a) => a.answer), want.map((a) => a.answer), `${tag}: answers`);
+  got.forEach((a, k) => {
+    const e = Math.abs(a.score - want[k].score) / want[k].score;
+    assert.ok(e <= 1e-4, `${tag}: score ${a.score} vs tinystill ${want[k].score}`);
+  });
+}
+
+Deno.test("transformers.js loads a question-answering student: its answer and score are tinystill's span decoding (fp32, batched, q8)", async () => {
+  await withTempDir(async (dir) => {
+    const tok = await loadTokenizer("fixtures/bert-base-uncased");
+    const bert = tinyModel(tok.vocabSize, { classifier: false, qa: true }, false, 8);
+    await saveOnnxFolder(bert, join(dir, "qa"), { tokenizer: tok, maxLength: 40 });
+    const conf = JSON.parse(await Deno.readTextFile(join(dir, "qa", "config.json")));
+    assert.deepEqual(conf.architectures, ["BertForQuestionAnswering"]);
+
+    env.allowRemoteModels = false;
+    env.localModelPath = dir;
+    const qa = await pipeline("question-answering", "qa", { local_files_only: true });
+    const tjsTok = await AutoTokenizer.from_pretrained("qa", { local_files_only: true });
+    // lowercase whole-vocabulary words: the decoded pieces are the context's own words
+    const pairs: [string, string][] = [
+      ["who lives in paris", "sarah lives in paris with her brother and their old dog"],
+      ["what is the capital", "the capital of france is paris and it is a large city"],
+      ["where did they go", "after lunch they went to the river near the old house"],
+    ];
+    const refs = pairs.map(([question, context]) => {
+      const enc = encodeQuestionContext(tok, question, context, undefined, 40);
+      const t = tjsTok(question, { text_pair: context });
+      assert.deepEqual((t.input_ids.tolist() as bigint[][])[0].map(Number), enc.ids);
+      assert.deepEqual((t.token_type_ids!.tolist() as bigint[][])[0].map(Number), enc.types);
+      const span = tf.tidy(() =>
+        bert.forward({
+          inputIds: tf.tensor2d([enc.ids], [1, enc.ids.length], "int32"),
+          tokenTypeIds: tf.tensor2d([enc.types], [1, enc.ids.length], "int32"),
+        }, { attentionScores: false, hiddenStates: false }).spanLogits!.dataSync()
+      );
+      const start = Array.from({ length: enc.ids.length }, (_, i) => span[2 * i]);
+      const end = Array.from({ length: enc.ids.length }, (_, i) => span[2 * i + 1]);
+      return { enc, context, start, end };
+    });
+    const seen = new Set<string>();
+    for (const [k, [question, context]] of pairs.entries()) {
+      const { enc, start, end } = refs[k];
+      const want = expectedAnswers(enc, context, start, end, 3);
+      seen.add(want[0].answer);
+      assertAnswers([await qa(question, context) as QaAnswer], want.slice(0, 1), question);
+      assertAnswers(await qa(question, context, { top_k: 3 }) as QaAnswer[], want, question);
+    }
+    assert.ok(seen.size >= 2, `different answers: ${[...seen]}`);
+
+    // a batch: transformers.js pads the shorter pairs; the padding changes nothing
+    const batched = await qa(pairs.map((p) => p[0]), pairs.map((p) => p[1])) as QaAnswer[];
+    batched.forEach((got, k) => {
+      const r = refs[k];
+      assertAnswers([got], expectedAnswers(r.enc, r.context, r.start, r.end, 1), `batch ${k}`);
+    });
+
+    // dtype q8 loads onnx/model_quantized.onnx: ONNX Runtime's logits on that file
+    const q8 = await pipeline("question-answering", "qa", { local_files_only: true, dtype: "q8" });
+    const engine = await OnnxEngine.load(join(dir, "qa", "onnx", "model_quantized.onnx"));
+    try {
+      for (const [k, [question, context]] of pairs.entries()) {
+        const { enc } = refs[k];
+        const out = await engine.run({
+          inputIds: Int32Array.from(enc.ids),
+          tokenTypeIds: Int32Array.from(enc.types),
+          batch: 1,
+          seq: enc.ids.length,
+        });
+        assert.deepEqual(out.start_logits.dims, [1, enc.ids.length]);
+        const want = expectedAnswers(enc, context, out.start_logits.data, out.end_logits.data, 3);
+        assertAnswers(await q8(question, context, { top_k: 3 }) as QaAnswer[], want, `q8 ${k}`);
+      }
+    } finally {
+      await engine.close();
+    }
+    bert.dispose();
   });
 });

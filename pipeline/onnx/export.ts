@@ -2,25 +2,34 @@
  * ONNX export of a {@link Bert}: one self-contained `ModelProto` (ir_version 8, default-domain
  * opset 17) whose graph reproduces `Bert.forward` in inference mode, and the folder layout that
  * transformers.js loads (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
- * `onnx/model.onnx`, `onnx/model_fp16.onnx`).
+ * `onnx/model.onnx`, `onnx/model_fp16.onnx`, `onnx/model_quantized.onnx`).
  *
  * Graph inputs: int64 `input_ids`, `attention_mask`, `token_type_ids`, each `[batch, sequence]`
- * with symbolic dims. Outputs (all float32):
- * - `logits` `[batch, num_labels]` when the model has a classifier;
+ * with symbolic dims. Outputs (all float32), named as transformers.js' Bert classes read them:
+ * - `logits` `[batch, num_labels]` when the model has a sequence classifier (the pooler, then the
+ *   classifier on the [CLS] state: `BertForSequenceClassification`);
+ * - `logits` `[batch, sequence, num_labels]` when the classifier labels every token
+ *   (`heads.tokenClassifier`, `BertForTokenClassification`: `Bert.forward`'s `tokenLogits`);
+ * - `start_logits` and `end_logits`, each `[batch, sequence]`, when the model has a QA head
+ *   (`qa_outputs`, `BertForQuestionAnswering`: `spanLogits[..., 0]` and `[..., 1]`);
+ * - token-classification and QA models have no pooler, in the graph as in their checkpoints;
  * - the masked-LM logits `[batch, sequence, vocab]` when it has a masked-LM head (unless
  *   `mlm: false`), named `logits` as transformers.js' `BertForMaskedLM` reads them when the model
  *   has no classifier, else `mlm_logits` (see {@link mlmOutputName});
  * - `last_hidden_state` `[batch, sequence, hidden]` (the encoder output, always);
- * - with `outputs: "all"`, also `hidden_state_{i}` (i = 0..L, 0 = embedding output) and the
- *   pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]` (l = 0..L−1), which
- *   include the additive mask `(1 − mask)·(−10000)` exactly as `Bert.forward` returns them.
+ * - with `outputs: "all"` (whatever the heads), also `hidden_state_{i}` (i = 0..L, 0 = embedding
+ *   output) and the pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]`
+ *   (l = 0..L−1), which include the additive mask `(1 − mask)·(−10000)` exactly as
+ *   `Bert.forward` returns them.
  *
  * Weights: `Linear` weights used by `MatMul` are stored transposed (`[in, out]`, name suffix
- * `.T`); the pooler, classifier and the tied MLM decoder use `Gemm` with `transB = 1` on the
- * original `[out, in]` tensors, so the word embedding is stored once. With `dtype: "fp16"` every
- * float weight is stored as float16 and `Cast` to float32 where it is used: the file is half the
- * size, the arithmetic stays float32 (ONNX Runtime folds the casts when it loads the model), and
- * inputs and outputs keep the same types as the fp32 export.
+ * `.T`), the per-token heads' (token classifier, `qa_outputs`) included; the pooler, the sequence
+ * classifier and the tied MLM decoder use `Gemm` with `transB = 1` on the original `[out, in]`
+ * tensors, so the word embedding is stored once. With `dtype: "fp16"` every float weight is
+ * stored as float16 and `Cast` to float32 where it is used: the file is half the size, the
+ * arithmetic stays float32 (ONNX Runtime folds the casts when it loads the model), and inputs and
+ * outputs keep the same types as the fp32 export. With `dtype: "q8"` the encoder's Linear weights
+ * are int8 (see {@link ExportOnnxOptions.dtype}); the heads stay float32.
  * @module
  */
 
@@ -43,7 +52,8 @@ const MASK_VALUE = -10000;
 
 /**
  * The name of the masked-LM output: `logits` for a masked-LM-only model (what transformers.js'
- * `BertForMaskedLM` reads), `mlm_logits` when a classifier already owns `logits`.
+ * `BertForMaskedLM` reads), `mlm_logits` when a classifier (sequence or token) already owns
+ * `logits`.
  */
 export function mlmOutputName(bert: Pick<Bert, "heads">): string {
   return bert.heads.classifier ? "mlm_logits" : "logits";
@@ -56,7 +66,8 @@ export interface ExportOnnxOptions {
   /**
    * Weight storage: `"fp32"` (default), `"fp16"` (cast to float32 at use) or `"q8"` (the encoder's
    * and MLM transform's Linear weights int8 per output channel, dynamic uint8 activations,
-   * `MatMulInteger`; embeddings, pooler and classifier stay float32).
+   * `MatMulInteger`; embeddings, pooler and the heads — classifier, token classifier,
+   * `qa_outputs` — stay float32).
    */
   dtype?: "fp32" | "fp16" | "q8";
   /** Emit `mlm_logits` when the model has an MLM head (default true). */
@@ -410,8 +421,12 @@ export interface SaveOnnxFolderOptions {
 
 /**
  * Write the transformers.js layout under `dir`: `config.json`, the tokenizer files when a
- * tokenizer is given, `onnx/model.onnx` and (unless `fp16: false`) `onnx/model_fp16.onnx`.
- * Every file is written atomically. Returns the paths written.
+ * tokenizer is given, `onnx/model.onnx`, (unless `fp16: false`) `onnx/model_fp16.onnx` and
+ * (unless `quantize: false`) `onnx/model_quantized.onnx`. `config.json`'s `architectures` names
+ * the class transformers.js builds for the heads (`BertForSequenceClassification`,
+ * `BertForTokenClassification`, `BertForQuestionAnswering`, …), and its `id2label` names the
+ * classifier's labels (per token for a token classifier). Every file is written atomically.
+ * Returns the paths written.
  */
 export async function saveOnnxFolder(
   bert: Bert,
