@@ -13,7 +13,7 @@ import { z } from "zod";
 import { datasetHash, excludeExamples, loadDataset } from "../data/mod.ts";
 import { shuffled } from "../random.ts";
 import type { Dataset, DatasetSpec, Example, TaskKind } from "../data/types.ts";
-import { encodeQuestionContext, encodeWords } from "../model/align.ts";
+import { encodeQuestionContext, encodeWords, IGNORE_INDEX } from "../model/align.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
@@ -159,12 +159,25 @@ export function encodeTaskExample(
   task: TaskKind | undefined,
   maxLength: number,
   add: (column: string, value: unknown) => void,
-): { ids: number[]; types: number[]; truncated: boolean } {
+): {
+  ids: number[];
+  types: number[];
+  truncated: boolean;
+  /** Token classification: words whose first piece `maxLength` cut off. */
+  wordsCut?: number;
+  /** QA: the answer was cut off (its target is `[CLS]`). */
+  answerCut?: boolean;
+} {
   if (task === "token-classification") {
     const enc = encodeWords(tok, ex.words!, ex.tags!, maxLength);
     add("token_labels", Int32Array.from(enc.tokenLabels));
     add("word_tags", Int32Array.from(ex.tags!));
-    return { ids: enc.ids, types: enc.ids.map(() => 0), truncated: enc.truncated };
+    return {
+      ids: enc.ids,
+      types: enc.ids.map(() => 0),
+      truncated: enc.truncated,
+      wordsCut: ex.words!.length - enc.wordsKept,
+    };
   }
   if (task === "question-answering") {
     const enc = encodeQuestionContext(tok, ex.text, ex.textPair!, ex.answers?.[0], maxLength);
@@ -174,7 +187,12 @@ export function encodeTaskExample(
     add("word_spans", Int32Array.from(enc.wordSpans));
     add("context", ex.textPair!);
     add("answers", JSON.stringify(ex.answers ?? []));
-    return { ids: enc.ids, types: enc.types, truncated: enc.truncated };
+    return {
+      ids: enc.ids,
+      types: enc.types,
+      truncated: enc.truncated,
+      answerCut: enc.answerCut,
+    };
   }
   return encodeExample(tok, ex.text, ex.textPair, maxLength);
 }
@@ -271,8 +289,35 @@ export const tokenize = defineStage({
         for (const n of part.columns.length as Int32Array) counts.tokens += n;
         for (const t of part.columns.truncated as Int32Array) counts.truncated += t;
       }
+      // what truncation cost the task, read back from the store (parts of a resumed run too)
+      if (tokenTask) {
+        for await (const part of reader.parts(["token_labels", "word_tags"])) {
+          const labels = part.columns.token_labels as Int32Array[];
+          (part.columns.word_tags as Int32Array[]).forEach((tags, i) => {
+            const kept = labels[i].filter((t) => t !== IGNORE_INDEX).length;
+            counts.words_cut = (counts.words_cut ?? 0) + tags.length - kept;
+          });
+        }
+      }
+      if (qa) {
+        // every QA row has an answer: a [CLS] target means truncation cut it off
+        for await (const part of reader.parts(["start_position"])) {
+          for (const st of part.columns.start_position as Int32Array) {
+            if (st === 0) counts.answers_cut = (counts.answers_cut ?? 0) + 1;
+          }
+        }
+      }
     }
     bar.finish();
+    if (counts.words_cut) {
+      ctx.log(`max_seq_length cut ${counts.words_cut} words (they count as wrong in evaluate)`);
+    }
+    if (counts.answers_cut) {
+      ctx.log(
+        `max_seq_length cut ${counts.answers_cut} answers off their context (targets [CLS]; ` +
+          `no document stride)`,
+      );
+    }
     // the tokenizer travels with the shards, so model folders written later can include it
     await saveTokenizer(tok, join(ctx.out, "tokenizer"));
     await writeJsonAtomic(join(ctx.out, "labels.json"), {
