@@ -22,7 +22,12 @@ import { loadBert } from "../model/checkpoint.ts";
 import { numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
-import { exactMatch, pairedAccuracy, type PairedComparison } from "../report/metrics.ts";
+import {
+  exactMatch,
+  pairedAccuracy,
+  pairedBootstrap,
+  type PairedComparison,
+} from "../report/metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx } from "../onnx/export.ts";
 import {
@@ -246,6 +251,10 @@ function pairedComparisons(
   models: { name: string; role: ModelRow["role"] }[],
   predictions: Map<string, Int32Array>,
   gold: ArrayLike<number>,
+  /** Token classification: word counts per sentence (resampled by sentence). */
+  sentences?: number[],
+  /** QA (predictions are exact-match indicators): resample by question. */
+  questions = false,
 ): PairedRow[] {
   const of = (role: ModelRow["role"]) => models.filter((m) => m.role === role).map((m) => m.name);
   const pairs: [string, string][] = [
@@ -258,14 +267,31 @@ function pairedComparisons(
   ];
   return pairs
     .filter(([a, b]) => predictions.has(a) && predictions.has(b))
-    .map(([a, b]) => ({ a, b, ...pairedAccuracy(predictions.get(a)!, predictions.get(b)!, gold) }));
+    .map(([a, b]) => {
+      const pa = predictions.get(a)!, pb = predictions.get(b)!;
+      const mc = pairedAccuracy(pa, pb, gold);
+      if (!sentences && !questions) return { a, b, ...mc };
+      // words of a sentence are not independent: a paired bootstrap over sentences (QA: over
+      // questions) gives the interval and p; A only / B only still count words / questions
+      const scores = (pred: Int32Array) => {
+        if (!sentences) return Float64Array.from(pred, (v, i) => (v === gold[i] ? 1 : 0));
+        const num = new Float64Array(sentences.length);
+        let k = 0;
+        sentences.forEach((n, i) => {
+          for (let j = 0; j < n; j++, k++) if (pred[k] === gold[k]) num[i]++;
+        });
+        return { num, den: Float64Array.from(sentences) };
+      };
+      const bs = pairedBootstrap(scores(pa), scores(pb), { seed: 0 });
+      return { a, b, ...mc, diff: bs.diff, ci95: bs.ci95, p: bs.p };
+    });
 }
 
 /** The paired comparisons as a table (differences in points). */
-export function pairedTable(rows: PairedRow[]): Table {
+export function pairedTable(rows: PairedRow[], what = "accuracy"): Table {
   const pts = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(100 * x).toFixed(1)}`;
   return {
-    headers: ["A", "B", "Δ accuracy (points)", "95% interval", "A only", "B only", "p"],
+    headers: ["A", "B", `Δ ${what} (points)`, "95% interval", "A only", "B only", "p"],
     cells: rows.map((r) => [
       r.a,
       r.b,
@@ -524,7 +550,18 @@ export const evaluate = defineStage({
       : rows.startPositions
       ? new Int32Array(rows.lengths.length).fill(1)
       : rows.labels;
-    const paired = regression ? [] : pairedComparisons(models, predictions, gold);
+    const paired = regression ? [] : pairedComparisons(
+      models,
+      predictions,
+      gold,
+      rows.wordTags?.map((t) => t.length),
+      !!rows.startPositions,
+    );
+    const [pairedWhat, pairedUnit] = rows.wordTags
+      ? ["word accuracy", "words"]
+      : rows.startPositions
+      ? ["exact match", "questions"]
+      : ["accuracy", "examples"];
     const charts = await writeCharts(ctx, models, result, metricNamesOf(meta.task));
     const notes = [
       `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${metric} ` +
@@ -552,11 +589,15 @@ export const evaluate = defineStage({
         sections: paired.length > 0
           ? [{
             title: "Paired comparisons (same examples)",
-            table: pairedTable(paired),
+            table: pairedTable(paired, pairedWhat),
             notes: [
-              "Δ = accuracy of A − accuracy of B, in points, with its 95% interval; " +
-              "A only / B only = examples one gets right and the other wrong; p = exact " +
-              "McNemar test (a small p: the difference is unlikely to be chance).",
+              `Δ = ${pairedWhat} of A − ${pairedWhat} of B, in points, with its 95% ` +
+              `interval; A only / B only = ${pairedUnit} one gets right and the other ` +
+              "wrong; p = " + (rows.wordTags || rows.startPositions
+                ? `paired bootstrap over ${rows.wordTags ? "sentences" : "questions"} (1,000 ` +
+                  "resamples; the interval is its 95% percentile interval)"
+                : "exact McNemar test") +
+              " (a small p: the difference is unlikely to be chance).",
             ],
           }]
           : [],
@@ -565,7 +606,7 @@ export const evaluate = defineStage({
     );
     console.log(`\n${p.name}: ${params.split} split (${rows.lengths.length} examples)\n`);
     console.log(textTable(table));
-    if (paired.length > 0) console.log(`\n${textTable(pairedTable(paired))}`);
+    if (paired.length > 0) console.log(`\n${textTable(pairedTable(paired, pairedWhat))}`);
     console.log(
       `\nreport: ${join(ctx.out.replace(/\/\.([^/]+)\.partial$/, "/$1"), "report.md")}\n`,
     );
