@@ -465,3 +465,266 @@ Deno.test("onnx engine: the AdamW graph (update: graph) steps as the fused host 
     assert.ok(e <= 1e-5, `${name}: graph vs host AdamW relative error ${e.toExponential(3)}`);
   }
 });
+
+// --- per-token heads: token classification and extractive QA ------------------------------------
+
+const TOKEN_HEADS: BertHeads = { classifier: true, tokenClassifier: true, mlm: false };
+const QA_HEADS: BertHeads = { classifier: false, qa: true, mlm: false };
+
+/**
+ * {@link batchOf} plus the per-token gold: `tokenLabels [B, S]` (a tag on about two thirds of the
+ * real tokens, −100 on the rest and on padding) and `startPositions`/`endPositions [B]` inside
+ * each row's real tokens (start ≤ end).
+ */
+function tokenBatchOf(lengths: number[], S: number, seed: number): HostBatch {
+  const b = batchOf(lengths, S, seed);
+  const r = rng(seed + 500), B = lengths.length;
+  const tags = new Int32Array(B * S).fill(-100);
+  const starts = new Int32Array(B), ends = new Int32Array(B);
+  lengths.forEach((len, i) => {
+    for (let j = 0; j < len; j++) if (r() < 0.67) tags[i * S + j] = Math.floor(r() * 3);
+    const a = Math.floor(r() * len), e = Math.floor(r() * len);
+    [starts[i], ends[i]] = [Math.min(a, e), Math.max(a, e)];
+  });
+  return {
+    ...b,
+    tokenLabels: { data: tags, shape: [B, S] },
+    startPositions: { data: starts, shape: [B] },
+    endPositions: { data: ends, shape: [B] },
+  };
+}
+
+/**
+ * A per-token teacher's `t_logits` for a batch, as the cache holds them: `[B, S, C]` token logits
+ * or `[B, S, 2]` start/end logits, NaN at padded positions.
+ */
+function tokenTeacherTargets(teacher: Bert, b: HostBatch): HostBatch {
+  const [B, S] = b.inputIds.shape;
+  const mask = b.attentionMask.data;
+  const logits = tf.tidy(() => {
+    const o = teacher.forward({
+      inputIds: tf.tensor2d(b.inputIds.data as Int32Array, [B, S], "int32"),
+      attentionMask: tf.tensor2d(mask as Int32Array, [B, S], "int32"),
+      tokenTypeIds: tf.tensor2d(b.tokenTypeIds.data as Int32Array, [B, S], "int32"),
+    });
+    return (o.tokenLogits ?? o.spanLogits)!;
+  });
+  const data = Float32Array.from(logits.dataSync());
+  const K = logits.shape[2];
+  logits.dispose();
+  for (let i = 0; i < B * S; i++) if (mask[i] === 0) data.fill(NaN, i * K, (i + 1) * K);
+  return { ...b, t_logits: { data, shape: [B, S, K] } };
+}
+
+/**
+ * One AdamW step on both engines from the same weights: the weights after it agree (and the
+ * parameters the loss does not reach, the pooler here, stay as they were on both). Adam's first
+ * step is `lr · g / (|g| + eps)`, which turns float32 noise on a gradient entry near eps into
+ * an lr-sized difference; eps = 1 makes it ≈ `lr · g` so the comparison measures the gradients'
+ * agreement, and lr = 0.5 makes a wrong or missing update show at the 1e-2 level.
+ */
+async function assertSameUpdate(
+  make: () => Bert,
+  objective: string,
+  batch: HostBatch | HostBatch[],
+  seed: number,
+  objectiveOptions?: unknown,
+): Promise<number> {
+  const hyper = { weightDecay: 0.01, maxGradNorm: 1, eps: 1 };
+  const ref = make();
+  const before = new Map([...ref.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]));
+  const dp = await DataParallel.create(ref, { replicas: 1, objective, objectiveOptions });
+  const opt = new AdamW(ref.params, { lr: 0.5, ...hyper });
+  const refLoss = (await dp.step(batch, opt, seed)).loss;
+  dp.close();
+  opt.dispose();
+  const model = make();
+  const trainer = await OnnxTrainer.create(model, {
+    objective,
+    objectiveOptions,
+    lr: () => 0.5,
+    ...hyper,
+    threads: 1,
+  });
+  let worst = 0;
+  try {
+    const { loss } = await trainer.step(batch, seed);
+    assert.ok(relErr([loss], [refLoss]) <= TOL, `${objective}: step loss ${loss} vs ${refLoss}`);
+    trainer.syncModel();
+    for (const [name, v] of model.params) {
+      const mine = v.dataSync(), theirs = ref.params.get(name)!.dataSync();
+      if (name.startsWith("pooler.")) {
+        assert.deepEqual(Array.from(mine), Array.from(before.get(name)!), `${name} moved`);
+        assert.deepEqual(Array.from(theirs), Array.from(before.get(name)!), `${name} moved`);
+      }
+      const e = relErr(mine, theirs, { floor: 0.1 });
+      worst = Math.max(worst, e);
+      assert.ok(
+        e <= TOL,
+        `${objective}: ${name} after a step: relative error ${e.toExponential(3)}`,
+      );
+    }
+  } finally {
+    await trainer.close();
+    model.dispose();
+    ref.dispose();
+  }
+  return worst;
+}
+
+Deno.test("onnx engine = tfjs engine: token_classification and span; dropout on, padding, micro-batches, a step", async () => {
+  const errs: Record<string, string> = {};
+  const batch = tokenBatchOf([9, 5, 3, 9], 9, 61);
+  const cases: [string, BertHeads, string][] = [
+    ["token_classification", TOKEN_HEADS, "token_classification"],
+    ["span", QA_HEADS, "span"],
+  ];
+  for (const [label, heads, objective] of cases) {
+    const m = randomModel(STUDENT, heads, 62);
+    const e = await assertSameStep(m, objective, batch, 15);
+    // the pooler exists but nothing reads it: no gradient, as on tfjs
+    const trainer = await OnnxTrainer.create(m, { objective, lr: () => 1e-3, weightDecay: 0 });
+    const { grads } = await trainer.gradients(batch, 15);
+    await trainer.close();
+    assert.ok(!grads.has("pooler.dense.weight"), `${label}: the pooler is not trained`);
+    assert.ok(grads.has(heads.qa ? "qa_outputs.weight" : "classifier.weight"));
+    const pieces = [tokenBatchOf([9, 5, 3], 9, 63), tokenBatchOf([7, 2], 7, 64)];
+    const em = await assertSameStep(m, objective, pieces, 16);
+    m.dispose();
+    const step = await assertSameUpdate(
+      () => randomModel(STUDENT, heads, 62),
+      objective,
+      batch,
+      17,
+    );
+    errs[label] = `loss ${e.loss.toExponential(1)}, grads ${e.grad.toExponential(2)}, ` +
+      `micro-batches ${em.grad.toExponential(2)}, weights after a step ${step.toExponential(2)}`;
+  }
+  {
+    // no labelled token at all: loss 0, every reached gradient 0 (as tfjs' sum·0)
+    const m = randomModel(STUDENT, TOKEN_HEADS, 65);
+    const none = tokenBatchOf([4, 2], 4, 66);
+    none.tokenLabels = { data: new Int32Array(8).fill(-100), shape: [2, 4] };
+    const trainer = await OnnxTrainer.create(m, {
+      objective: "token_classification",
+      lr: () => 1e-3,
+      weightDecay: 0,
+    });
+    const { loss, grads } = await trainer.gradients(none, 1);
+    await trainer.close();
+    assert.equal(loss, 0);
+    for (const [name, g] of grads) assert.ok(g.every((x) => x === 0), `${name}: nonzero`);
+    m.dispose();
+  }
+  console.table(errs);
+});
+
+Deno.test("onnx engine = tfjs engine: distillation prediction terms on token-classification and QA students", async () => {
+  // teachers of the same head, wider and deeper; padded rows, NaN at padded positions
+  const wideCfg = {
+    ...STUDENT,
+    hidden_size: 24,
+    num_attention_heads: 8,
+    num_hidden_layers: 3,
+    intermediate_size: 30,
+  };
+  const batch = tokenBatchOf([8, 6, 2], 8, 71);
+  const errs: Record<string, string> = {};
+  for (const [kind, heads] of [["token", TOKEN_HEADS], ["qa", QA_HEADS]] as const) {
+    const teacher = randomModel(wideCfg, heads, 72);
+    const b = tokenTeacherTargets(teacher, batch);
+    teacher.dispose();
+    const termCases: [string, DistillObjectiveOptions["terms"]][] = [
+      ["soft_ce", [{ name: "soft_ce", weight: 1.5, temperature: 2 }]],
+      ["soft_ce T=1", [{ name: "soft_ce", weight: 1 }]],
+      ["kl", [{ name: "kl", weight: 1.5, temperature: 2 }]],
+      ["logit_mse", [{ name: "logit_mse", weight: 1.5 }]],
+      ["hard_ce", [{ name: "hard_ce", weight: 1.5 }]],
+      ["soft_ce + hard_ce", [
+        { name: "soft_ce", weight: 0.5, temperature: 1 },
+        { name: "hard_ce", weight: 0.5 },
+      ]],
+    ];
+    for (const [label, terms] of termCases) {
+      const opts: DistillObjectiveOptions = {
+        terms,
+        layerMap: [0, 2, 3],
+        embeddings: true,
+        projection: "shared",
+      };
+      const student = randomModel(STUDENT, heads, 73);
+      const e = await assertSameStep(student, "distillation", b, 23, opts);
+      errs[`${kind}: ${label}`] = `loss ${e.loss.toExponential(1)}, grads ${
+        e.grad.toExponential(2)
+      }`;
+      student.dispose();
+    }
+    {
+      // the TinyBERT recipe on a per-token student (intermediate + prediction terms), one step
+      const opts: DistillObjectiveOptions = {
+        terms: [
+          { name: "attention_mse", weight: 1 },
+          { name: "hidden_mse", weight: 1 },
+          { name: "soft_ce", weight: 1 },
+        ],
+        layerMap: [0, 2, 3],
+        embeddings: true,
+        projection: "shared",
+      };
+      // attention and hidden targets from a sequence-classification teacher with the same encoder
+      // (randomModel seeds parameters by position, and every head's come after the encoder's)
+      const perToken = randomModel(wideCfg, heads, 72);
+      const sameEncoder = randomModel(wideCfg, { classifier: true, mlm: false }, 72);
+      const tb = tokenTeacherTargets(perToken, batch);
+      const full = teacherTargets(sameEncoder, batch);
+      perToken.dispose();
+      sameEncoder.dispose();
+      const mixed: HostBatch = { ...full, ...tb };
+      const make = () => {
+        const s = randomModel(STUDENT, heads, 74);
+        addProjections(s, 24, opts, 5);
+        return s;
+      };
+      const student = make();
+      const e = await assertSameStep(student, "distillation", mixed, 24, opts);
+      student.dispose();
+      const step = await assertSameUpdate(make, "distillation", mixed, 25, opts);
+      errs[`${kind}: attention_mse + hidden_mse + soft_ce`] = `grads ${e.grad.toExponential(2)}, ` +
+        `weights after a step ${step.toExponential(2)}`;
+    }
+  }
+  console.table(errs);
+});
+
+Deno.test("resolveEngine: token and QA heads train on onnx when the objective has a graph", async () => {
+  const auto = async (objective: string, heads: BertHeads) =>
+    (await resolveEngine("auto", objective, heads)).name;
+  assert.equal(await auto("token_classification", TOKEN_HEADS), "onnx");
+  assert.equal(await auto("span", QA_HEADS), "onnx");
+  assert.equal(await auto("distillation", TOKEN_HEADS), "onnx");
+  assert.equal(await auto("distillation", QA_HEADS), "onnx");
+  assert.equal(await auto("classification", { classifier: true, mlm: false }), "onnx");
+  // heads the objective cannot use: tfjs (which reports it), with the reason
+  const r = await resolveEngine("auto", "span", TOKEN_HEADS);
+  assert.equal(r.name, "tfjs");
+  assert.match(r.reason, /needs a model with a QA head/);
+  assert.equal(await auto("classification", TOKEN_HEADS), "tfjs");
+  assert.equal(await auto("token_classification", { classifier: true, mlm: false }), "tfjs");
+  await assert.rejects(
+    () => resolveEngine("onnx", "token_classification", QA_HEADS),
+    /engine: onnx: objective 'token_classification' needs a token classifier/,
+  );
+  // and the graph builder says the same
+  const cfg = makeConfig(STUDENT);
+  assert.throws(
+    () =>
+      buildGradGraph({
+        config: cfg,
+        heads: TOKEN_HEADS,
+        params: parameterShapes(cfg, TOKEN_HEADS),
+        objective: "classification",
+        dropout: false,
+      }),
+    (e: Error) => e instanceof GraphBuildError && /needs a sequence classifier/.test(e.message),
+  );
+});

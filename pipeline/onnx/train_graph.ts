@@ -3,8 +3,14 @@
  * ({@link Tape}):
  *
  * - {@link buildGradGraph}: BERT's forward pass in training mode (dropout as fed masks), one
- *   objective (`classification`, `regression`, `mlm` or `distillation` with any of its loss terms)
- *   and the backward pass. Inputs: every parameter the loss reads (Hugging Face names and
+ *   objective (`classification`, `regression`, `mlm`, `token_classification`, `span` or
+ *   `distillation` with any of its loss terms) and the backward pass. Every head: the sequence
+ *   classifier (pooler, dropout, classifier), the token classifier (dropout and the classifier on
+ *   every token) and the QA head (`qa_outputs` on every token, no dropout); the prediction terms
+ *   of distillation read the rows `predictionRows` defines for the student's head (every real
+ *   token; the 2B start/end distributions over positions, padding at `MASK_VALUE`). A parameter
+ *   the objective does not read (the pooler of a per-token model) is no input of the graph and
+ *   gets no gradient, as on tfjs. Inputs: every parameter the loss reads (Hugging Face names and
  *   orientation, so weights map 1:1 to `Bert.params`), the batch, and one uint8 keep-mask per
  *   dropout site. Outputs: `loss`, `grad:<parameter>` and `grad_sq` (Σ of their squares).
  * - {@link buildAdamWGraph}: global-norm clipping and the AdamW update of every trained
@@ -22,7 +28,6 @@
 import type { BertConfig } from "../model/config.ts";
 import type { BertHeads } from "../model/bert.ts";
 import { isNoDecay, MASK_VALUE } from "../model/bert.ts";
-import { numLabels } from "../model/config.ts";
 import type { DistillObjectiveOptions, LossTermName } from "../distill/objective.ts";
 import { projectionName, termNeeds } from "../distill/objective.ts";
 import { type Dim, GraphBuildError, Tape, type Value } from "./autodiff.ts";
@@ -36,8 +41,63 @@ export const GradGraphObjectives: readonly string[] = [
   "classification",
   "regression",
   "mlm",
+  "token_classification",
+  "span",
   "distillation",
 ];
+
+/**
+ * The prediction output an objective reads: the sequence classifier's `logits [B, C]`, the token
+ * classifier's rows `[B·S, C]`, or the QA head's start/end rows `[2B, S]` (padding masked).
+ */
+type PredictionHead = "logits" | "tokens" | "span";
+
+/**
+ * Which prediction head `objective` reads on a model with `heads` (`null`: none), or why it has no
+ * graph (a string starting with `!`). Distillation reads the head `predictionRows` does (token
+ * classifier, else QA head, else sequence classifier) when its terms need one.
+ */
+function predictionHead(
+  objective: string,
+  heads: BertHeads,
+  needsPrediction: boolean,
+): PredictionHead | null | `!${string}` {
+  const tokens = !!heads.classifier && !!heads.tokenClassifier;
+  const sequence = !!heads.classifier && !heads.tokenClassifier;
+  switch (objective) {
+    case "classification":
+    case "regression":
+      if (sequence) return "logits";
+      return tokens
+        ? `!objective '${objective}' needs a sequence classifier (this model's labels tokens)`
+        : `!objective '${objective}' needs a model with a classifier`;
+    case "token_classification":
+      return tokens ? "tokens" : "!objective 'token_classification' needs a token classifier";
+    case "span":
+      return heads.qa ? "span" : "!objective 'span' needs a model with a QA head";
+    case "mlm":
+      return heads.mlm ? null : "!objective 'mlm' needs a model with an MLM head";
+    case "distillation":
+      if (!needsPrediction) return null;
+      if (tokens) return "tokens";
+      if (heads.qa) return "span";
+      if (sequence) return "logits";
+      return "!a prediction-layer loss needs a student with a classifier";
+    default:
+      return `!objective '${objective}' has no ONNX graph (known: ${
+        GradGraphObjectives.join(", ")
+      })`;
+  }
+}
+
+/**
+ * Why {@link buildGradGraph} has no graph for `objective` on a model with `heads`, or null when it
+ * has one (a distillation objective is checked against its terms when the graph is built).
+ */
+export function gradGraphProblem(objective: string, heads: BertHeads): string | null {
+  const head = predictionHead(objective, heads, false);
+  return typeof head === "string" && head.startsWith("!") ? head.slice(1) : null;
+}
 
 /** One dropout site: the order matches `Bert.forward`'s dropout calls (seed offsets 1, 2, …). */
 export interface DropoutSite {
@@ -87,7 +147,12 @@ interface Forward {
   scores: Value[]; // [B, nh, S, S]
   values: Value[]; // [B, nh, S, d]
   last3: Value; // [B, S, H]
+  /** What the objective's prediction terms read (see {@link PredictionHead}). */
+  head: PredictionHead | null;
+  /** `[B, C]` (sequence), `[B·S, C]` (token rows) or `[2B, S]` (start rows, then end rows). */
   logits?: Value;
+  /** Start/end rows of `[B, S, 2]` logits, padded positions set to `MASK_VALUE` (as `spanRows`). */
+  spanRows?: (x: Value) => Value;
 }
 
 /** Build the forward + objective + backward graph. */
@@ -112,9 +177,15 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     }
     return v;
   };
+  const fedInputs = new Map<string, Value>();
   const feed = (name: string, dims: Dim[], type: "int64" | "float32" = "int64"): Value => {
-    feeds.push({ name, type, dims });
-    return t.input(name, dims, type === "int64" ? DataType.INT64 : DataType.FLOAT);
+    let v = fedInputs.get(name);
+    if (!v) {
+      feeds.push({ name, type, dims });
+      v = t.input(name, dims, type === "int64" ? DataType.INT64 : DataType.FLOAT);
+      fedInputs.set(name, v);
+    }
+    return v;
   };
   const drop = (x: Value, rate: number): Value => {
     if (!spec.dropout || rate <= 0) return x;
@@ -138,6 +209,8 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
   const objective = spec.objective;
   const dopts = spec.objectiveOptions as DistillObjectiveOptions | undefined;
   const needs = objective === "distillation" ? termNeeds(dopts!.terms) : new Set<string>();
+  const head = predictionHead(objective, spec.heads, needs.has("logits") || needs.has("labels"));
+  if (typeof head === "string" && head.startsWith("!")) throw new GraphBuildError(head.slice(1));
 
   // --- inputs ------------------------------------------------------------------------------------
   const ids = feed("input_ids", ["B", "S"]);
@@ -173,7 +246,13 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     cfg.hidden_dropout_prob,
   );
 
-  const fwd: Forward = { hidden: [h], scores: [], values: [], last3: h };
+  const fwd: Forward = {
+    hidden: [h],
+    scores: [],
+    values: [],
+    last3: h,
+    head: head as PredictionHead | null,
+  };
   const invSqrtD = t.scalar(1 / Math.sqrt(d));
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
     const pre = `encoder.layer.${l}`;
@@ -198,35 +277,62 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
   }
   fwd.last3 = t.reshapeTo(h, shapeBSH, ["B", "S", H]);
 
-  const wantsLogits = objective === "classification" || objective === "regression" ||
-    (objective === "distillation" && (needs.has("logits") || needs.has("labels")));
-  if (wantsLogits) {
-    if (!spec.heads.classifier) {
-      throw new GraphBuildError(`objective '${objective}' needs a model with a classifier`);
-    }
+  // --- heads (as Bert.forward: the classifier's dropout is its last dropout call) ---------------
+  const rate = cfg.classifier_dropout ?? cfg.hidden_dropout_prob;
+  if (fwd.head === "logits") {
     const cls = t.reshape(
       t.sliceFirst(fwd.last3, 1, t.constant(g.int64s("one", [1]), [1], DataType.INT64), 1),
       [-1, H],
       ["B", H],
     );
     const pooled = t.tanh(dense(cls, "pooler.dense"));
-    const rate = cfg.classifier_dropout ?? cfg.hidden_dropout_prob;
     fwd.logits = dense(drop(pooled, rate), "classifier");
+  } else if (fwd.head === "tokens") {
+    // BertForTokenClassification: dropout on every token's last hidden state, then the classifier
+    fwd.logits = dense(drop(h, rate), "classifier"); // [B·S, C]
+  } else if (fwd.head === "span") {
+    // BertForQuestionAnswering: qa_outputs on every token, no dropout; rows as `spanRows`
+    const real = t.cast(mask, DataType.BOOL); // [B, S]
+    const rowsShape = t.constant(
+      g.node("Concat", [g.int64s("minus_one", [-1]), seqLen.name], { axis: 0 }),
+      [2],
+      DataType.INT64,
+    );
+    fwd.spanRows = (x3: Value) => {
+      const rows = t.transpose(x3, [2, 0, 1]); // [2, B, S]: every start row, then every end row
+      // where, not a product: a cached teacher has NaN at padded positions
+      const masked = t.where(real, rows, t.scalar(MASK_VALUE));
+      return t.reshapeTo(masked, rowsShape, ["2B", "S"]);
+    };
+    fwd.logits = fwd.spanRows(t.reshapeTo(dense(h, "qa_outputs"), shapeOf([2]), ["B", "S", 2]));
   }
 
   // --- objective -----------------------------------------------------------------------------------
   let loss: Value;
-  const C = numLabels(cfg);
+  /** The gold start positions, then the end positions (int64 `[2B]`). */
+  const spanGold = () =>
+    t.constant(
+      g.node("Concat", [feed("startPositions", ["B"]).name, feed("endPositions", ["B"]).name], {
+        axis: 0,
+      }),
+      ["2B"],
+      DataType.INT64,
+    );
+  /** `tokenLabels [B, S]` as rows `[B·S]` (−100: not labelled). */
+  const tokenGold = () => t.reshape(feed("tokenLabels", ["B", "S"]), [-1], [N]);
   if (objective === "classification") {
     loss = t.crossEntropy(fwd.logits!, feed("labels", ["B"]));
+  } else if (objective === "token_classification") {
+    // mean over the labelled positions (crossEntropy skips −100)
+    loss = t.crossEntropy(fwd.logits!, tokenGold());
+  } else if (objective === "span") {
+    // (CE(start) + CE(end)) / 2 = the mean over the 2B rows
+    loss = t.crossEntropy(fwd.logits!, spanGold());
   } else if (objective === "regression") {
     const y = feed("labels", ["B"], "float32");
     const diff = t.sub(t.reshape(fwd.logits!, [-1], ["B"]), y);
     loss = t.mean(t.square(diff));
   } else if (objective === "mlm") {
-    if (!spec.heads.mlm) {
-      throw new GraphBuildError("objective 'mlm' needs a model with an MLM head");
-    }
     const positions = feed("mlm_positions", ["M"]);
     const targets = feed("mlm_targets", ["M"]);
     const rows = t.gather(h, positions); // [M, H]
@@ -237,11 +343,9 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     const logits = t.linear(tr, p("embeddings.word_embeddings.weight"), p("cls.predictions.bias"));
     loss = t.crossEntropy(logits, targets);
   } else if (objective === "distillation") {
-    loss = distillationLoss(t, fwd, dopts!, spec, feed, p, C, mask);
+    loss = distillationLoss(t, fwd, dopts!, spec, feed, p, mask, { spanGold, tokenGold });
   } else {
-    throw new GraphBuildError(
-      `objective '${objective}' has no ONNX graph (known: classification, regression, mlm, distillation)`,
-    );
+    throw new GraphBuildError(`objective '${objective}' has no ONNX graph`);
   }
   t.output(loss, "loss");
   const params = paramInputs.map((n) => P.get(n)!);
@@ -276,8 +380,8 @@ function distillationLoss(
   spec: GradGraphSpec,
   feed: (name: string, dims: Dim[], type?: "int64" | "float32") => Value,
   p: (name: string) => Value,
-  C: number,
   maskInt: Value,
+  gold: { spanGold: () => Value; tokenGold: () => Value },
 ): Value {
   const g = t.g;
   const M = o.layerMap.length - 1;
@@ -300,6 +404,7 @@ function distillationLoss(
       if (key.startsWith("t_scores_")) dims = ["B", a, "S", "S"];
       else if (key.startsWith("t_values_")) dims = ["B", a, "S", c];
       else if (key.startsWith("t_hidden_")) dims = ["B", "S", b];
+      else if (key === "t_logits" && fwd.head !== "logits") dims = ["B", "S", b];
       else dims = ["B", a];
       v = feed(key, dims, "float32");
       fed.set(key, v);
@@ -340,6 +445,34 @@ function distillationLoss(
       throw new GraphBuildError("a prediction-layer loss needs a student with a classifier");
     }
     return fwd.logits;
+  };
+  // Per-token heads (`predictionRows`): token rows [B·S, C] compared on real tokens only (the
+  // teacher's NaN rows replaced before anything reads them); QA rows [2B, S], padding at
+  // MASK_VALUE in both, each row one distribution over positions.
+  const realRows = t.constant(
+    g.node("Reshape", [real.name, g.int64s("rows", [-1, 1])]),
+    ["B*S", 1],
+    DataType.BOOL,
+  ); // [B·S, 1]
+  const teacherRows = (): Value => {
+    const tl = target("t_logits");
+    if (fwd.head === "span") return fwd.spanRows!(tl);
+    const C = tl.shape[2] as number;
+    return t.where(realRows, t.reshape(tl, [-1, C], ["B*S", C]), zero);
+  };
+  /** Σ over the compared rows of a per-element value [rows, K] (token heads: real rows only). */
+  const rowSum = (x: Value): Value =>
+    fwd.head === "tokens" ? t.sum(t.where(realRows, x, zero)) : t.sum(x);
+  /** Number of compared rows (× `k`): real tokens, 2B start/end rows or B examples. */
+  const rowCount = (k: number): Value => {
+    if (fwd.head === "tokens") return countOf(realF, k);
+    const rows = t.constant(
+      g.node("Cast", [g.node("Shape", [logits().name], { start: 0, end: 1 })], {
+        to: DataType.FLOAT,
+      }),
+      [1],
+    );
+    return t.reshape(t.maxConst(t.scale(rows, k), 1), [], []);
   };
   const hidden3 = (m: number) =>
     t.reshapeTo(fwd.hidden[m], t.constant(g.node("Shape", [fwd.last3.name]), [3], DataType.INT64), [
@@ -410,26 +543,43 @@ function distillationLoss(
       return parts.reduce((a, b) => t.add(a, b));
     },
     soft_ce: (T) => {
-      const tl = target("t_logits");
-      const pt = t.detach(t.softmax(t.div(tl, t.scalar(T))));
+      if (fwd.head === "logits") {
+        const tl = target("t_logits");
+        const pt = t.detach(t.softmax(t.div(tl, t.scalar(T))));
+        const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
+        return t.neg(t.mean(t.mul(pt, logPs)));
+      }
+      // token rows: mean over real rows × C; QA: × S (the padded length), i.e. the mean over the
+      // 2B rows of each distribution's cross-entropy
+      const pt = t.detach(t.softmax(t.div(teacherRows(), t.scalar(T))));
       const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
-      return t.neg(t.mean(t.mul(pt, logPs)));
+      const C = logits().shape[1];
+      return t.neg(
+        t.div(rowSum(t.mul(pt, logPs)), rowCount(fwd.head === "tokens" ? C as number : 1)),
+      );
     },
     kl: (T) => {
-      const tl = target("t_logits");
-      const logPt = t.detach(t.logSoftmax(t.div(tl, t.scalar(T))));
+      if (fwd.head === "logits") {
+        const tl = target("t_logits");
+        const logPt = t.detach(t.logSoftmax(t.div(tl, t.scalar(T))));
+        const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
+        const kl = t.sum(t.mul(t.exp(logPt), t.sub(logPt, logPs)));
+        const B = t.constant(
+          g.node("Max", [
+            g.node("Cast", [g.node("Shape", [tl.name], { start: 0, end: 1 })], {
+              to: DataType.FLOAT,
+            }),
+            g.floats("one", [1]),
+          ]),
+          [1],
+        );
+        return t.reshape(t.mul(kl, t.div(t.scalar(T * T), B)), [], []);
+      }
+      // T² · Σ KL / rows, over the same rows as soft_ce
+      const logPt = t.detach(t.logSoftmax(t.div(teacherRows(), t.scalar(T))));
       const logPs = t.logSoftmax(t.div(logits(), t.scalar(T)));
-      const kl = t.sum(t.mul(t.exp(logPt), t.sub(logPt, logPs)));
-      const B = t.constant(
-        g.node("Max", [
-          g.node("Cast", [g.node("Shape", [tl.name], { start: 0, end: 1 })], {
-            to: DataType.FLOAT,
-          }),
-          g.floats("one", [1]),
-        ]),
-        [1],
-      );
-      return t.reshape(t.mul(kl, t.div(t.scalar(T * T), B)), [], []);
+      const kl = rowSum(t.mul(t.exp(logPt), t.sub(logPt, logPs)));
+      return t.div(t.scale(kl, T * T), rowCount(1));
     },
     cosine: () => {
       const s = projected(M);
@@ -469,12 +619,21 @@ function distillationLoss(
       return rowKl(s, tm);
     },
     logit_mse: () => {
-      const tl = target("t_logits");
-      return t.mean(t.square(t.sub(logits(), tl)));
+      if (fwd.head === "logits") {
+        const tl = target("t_logits");
+        return t.mean(t.square(t.sub(logits(), tl)));
+      }
+      // mean over the compared rows × their width (QA: 2B × S, padded positions 0 on both sides)
+      const diff = t.square(t.sub(logits(), teacherRows()));
+      if (fwd.head === "span") return t.mean(diff);
+      return t.div(rowSum(diff), rowCount(logits().shape[1] as number));
     },
-    hard_ce: () => t.crossEntropy(logits(), feed("labels", ["B"])),
+    hard_ce: () => {
+      if (fwd.head === "tokens") return t.crossEntropy(logits(), gold.tokenGold());
+      if (fwd.head === "span") return t.crossEntropy(logits(), gold.spanGold());
+      return t.crossEntropy(logits(), feed("labels", ["B"]));
+    },
   };
-  void C;
   const parts = o.terms.map((term) => {
     const f = terms[term.name];
     if (!f) throw new GraphBuildError(`loss term '${term.name}' has no ONNX graph`);

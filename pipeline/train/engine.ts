@@ -18,7 +18,7 @@
 import * as ort from "onnxruntime-node";
 import type { Bert, BertHeads } from "../model/bert.ts";
 import { OnnxTrainer } from "../onnx/trainer.ts";
-import { GradGraphObjectives } from "../onnx/train_graph.ts";
+import { GradGraphObjectives, gradGraphProblem } from "../onnx/train_graph.ts";
 import { DataType, GraphBuilder } from "../onnx/graph.ts";
 import { DataParallel } from "./parallel.ts";
 import { AdamW, type AdamWState } from "./optim.ts";
@@ -87,13 +87,12 @@ export async function resolveEngine(
   heads?: BertHeads,
 ): Promise<{ name: "onnx" | "tfjs"; reason: string }> {
   if (engine === "tfjs") return { name: "tfjs", reason: "asked for" };
-  // the training graphs know the sequence classifier only (token/QA heads train on tfjs)
-  const headGraph = !heads?.qa && !(heads?.classifier && heads.tokenClassifier);
-  if (!headGraph) {
-    if (engine === "onnx") {
-      throw new Error("engine: onnx has no training graph for token/QA heads; use engine: tfjs");
-    }
-    return { name: "tfjs", reason: "no ONNX graph for token/QA heads" };
+  // the training graphs have every head (sequence, token, QA, MLM); an objective the model's
+  // heads cannot serve (e.g. `span` without a QA head) stays on tfjs, which reports it
+  const headProblem = heads ? gradGraphProblem(objective, heads) : null;
+  if (headProblem && GradGraphObjectives.includes(objective)) {
+    if (engine === "onnx") throw new Error(`engine: onnx: ${headProblem}; use engine: tfjs`);
+    return { name: "tfjs", reason: `no ONNX graph: ${headProblem}` };
   }
   const supported = GradGraphObjectives.includes(objective);
   const problem = await onnxRuntimeProblem();
