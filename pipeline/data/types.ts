@@ -22,8 +22,9 @@ export interface Example {
   tags?: number[];
   /**
    * Extractive QA: the gold answers, spans of the context. `text` is the question and
-   * `textPair` the context; `start` is the answer's character offset in the context (UTF-16, as
-   * SQuAD's `answer_start`). The first answer is the training target; all count for evaluation.
+   * `textPair` the context; `start` is the answer's character offset in the context (UTF-16;
+   * converted from a code-point `answer_start`, which is what SQuAD files hold, when needed). The
+   * first answer is the training target; all count for evaluation.
    */
   answers?: Answer[];
 }
