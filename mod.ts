@@ -125,6 +125,18 @@ export {
 } from "./pipeline/run/runner.ts";
 export * as stages from "./pipeline/stages/mod.ts";
 export { BUILTIN_STAGES } from "./pipeline/stages/mod.ts";
+/**
+ * TinyBERT data augmentation (`augment` stage): each training example plus N copies whose words
+ * are replaced, with probability p_t, by one of the teacher MLM head's top-K predictions; output in
+ * the tokenize layout (see `docs/augmentation.md`).
+ */
+export {
+  augment,
+  AugmentParams,
+  checkMlmCheckpoint,
+  topCandidates,
+  wordSpans,
+} from "./pipeline/stages/augment.ts";
 export { datasetHash, loadDataset } from "./pipeline/data/mod.ts";
 export type { Dataset, DatasetSpec, Example } from "./pipeline/data/types.ts";
 export {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { augment } from "./augment.ts";
 import { distill } from "./distill.ts";
 import { evaluate } from "./evaluate.ts";
 import { finetune } from "./finetune.ts";
@@ -14,6 +15,7 @@ import { teacherForward } from "./teacher_forward.ts";
 import { tokenize } from "./tokenize.ts";
 
 export { SPLITS, TOKEN_COLUMNS, tokenize, TokenizeParams } from "./tokenize.ts";
+export { augment, AugmentParams } from "./augment.ts";
 export { teacherForward, TeacherForwardParams } from "./teacher_forward.ts";
 export { finetune, FinetuneParams } from "./finetune.ts";
 export { distill, DistillParams, DistillPhase } from "./distill.ts";
@@ -24,6 +26,7 @@ export { publish, PublishParams } from "./publish.ts";
 /** Every built-in stage kind, in pipeline order. */
 export const BUILTIN_STAGES = [
   tokenize,
+  augment,
   teacherForward,
   finetune,
   distill,
