@@ -138,6 +138,18 @@ export {
   wordSpans,
 } from "./pipeline/stages/augment.ts";
 export { datasetHash, loadDataset } from "./pipeline/data/mod.ts";
+/**
+ * Token classification and extractive QA: word tags on first word pieces, answer character spans
+ * as token positions, and the best-span decoding `evaluate` uses.
+ */
+export {
+  bestSpan,
+  encodeQuestionContext,
+  encodeWords,
+  IGNORE_INDEX,
+  spanText,
+} from "./pipeline/model/align.ts";
+export { predictionRows } from "./pipeline/distill/objective.ts";
 export type { Dataset, DatasetSpec, Example } from "./pipeline/data/types.ts";
 export {
   type ColumnSpec,
@@ -180,11 +192,17 @@ export { maskBlock, packExamples } from "./pipeline/train/mlm.ts";
 export {
   accuracy,
   classificationMetrics,
+  entityF1,
+  exactMatch,
   macroF1,
   mcc,
+  pairedBootstrap,
   pearson,
   regressionMetrics,
   spearman,
+  squadMetrics,
+  tokenAccuracy,
+  tokenF1,
 } from "./pipeline/report/metrics.ts";
 export {
   barChartSvg,
