@@ -630,10 +630,36 @@ Deno.test("onnx engine = tfjs engine: distillation prediction terms on token-cla
   };
   const batch = tokenBatchOf([8, 6, 2], 8, 71);
   const errs: Record<string, string> = {};
+  const teachers: Bert[] = [];
+  const sameEncoderOf = () => {
+    const m = randomModel(wideCfg, { classifier: true, mlm: false }, 72);
+    teachers.push(m);
+    return m;
+  };
+  const tokenTargetsOf = (heads: BertHeads, b: HostBatch) => {
+    const m = randomModel(wideCfg, heads, 72);
+    const out = tokenTeacherTargets(m, b);
+    m.dispose();
+    return out;
+  };
   for (const [kind, heads] of [["token", TOKEN_HEADS], ["qa", QA_HEADS]] as const) {
     const teacher = randomModel(wideCfg, heads, 72);
     const b = tokenTeacherTargets(teacher, batch);
     teacher.dispose();
+    if (kind === "token") {
+      // a student with both per-token heads: the prediction terms read the token classifier
+      // (as predictionRows does); qa_outputs gets no gradient
+      const both = randomModel(STUDENT, { ...TOKEN_HEADS, qa: true }, 75);
+      const opts: DistillObjectiveOptions = {
+        terms: [{ name: "soft_ce", weight: 1 }, { name: "hard_ce", weight: 1 }],
+        layerMap: [0, 2, 3],
+        embeddings: true,
+        projection: "shared",
+      };
+      const e = await assertSameStep(both, "distillation", b, 26, opts);
+      errs["token + QA heads: soft_ce + hard_ce"] = `grads ${e.grad.toExponential(2)}`;
+      both.dispose();
+    }
     const termCases: [string, DistillObjectiveOptions["terms"]][] = [
       ["soft_ce", [{ name: "soft_ce", weight: 1.5, temperature: 2 }]],
       ["soft_ce T=1", [{ name: "soft_ce", weight: 1 }]],
@@ -673,12 +699,8 @@ Deno.test("onnx engine = tfjs engine: distillation prediction terms on token-cla
       };
       // attention and hidden targets from a sequence-classification teacher with the same encoder
       // (randomModel seeds parameters by position, and every head's come after the encoder's)
-      const perToken = randomModel(wideCfg, heads, 72);
-      const sameEncoder = randomModel(wideCfg, { classifier: true, mlm: false }, 72);
-      const tb = tokenTeacherTargets(perToken, batch);
-      const full = teacherTargets(sameEncoder, batch);
-      perToken.dispose();
-      sameEncoder.dispose();
+      const tb = tokenTargetsOf(heads, batch);
+      const full = teacherTargets(sameEncoderOf(), batch);
       const mixed: HostBatch = { ...full, ...tb };
       const make = () => {
         const s = randomModel(STUDENT, heads, 74);
@@ -687,12 +709,31 @@ Deno.test("onnx engine = tfjs engine: distillation prediction terms on token-cla
       };
       const student = make();
       const e = await assertSameStep(student, "distillation", mixed, 24, opts);
-      student.dispose();
       const step = await assertSameUpdate(make, "distillation", mixed, 25, opts);
+      // micro-batches padded to different lengths share one graph (S is symbolic)
+      const shorter = tokenBatchOf([5, 3], 5, 76);
+      const pieces = [
+        mixed,
+        { ...teacherTargets(sameEncoderOf(), shorter), ...tokenTargetsOf(heads, shorter) },
+      ];
+      const em = await assertSameStep(student, "distillation", pieces, 27, opts);
+      const trainer = await OnnxTrainer.create(student, {
+        objective: "distillation",
+        objectiveOptions: opts,
+        lr: () => 1e-3,
+        weightDecay: 0,
+      });
+      await trainer.gradients(pieces, 1);
+      await trainer.gradients(pieces.toReversed(), 2);
+      assert.equal(trainer.gradGraphBuilds, 1, "one graph for every sequence length");
+      await trainer.close();
+      student.dispose();
       errs[`${kind}: attention_mse + hidden_mse + soft_ce`] = `grads ${e.grad.toExponential(2)}, ` +
+        `micro-batches S = 8, 5 ${em.grad.toExponential(2)}, ` +
         `weights after a step ${step.toExponential(2)}`;
     }
   }
+  for (const m of teachers) m.dispose();
   console.table(errs);
 });
 

@@ -95,6 +95,8 @@ export class OnnxTrainer {
   stepCount = 0;
   /** Timings of the last step. */
   lastTimes: StepTimes = { feed: 0, grad: 0, update: 0 };
+  /** Gradient graphs built so far (a new one only when a batch's keys or target widths change). */
+  gradGraphBuilds = 0;
   #grad: { session: ort.InferenceSession; graph: GradGraph; signature: string } | null = null;
   #update: { session: ort.InferenceSession; names: string[] } | null = null;
   /** Current weights / moments (read by the next step) and the spare buffers it writes. */
@@ -253,11 +255,23 @@ export class OnnxTrainer {
     }
   }
 
-  /** A signature of what the gradient graph depends on in a batch: keys and non-batch dims. */
+  /**
+   * A signature of what the gradient graph depends on in a batch: its keys and the teacher
+   * targets' fixed dims (heads, widths, classes: what `buildGradGraph` bakes in), not the batch
+   * or sequence length, which the graph keeps symbolic — batches padded to their longest row
+   * share one graph.
+   */
   #signature(b: HostBatch): string {
     return Object.keys(b).sort().map((k) => {
       const s = b[k].shape;
-      return k.startsWith("t_") ? `${k}:${s.slice(1).join("x")}` : k;
+      if (!k.startsWith("t_")) return k;
+      let fixed: number[];
+      if (k.startsWith("t_scores_")) fixed = [s[1]]; // [B, heads, S, S]
+      else if (k.startsWith("t_values_")) fixed = [s[1], s[3]]; // [B, heads, S, d]
+      else if (k.startsWith("t_hidden_")) fixed = [s[2]]; // [B, S, H]
+      else if (k === "t_logits") fixed = [s.length, s[s.length - 1]]; // [B, C] or [B, S, C]
+      else fixed = s.slice(1);
+      return `${k}:${fixed.join("x")}`;
     }).join(",");
   }
 
@@ -277,6 +291,7 @@ export class OnnxTrainer {
       targets,
     });
     const session = await this.#session(graph.model, "gradient");
+    this.gradGraphBuilds++;
     this.#grad = { session, graph, signature };
     return this.#grad;
   }
