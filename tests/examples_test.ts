@@ -43,6 +43,7 @@ Deno.test("every pipeline in tasks/ is valid and plans (stage order, inputs, has
   );
   assert.deepEqual(files.sort(), [
     "brown-genre.yaml",
+    "brown-pos.yaml",
     "hf-teacher.yaml",
     "pretrain.yaml",
     "spam.yaml",
