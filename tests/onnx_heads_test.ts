@@ -154,7 +154,7 @@ const HEAD_PARAM: Record<Kind, string> = { token: "classifier", qa: "qa_outputs"
  *   fails the fp32 check, which holds each entry to 1e-4 of itself).
  * - q8: int8 weights (step max|w|/127 per output channel) and uint8 activations (step range/255
  *   per tensor, at every Linear input) err by ~1/250 of their ranges at each of the 12 quantized
- *   Linears (measured here: 2.0e-2 on the logits and on the hidden state); the sequence
+ *   Linears, and the int8 word-embedding rows (step max|row|/127) by ≤ 0.4% of each row (measured here: 2.0e-2 on the logits and on the hidden state); the sequence
  *   classifier's q8 test allows 5% of the logit scale, and so does this one.
  */
 const FP16_TOL = 5e-3, Q8_TOL = 0.05;
@@ -235,7 +235,10 @@ for (const kind of ["token", "qa"] as Kind[]) {
         const w = dtype === "fp16" ? `${head}.weight.T.fp16` : `${head}.weight.T`;
         assert.equal(inits.get(w), dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT, w);
         const int8 = [...inits].filter(([, t]) => t === DataType.INT8).map(([n]) => n);
-        assert.equal(int8.length, dtype.endsWith("Q8") || dtype === "q8" ? 6 * L : 0, dtype);
+        // q8: the 6 Linears of each layer, and the word-embedding table (one scale per row)
+        const isQ8 = dtype.endsWith("Q8") || dtype === "q8";
+        assert.equal(int8.length, isQ8 ? 6 * L + 1 : 0, dtype);
+        if (isQ8) assert.ok(int8.includes("embeddings.word_embeddings.weight.int8"), dtype);
       }
       console.log(`worst differences vs Bert.forward (${kind}):`);
       console.table(

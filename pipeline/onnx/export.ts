@@ -29,7 +29,7 @@
  * stored as float16 and `Cast` to float32 where it is used: the file is half the size, the
  * arithmetic stays float32 (ONNX Runtime folds the casts when it loads the model), and inputs and
  * outputs keep the same types as the fp32 export. With `dtype: "q8"` the encoder's Linear weights
- * are int8 (see {@link ExportOnnxOptions.dtype}); the heads stay float32.
+ * and word embeddings are int8 (see {@link ExportOnnxOptions.dtype}); the heads stay float32.
  * @module
  */
 
@@ -66,8 +66,9 @@ export interface ExportOnnxOptions {
   /**
    * Weight storage: `"fp32"` (default), `"fp16"` (cast to float32 at use) or `"q8"` (the encoder's
    * and MLM transform's Linear weights int8 per output channel, dynamic uint8 activations,
-   * `MatMulInteger`; embeddings, pooler and the heads — classifier, token classifier,
-   * `qa_outputs` — stay float32).
+   * `MatMulInteger`; the word embeddings int8 with one scale per row, dequantized after the
+   * lookup, unless the MLM decoder shares them; position/type embeddings, pooler and the heads —
+   * classifier, token classifier, `qa_outputs` — stay float32).
    */
   dtype?: "fp32" | "fp16" | "q8";
   /** Emit `mlm_logits` when the model has an MLM head (default true). */
@@ -218,6 +219,38 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
     const yi = g.node("MatMulInteger", [xq, wq, xzp]);
     return g.node("Mul", [g.node("Cast", [yi], { to: DataType.FLOAT }), g.node("Mul", [xs, ws])]);
   };
+  /**
+   * INT8 embedding lookup: the `[rows, width]` table stored as int8, symmetric, one scale per row
+   * (per-row max / 127); rows gathered as int8 and their scales beside them, then `q · scale`.
+   */
+  const gatherQ8Rows = (name: string, index: string): string => {
+    const p = bert.p(name);
+    const [rows, cols] = p.shape;
+    const w = p.dataSync() as Float32Array;
+    const q = new Int8Array(rows * cols), scale = new Float32Array(rows);
+    for (let r = 0; r < rows; r++) {
+      let max = 0;
+      for (let i = 0; i < cols; i++) max = Math.max(max, Math.abs(w[r * cols + i]));
+      const s = max > 0 ? max / 127 : 1;
+      scale[r] = s;
+      for (let i = 0; i < cols; i++) q[r * cols + i] = Math.round(w[r * cols + i] / s);
+    }
+    const table = g.initializer(
+      `${name}.int8`,
+      DataType.INT8,
+      [rows, cols],
+      new Uint8Array(q.buffer),
+    );
+    const scales = g.initializer(
+      `${name}.row_scale`,
+      DataType.FLOAT,
+      [rows, 1],
+      littleEndianBytes(scale),
+    );
+    const qRows = g.node("Gather", [table, index], { axis: 0 });
+    const sRows = g.node("Gather", [scales, index], { axis: 0 });
+    return g.node("Mul", [g.node("Cast", [qRows], { to: DataType.FLOAT }), sRows]);
+  };
   const linear = (x: string, prefix: string): string =>
     g.node("Add", [
       q8 ? matmulQ8(x, `${prefix}.weight`) : g.node("MatMul", [x, WT(`${prefix}.weight`)]),
@@ -271,7 +304,11 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   ]);
 
   // Embeddings: word + position[0:S] + token type, LayerNorm.
-  const words = g.node("Gather", [W("embeddings.word_embeddings.weight"), ids], { axis: 0 });
+  // q8: the word embeddings (most of a small model's bytes) are int8 with one scale per row,
+  // dequantized after the lookup; kept float32 when the MLM decoder shares them
+  const words = q8 && !wantMlm
+    ? gatherQ8Rows("embeddings.word_embeddings.weight", ids)
+    : g.node("Gather", [W("embeddings.word_embeddings.weight"), ids], { axis: 0 });
   const seqLen = g.node("Shape", [ids], { start: 1, end: 2 });
   const pos = g.node("Slice", [W("embeddings.position_embeddings.weight"), zero1, seqLen, axes0]);
   const tt = g.node("Gather", [W("embeddings.token_type_embeddings.weight"), types], { axis: 0 });
