@@ -59,6 +59,50 @@ export function mlmOutputName(bert: Pick<Bert, "heads">): string {
   return bert.heads.classifier ? "mlm_logits" : "logits";
 }
 
+/** The export's outputs that hold a model's head logits: `logits`, or QA's start and end. */
+export function headOutputNames(bert: Pick<Bert, "heads">): string[] {
+  return bert.heads.qa ? ["start_logits", "end_logits"] : ["logits"];
+}
+
+/**
+ * The head logits of an ONNX run (asked for with {@link headOutputNames}) in `Bert.forward`'s
+ * layout: `logits` as they are (`[B, C]`, `[B, S, C]`); QA's `start_logits`/`end_logits`
+ * `[B, S]` stacked into `[B, S, 2]` (`spanLogits`: start at index 0, end at 1).
+ */
+export function headLogits(
+  bert: Pick<Bert, "heads">,
+  res: Record<string, { data: Float32Array; dims: number[] }>,
+): { data: Float32Array; dims: number[] } {
+  if (!bert.heads.qa) return res.logits;
+  const st = res.start_logits.data, en = res.end_logits.data;
+  const data = new Float32Array(st.length * 2);
+  for (let i = 0; i < st.length; i++) {
+    data[2 * i] = st[i];
+    data[2 * i + 1] = en[i];
+  }
+  return { data, dims: [...res.start_logits.dims, 2] };
+}
+
+/**
+ * Symmetric int8 quantization of a row-major `[rows, cols]` matrix, one scale per row
+ * (max |row| / 127; 1 for an all-zero row): `w ≈ q · scale[row]`.
+ */
+function quantizeRows(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+): { q: Int8Array; scale: Float32Array } {
+  const q = new Int8Array(rows * cols), scale = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let max = 0;
+    for (let i = 0; i < cols; i++) max = Math.max(max, Math.abs(w[r * cols + i]));
+    const s = max > 0 ? max / 127 : 1;
+    scale[r] = s;
+    for (let i = 0; i < cols; i++) q[r * cols + i] = Math.round(w[r * cols + i] / s);
+  }
+  return { q, scale };
+}
+
 /** Options of {@link exportOnnx}. */
 export interface ExportOnnxOptions {
   /** `"logits"` (default): the head outputs only; `"all"`: also every hidden state and score. */
@@ -114,8 +158,8 @@ export function toFloat16Bits(src: Float32Array): Uint16Array {
   return out;
 }
 
-function transpose2d(a: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(a.length);
+function transpose2d<T extends Float32Array | Int8Array>(a: T, rows: number, cols: number): T {
+  const t = new (a.constructor as { new (n: number): T })(a.length);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     for (let c = 0; c < cols; c++) t[c * rows + r] = a[base + c];
@@ -198,16 +242,8 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   const matmulQ8 = (x: string, name: string): string => {
     const p = bert.p(name);
     const [rows, cols] = p.shape; // [out, in]
-    const w = p.dataSync() as Float32Array;
-    const q = new Int8Array(rows * cols), scale = new Float32Array(rows);
-    for (let o = 0; o < rows; o++) {
-      let max = 0;
-      for (let i = 0; i < cols; i++) max = Math.max(max, Math.abs(w[o * cols + i]));
-      const s = max > 0 ? max / 127 : 1;
-      scale[o] = s;
-      // stored transposed, [in, out]
-      for (let i = 0; i < cols; i++) q[i * rows + o] = Math.round(w[o * cols + i] / s);
-    }
+    const { q: byRow, scale } = quantizeRows(p.dataSync() as Float32Array, rows, cols);
+    const q = transpose2d(byRow, rows, cols); // stored transposed, [in, out]
     const wq = g.initializer(
       `${name}.T.int8`,
       DataType.INT8,
@@ -226,15 +262,7 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
   const gatherQ8Rows = (name: string, index: string): string => {
     const p = bert.p(name);
     const [rows, cols] = p.shape;
-    const w = p.dataSync() as Float32Array;
-    const q = new Int8Array(rows * cols), scale = new Float32Array(rows);
-    for (let r = 0; r < rows; r++) {
-      let max = 0;
-      for (let i = 0; i < cols; i++) max = Math.max(max, Math.abs(w[r * cols + i]));
-      const s = max > 0 ? max / 127 : 1;
-      scale[r] = s;
-      for (let i = 0; i < cols; i++) q[r * cols + i] = Math.round(w[r * cols + i] / s);
-    }
+    const { q, scale } = quantizeRows(p.dataSync() as Float32Array, rows, cols);
     const table = g.initializer(
       `${name}.int8`,
       DataType.INT8,

@@ -29,7 +29,7 @@ import {
   type PairedComparison,
 } from "../report/metrics.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
-import { exportOnnx } from "../onnx/export.ts";
+import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import {
   barChartSvg,
   comparisonTable,
@@ -121,13 +121,8 @@ async function makeRunner(
             tokenTypeIds: b.tokenTypeIds.data as Int32Array,
             batch,
             seq,
-          }, bert.heads.qa ? ["start_logits", "end_logits"] : ["logits"]);
-          if (!bert.heads.qa) return res.logits.data;
-          // [B, S] start and end → [B, S, 2], as Bert.forward's spanLogits
-          const st = res.start_logits.data, en = res.end_logits.data;
-          const out = new Float32Array(st.length * 2);
-          for (let i = 0; i < st.length; i++) [out[2 * i], out[2 * i + 1]] = [st[i], en[i]];
-          return out;
+          }, headOutputNames(bert));
+          return headLogits(bert, res).data;
         },
         close: () => onnx.close(),
       };

@@ -38,7 +38,7 @@ import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { numLabels, readConfig } from "../model/config.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
-import { exportOnnx } from "../onnx/export.ts";
+import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import type { Progress } from "../run/progress.ts";
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { Pipeline } from "../run/spec.ts";
@@ -232,7 +232,7 @@ async function openEngine(
       return {
         name: "onnx",
         forward: (host) =>
-          onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers, !!teacher.heads.qa),
+          onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers, teacher),
         close: () => onnx.close(), // the native session is released before the stage returns
       };
     } catch (e) {
@@ -385,11 +385,11 @@ async function onnxForward(
   logits: boolean,
   hiddenIdx: number[],
   attLayers: number[],
-  qa = false,
+  teacher: Pick<Bert, "heads">,
 ): Promise<HostOutputs> {
   const [batch, seq] = host.inputIds.shape;
   const names = [
-    ...(logits ? (qa ? ["start_logits", "end_logits"] : ["logits"]) : []),
+    ...(logits ? headOutputNames(teacher) : []),
     ...hiddenIdx.map((i) => `hidden_state_${i}`),
     ...attLayers.map((l) => `attention_scores_${l}`),
   ];
@@ -406,15 +406,7 @@ async function onnxForward(
   const attentionScores: HostOutputs["attentionScores"] = [];
   for (const i of hiddenIdx) hiddenStates[i] = arr(`hidden_state_${i}`);
   for (const l of attLayers) attentionScores[l] = arr(`attention_scores_${l}`);
-  if (logits && qa) {
-    // [B, S] start and end → [B, S, 2], as Bert.forward's spanLogits
-    const st = res.start_logits.data as Float32Array, en = res.end_logits.data as Float32Array;
-    const data = new Float32Array(st.length * 2);
-    for (let i = 0; i < st.length; i++) {
-      data[2 * i] = st[i];
-      data[2 * i + 1] = en[i];
-    }
-    return { logits: { data, shape: [batch, seq, 2] }, hiddenStates, attentionScores };
-  }
-  return { ...(logits ? { logits: arr("logits") } : {}), hiddenStates, attentionScores };
+  if (!logits) return { hiddenStates, attentionScores };
+  const head = headLogits(teacher, res);
+  return { logits: { data: head.data, shape: head.dims }, hiddenStates, attentionScores };
 }
