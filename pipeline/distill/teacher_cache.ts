@@ -164,8 +164,8 @@ function padScores(blobs: Float32Array[], lengths: number[], S: number): HostArr
 
 /**
  * Cached logits of some rows as one batch array: `[B, C]`, or for token classification and QA
- * (the token rows have per-token targets) `[B, S, C]` padded with NaN past each row's length,
- * as {@link padHidden} pads hidden states.
+ * (the token rows have per-token targets) `[B, S, C]` padded with NaN past each row's length, so
+ * a loss that read padding would show it (the prediction rows gather or mask real positions).
  */
 export function padLogits(arrs: Float32Array[], tokens: TokenRows, rows: number[]): HostArray {
   const B = rows.length;

@@ -304,3 +304,8 @@ export async function writeConfig(dir: string, config: BertConfig): Promise<stri
 export function numLabels(config: BertConfig): number {
   return config.id2label ? Object.keys(config.id2label).length : 0;
 }
+
+/** The label names in index order (`id2label["0"]`, `["1"]`, …); empty when the config has none. */
+export function labelNames(config: BertConfig): string[] {
+  return Array.from({ length: numLabels(config) }, (_, i) => config.id2label![i]);
+}

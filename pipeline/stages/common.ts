@@ -13,7 +13,7 @@ import { Bert, type BertHeads } from "../model/bert.ts";
 import { architectureOf, loadBert, saveBert } from "../model/checkpoint.ts";
 import { bestSpan, IGNORE_INDEX, spanText } from "../model/align.ts";
 import type { TaskKind } from "../data/types.ts";
-import { type BertConfig, makeConfig, numLabels } from "../model/config.ts";
+import { type BertConfig, labelNames, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
 import { limitModelMaxLength } from "../onnx/export.ts";
@@ -503,9 +503,7 @@ export async function evaluateRows(
   rows: TokenRows,
   batchSize: number,
 ): Promise<Record<string, number>> {
-  const C = numLabels(model.config);
-  const labels = Array.from({ length: C }, (_, i) => model.config.id2label?.[i] ?? `LABEL_${i}`);
-  return rowMetrics(await predictRows(dp, model, rows, batchSize), rows, labels);
+  return rowMetrics(await predictRows(dp, model, rows, batchSize), rows, labelNames(model.config));
 }
 
 /** What a training stage reports in its manifest: steps, examples, size, time, final and dev metrics. */

@@ -19,7 +19,7 @@ import { z } from "zod";
 import { tf } from "../tfjs/backend.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
-import { numLabels, readConfig } from "../model/config.ts";
+import { labelNames, numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import {
@@ -203,7 +203,7 @@ export async function measureModel(
       times.push(performance.now() - t);
     }
     times.sort((a, b) => a - b);
-    const labels = Array.from({ length: C }, (_, i) => bert.config.id2label![i]);
+    const labels = labelNames(bert.config);
     const metrics = rowMetrics(
       rows.tokenLabels ? words : rows.startPositions ? answers : pred,
       rows,
@@ -361,10 +361,7 @@ async function measureAll(
   for (const m of models) {
     const bert = await loadBert(m.dir);
     try {
-      const labels = Array.from(
-        { length: numLabels(bert.config) },
-        (_, i) => bert.config.id2label![i],
-      );
+      const labels = labelNames(bert.config);
       if (labels.join("\u0000") !== wanted.join("\u0000")) {
         throw new InputError(`${m.name}: label order differs from the data's`, {
           file: join(m.dir, "config.json"),

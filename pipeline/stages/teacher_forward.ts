@@ -36,7 +36,7 @@ import {
 import { InputError } from "../errors.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
-import { numLabels, readConfig } from "../model/config.ts";
+import { labelNames, numLabels, readConfig } from "../model/config.ts";
 import { OnnxEngine } from "../onnx/engine.ts";
 import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import type { Progress } from "../run/progress.ts";
@@ -137,7 +137,7 @@ function checkTeacher(teacher: Bert, meta: TokenMeta, configFile: string): void 
   }
   const dataLabels = meta.labels;
   if (teacher.heads.classifier && dataLabels) {
-    const teacherLabels = Array.from({ length: numLabels(cfg) }, (_, i) => cfg.id2label![i]);
+    const teacherLabels = labelNames(cfg);
     if (teacherLabels.join("\u0000") !== dataLabels.join("\u0000")) {
       throw new InputError("the teacher's label order differs from the data's", {
         file: configFile,
