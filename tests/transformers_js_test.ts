@@ -20,6 +20,7 @@ import {
 import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { type BertTokenizer, loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import type { BertConfig } from "../pipeline/model/config.ts";
 import { assertInputError, maxAbsErr, withTempDir } from "./_util.ts";
 
 await setBackend("cpu");
@@ -143,8 +144,39 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
   });
 });
 
-Deno.test("q8 export: int8 per-channel Linear weights and per-row word embeddings, a third of the size, logits within 5%", async () => {
+/**
+ * A 3-class model of `config`, exported fp32 and q8, run on the same `B × S` ids by ONNX Runtime:
+ * the q8 file's size as a share of the fp32 file's, and both runs' logits and last hidden state.
+ */
+async function q8AgainstFp32(
+  config: Partial<BertConfig>,
+  seed: number,
+  id: (i: number) => number,
+  B = 16,
+  S = 32,
+) {
   const bert = Bert.create(
+    { ...config, initializer_range: 0.1, id2label: { "0": "a", "1": "b", "2": "c" } },
+    { classifier: true },
+    seed,
+  );
+  const fp32 = exportOnnx(bert), q8 = exportOnnx(bert, { dtype: "q8" });
+  const a = await OnnxEngine.load(fp32), b = await OnnxEngine.load(q8);
+  try {
+    const ids = new Int32Array(B * S).map((_, i) => id(i));
+    const outputs = ["logits", "last_hidden_state"];
+    const x = await a.run({ inputIds: ids, batch: B, seq: S }, outputs);
+    const y = await b.run({ inputIds: ids, batch: B, seq: S }, outputs);
+    return { ratio: q8.length / fp32.length, x, y, B };
+  } finally {
+    await a.close();
+    await b.close();
+    bert.dispose();
+  }
+}
+
+Deno.test("q8 export: int8 per-channel Linear weights and per-row word embeddings, a third of the size, logits within 5%", async () => {
+  const { ratio, x: fx, y: fy, B } = await q8AgainstFp32(
     {
       vocab_size: 1000,
       hidden_size: 128,
@@ -152,42 +184,29 @@ Deno.test("q8 export: int8 per-channel Linear weights and per-row word embedding
       num_attention_heads: 4,
       intermediate_size: 512,
       max_position_embeddings: 64,
-      initializer_range: 0.1,
-      id2label: { "0": "a", "1": "b", "2": "c" },
     },
-    { classifier: true },
     1,
+    (i) => 1 + (i * 7919) % 999,
   );
-  const fp32 = exportOnnx(bert), q8 = exportOnnx(bert, { dtype: "q8" });
-  const ratio = q8.length / fp32.length;
   // the Linear weights (0.79M of 0.93M parameters) and the word embeddings (0.13M) are int8
   assert.ok(ratio < 0.32, `q8 file is ${ratio.toFixed(3)} of fp32`);
-  const a = await OnnxEngine.load(fp32), b = await OnnxEngine.load(q8);
-  try {
-    const B = 16, S = 32;
-    const ids = new Int32Array(B * S).map((_, i) => 1 + (i * 7919) % 999);
-    const x = (await a.run({ inputIds: ids, batch: B, seq: S })).logits.data;
-    const y = (await b.run({ inputIds: ids, batch: B, seq: S })).logits.data;
-    const scale = Math.max(...Array.from(x, Math.abs));
-    const err = maxAbsErr(y, x);
-    assert.ok(err > 0, "the q8 graph computes something else than fp32 (it is quantized)");
-    assert.ok(err <= 0.05 * scale, `q8 logits differ by ${err} (max |logit| ${scale})`);
-    const argmax = (z: Float32Array, r: number) =>
-      [0, 1, 2].reduce((k, c) => z[r * 3 + c] > z[r * 3 + k] ? c : k, 0);
-    for (let r = 0; r < B; r++) assert.equal(argmax(y, r), argmax(x, r), `row ${r} label`);
-    console.log(
-      `q8: ${ratio.toFixed(3)} of the fp32 size; logits within ${(err / scale * 100).toFixed(1)}%`,
-    );
-  } finally {
-    await a.close();
-    await b.close();
-    bert.dispose();
-  }
+  const x = fx.logits.data, y = fy.logits.data;
+  const scale = Math.max(...Array.from(x, Math.abs));
+  const err = maxAbsErr(y, x);
+  assert.ok(err > 0, "the q8 graph computes something else than fp32 (it is quantized)");
+  assert.ok(err <= 0.05 * scale, `q8 logits differ by ${err} (max |logit| ${scale})`);
+  const argmax = (z: Float32Array, r: number) =>
+    [0, 1, 2].reduce((k, c) => z[r * 3 + c] > z[r * 3 + k] ? c : k, 0);
+  for (let r = 0; r < B; r++) assert.equal(argmax(y, r), argmax(x, r), `row ${r} label`);
+  console.log(
+    `q8: ${ratio.toFixed(3)} of the fp32 size; logits within ${(err / scale * 100).toFixed(1)}%`,
+  );
 });
 
 Deno.test("q8 export of an embedding-heavy student (vocab 30,522 × 64): int8 rows, 0.27× the file, logits and hidden states within 5%", async () => {
-  // the shape of the shipped 4×64 student: 1.95M of its 2.2M parameters are word embeddings
-  const bert = Bert.create(
+  // the shape of the shipped 4×64 student: 1.95M of its 2.2M parameters are word embeddings;
+  // ids from all over the table: every row has its own scale
+  const { ratio, x, y } = await q8AgainstFp32(
     {
       vocab_size: 30522,
       hidden_size: 64,
@@ -195,33 +214,17 @@ Deno.test("q8 export of an embedding-heavy student (vocab 30,522 × 64): int8 ro
       num_attention_heads: 2,
       intermediate_size: 256,
       max_position_embeddings: 64,
-      initializer_range: 0.1,
-      id2label: { "0": "a", "1": "b", "2": "c" },
     },
-    { classifier: true },
     2,
+    (i) => 1 + (i * 104729) % 30521,
   );
-  const fp32 = exportOnnx(bert), q8 = exportOnnx(bert, { dtype: "q8" });
-  const ratio = q8.length / fp32.length;
   assert.ok(ratio < 0.3, `q8 file is ${ratio.toFixed(3)} of fp32`);
-  const a = await OnnxEngine.load(fp32), b = await OnnxEngine.load(q8);
-  try {
-    // ids from all over the table: every row has its own scale
-    const B = 16, S = 32;
-    const ids = new Int32Array(B * S).map((_, i) => 1 + (i * 104729) % 30521);
-    const x = await a.run({ inputIds: ids, batch: B, seq: S }, ["logits", "last_hidden_state"]);
-    const y = await b.run({ inputIds: ids, batch: B, seq: S }, ["logits", "last_hidden_state"]);
-    for (const k of ["logits", "last_hidden_state"]) {
-      const scale = Math.max(...Array.from(x[k].data, Math.abs));
-      const err = maxAbsErr(y[k].data, x[k].data);
-      assert.ok(err > 0 && err <= 0.05 * scale, `${k}: ${err} of ${scale}`);
-    }
-    console.log(`q8 (embedding-heavy): ${ratio.toFixed(3)} of the fp32 size`);
-  } finally {
-    await a.close();
-    await b.close();
-    bert.dispose();
+  for (const k of ["logits", "last_hidden_state"]) {
+    const scale = Math.max(...Array.from(x[k].data, Math.abs));
+    const err = maxAbsErr(y[k].data, x[k].data);
+    assert.ok(err > 0 && err <= 0.05 * scale, `${k}: ${err} of ${scale}`);
   }
+  console.log(`q8 (embedding-heavy): ${ratio.toFixed(3)} of the fp32 size`);
 });
 
 Deno.test("model_max_length is never above the trained length or max_position_embeddings", async () => {
