@@ -9,6 +9,7 @@ import { padRows, type TokenRows } from "../pipeline/store/tokens.ts";
 import {
   type BatchSource,
   type CurvePoint,
+  type Phase,
   train,
   TrainingDivergedError,
 } from "../pipeline/train/loop.ts";
@@ -27,6 +28,18 @@ export const TRAIN_CONFIG = {
   intermediate_size: 24,
   max_position_embeddings: 16,
   id2label: { "0": "a", "1": "b" },
+};
+
+/** A short classification phase on {@link TRAIN_CONFIG}: 6 steps of 8, warmup, decay, clipping. */
+export const TRAIN_PHASE: Phase = {
+  name: "p",
+  objective: "classification",
+  steps: 6,
+  batchSize: 8,
+  lr: 1e-3,
+  warmup: 0.2,
+  weightDecay: 0.01,
+  maxGradNorm: 1,
 };
 
 /** `n` token rows of length 3..12 whose label is whether token 7 occurs (learnable). */

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { classification, OBJECTIVES } from "../pipeline/train/objectives.ts";
-import { type CurvePoint, type Phase, train } from "../pipeline/train/loop.ts";
+import { type CurvePoint, train } from "../pipeline/train/loop.ts";
 import {
   assertSameBytes,
   checkDivergence,
@@ -18,19 +18,9 @@ import {
   runChild,
   tinySource,
   TRAIN_CONFIG,
+  TRAIN_PHASE,
 } from "./_train_data.ts";
 import { relErr, withTempDir } from "./_util.ts";
-
-const PHASE: Phase = {
-  name: "p",
-  objective: "classification",
-  steps: 6,
-  batchSize: 8,
-  lr: 1e-3,
-  warmup: 0.2,
-  weightDecay: 0.01,
-  maxGradNorm: 1,
-};
 
 /** The worst per-step relative loss difference of `a` against `b` over steps `[lo, hi)`. */
 function worstLossDiff(a: CurvePoint[], b: CurvePoint[], lo = 0, hi = a.length) {
@@ -164,7 +154,7 @@ Deno.test("train: 200 steps with dropout on the onnx engine track the tfjs engin
     await withTempDir(async (dir) => {
       const res = await train({
         model,
-        phases: [{ ...PHASE, steps: 200, warmup: 0.1 }],
+        phases: [{ ...TRAIN_PHASE, steps: 200, warmup: 0.1 }],
         source: tinySource(64),
         stateDir: dir,
         checkpointEvery: 0,
@@ -217,8 +207,8 @@ Deno.test("train (onnx engine): no tfjs tensor is leaked or held across steps, c
     const res = await train({
       model,
       phases: [
-        { ...PHASE, steps: 10, microBatchSize: 3 },
-        { ...PHASE, name: "q", steps: 6 },
+        { ...TRAIN_PHASE, steps: 10, microBatchSize: 3 },
+        { ...TRAIN_PHASE, name: "q", steps: 6 },
       ],
       source: tinySource(48),
       stateDir: dir,
@@ -232,7 +222,7 @@ Deno.test("train (onnx engine): no tfjs tensor is leaked or held across steps, c
     // resuming from the final checkpoint opens the last phase (state restored) and runs nothing
     await train({
       model,
-      phases: [{ ...PHASE, steps: 10 }, { ...PHASE, name: "q", steps: 6 }],
+      phases: [{ ...TRAIN_PHASE, steps: 10 }, { ...TRAIN_PHASE, name: "q", steps: 6 }],
       source: tinySource(48),
       stateDir: dir,
       checkpointEvery: 3,
@@ -259,7 +249,7 @@ Deno.test("train: engine onnx names an objective it has no graph for; auto runs 
       await assert.rejects(
         train({
           model,
-          phases: [{ ...PHASE, objective: "no_onnx_graph", steps: 2 }],
+          phases: [{ ...TRAIN_PHASE, objective: "no_onnx_graph", steps: 2 }],
           source: tinySource(32),
           stateDir: join(dir, "onnx"),
           checkpointEvery: 0,
@@ -274,9 +264,9 @@ Deno.test("train: engine onnx names an objective it has no graph for; auto runs 
       const res = await train({
         model,
         phases: [
-          { ...PHASE, name: "a", steps: 2 },
-          { ...PHASE, name: "b", objective: "no_onnx_graph", steps: 2 },
-          { ...PHASE, name: "c", steps: 1 },
+          { ...TRAIN_PHASE, name: "a", steps: 2 },
+          { ...TRAIN_PHASE, name: "b", objective: "no_onnx_graph", steps: 2 },
+          { ...TRAIN_PHASE, name: "c", steps: 1 },
         ],
         source: tinySource(32),
         stateDir: join(dir, "auto"),
@@ -295,7 +285,7 @@ Deno.test("train: engine onnx names an objective it has no graph for; auto runs 
       const tfjsLogs: string[] = [];
       await train({
         model,
-        phases: [{ ...PHASE, steps: 1 }],
+        phases: [{ ...TRAIN_PHASE, steps: 1 }],
         source: tinySource(32),
         stateDir: join(dir, "tfjs"),
         checkpointEvery: 0,

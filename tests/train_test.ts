@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { classification } from "../pipeline/train/objectives.ts";
-import { type CurvePoint, epochBatches, type Phase, train } from "../pipeline/train/loop.ts";
+import { type CurvePoint, epochBatches, train } from "../pipeline/train/loop.ts";
 import { computeGradients, DataParallel } from "../pipeline/train/parallel.ts";
 import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
 import {
@@ -20,19 +20,9 @@ import {
   runChild,
   tinySource,
   TRAIN_CONFIG,
+  TRAIN_PHASE,
 } from "./_train_data.ts";
 import { assertClose, withTempDir } from "./_util.ts";
-
-const PHASE: Phase = {
-  name: "p",
-  objective: "classification",
-  steps: 6,
-  batchSize: 8,
-  lr: 1e-3,
-  warmup: 0.2,
-  weightDecay: 0.01,
-  maxGradNorm: 1,
-};
 
 Deno.test("epochBatches: every row once per epoch, inside its group, reproducible", () => {
   const groups = [{ start: 0, end: 10 }, { start: 10, end: 17 }, { start: 17, end: 40 }];
@@ -73,8 +63,8 @@ Deno.test("train: the tensor count stays flat across steps and phases; the loss 
     const res = await train({
       model,
       phases: [
-        { ...PHASE, steps: 40, batchSize: 16, lr: 1e-2 },
-        { ...PHASE, name: "q", steps: 5, microBatchSize: 3 },
+        { ...TRAIN_PHASE, steps: 40, batchSize: 16, lr: 1e-2 },
+        { ...TRAIN_PHASE, name: "q", steps: 5, microBatchSize: 3 },
       ],
       source: tinySource(64),
       stateDir: dir,
@@ -133,7 +123,7 @@ Deno.test("gradient accumulation: micro-batches give one full batch's loss and e
     await withTempDir(async (dir) => {
       const res = await train({
         model: m,
-        phases: [{ ...PHASE, steps: 3, microBatchSize }],
+        phases: [{ ...TRAIN_PHASE, steps: 3, microBatchSize }],
         source,
         stateDir: dir,
         checkpointEvery: 0,
