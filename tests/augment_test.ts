@@ -25,7 +25,7 @@ import {
   vocabClasses,
   wordSpans,
 } from "../pipeline/stages/augment.ts";
-import { assertInputError } from "./_util.ts";
+import { assertInputError, withTempDir } from "./_util.ts";
 
 const VOCAB_DIR = resolve("fixtures/bert-base-uncased");
 
@@ -158,8 +158,7 @@ async function run(out: string, text: string): Promise<Run> {
 
 Deno.test("augment: candidates are the MLM head's top-k on the masked row; rows built from them", async () => {
   await setBackend("wasm");
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_augment_" });
-  try {
+  await withTempDir(async (dir) => {
     const data = await writeData(dir);
     const modelDir = join(dir, "mlm");
     const bert = await writeModel(modelDir, true);
@@ -288,9 +287,7 @@ Deno.test("augment: candidates are the MLM head's top-k on the masked row; rows 
     assert.deepEqual(meta.labels, tmeta.labels);
     assert.equal(meta.augmentation.n, N);
     bert.dispose();
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("augment: replacement rate is p_t and multi-piece words follow multi_piece", () => {
@@ -361,8 +358,7 @@ Deno.test("augment: topCandidates = argsort of the allowed logits (ties: lower i
 
 Deno.test("augment: the same seed gives the same rows; another seed others", async () => {
   await setBackend("wasm");
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_augment_" });
-  try {
+  await withTempDir(async (dir) => {
     const data = await writeData(dir);
     const modelDir = join(dir, "mlm");
     (await writeModel(modelDir, true)).dispose();
@@ -378,15 +374,12 @@ Deno.test("augment: the same seed gives the same rows; another seed others", asy
     const c = await parts(join(dir, "r3"), ", seed: 99");
     assert.equal(a, b);
     assert.notEqual(a, c);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("augment: an MLM-less checkpoint or another vocabulary is refused before any compute", async () => {
   await setBackend("wasm");
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_augment_" });
-  try {
+  await withTempDir(async (dir) => {
     const data = await writeData(dir);
     const noMlm = join(dir, "nomlm");
     (await writeModel(noMlm, false)).dispose();
@@ -405,7 +398,6 @@ Deno.test("augment: an MLM-less checkpoint or another vocabulary is refused befo
     const small = join(dir, "small");
     (await writeModel(small, true, 500)).dispose();
     const q = parsePipeline(yaml(out, data, small, "n: 2"), join(dir, "q.yaml"), BUILTIN_STAGES);
-    const reports: string[] = [];
     await assertInputError(() => runPipeline(q, { quiet: true }), [
       join(small, "config.json"),
       "vocab_size",
@@ -417,18 +409,14 @@ Deno.test("augment: an MLM-less checkpoint or another vocabulary is refused befo
     // the partial output holds nothing computed: no candidates, no train rows
     for (const d of augDirs) {
       const names = [...Deno.readDirSync(join(out, "aug", d))].map((e) => e.name);
-      reports.push(...names);
       assert.ok(!names.includes("candidates") && !names.includes("train"), names.join());
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("augment: teacher-forward and distill read the output; tfjs engine leaks no tensor", async () => {
   await setBackend("wasm");
-  const dir = await Deno.makeTempDir({ prefix: "tinystill_augment_" });
-  try {
+  await withTempDir(async (dir) => {
     const data = await writeData(dir);
     const modelDir = join(dir, "mlm");
     (await writeModel(modelDir, true)).dispose();
@@ -466,7 +454,5 @@ Deno.test("augment: teacher-forward and distill read the output; tfjs engine lea
     const d = r.by("distill").result!;
     // one epoch of 80 rows in batches of 8, then 2 prediction steps
     assert.equal(d.counts!.steps, 10 + 2);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
