@@ -159,25 +159,12 @@ export function encodeTaskExample(
   task: TaskKind | undefined,
   maxLength: number,
   add: (column: string, value: unknown) => void,
-): {
-  ids: number[];
-  types: number[];
-  truncated: boolean;
-  /** Token classification: words whose first piece `maxLength` cut off. */
-  wordsCut?: number;
-  /** QA: the answer was cut off (its target is `[CLS]`). */
-  answerCut?: boolean;
-} {
+): { ids: number[]; types: number[]; truncated: boolean } {
   if (task === "token-classification") {
     const enc = encodeWords(tok, ex.words!, ex.tags!, maxLength);
     add("token_labels", Int32Array.from(enc.tokenLabels));
     add("word_tags", Int32Array.from(ex.tags!));
-    return {
-      ids: enc.ids,
-      types: enc.ids.map(() => 0),
-      truncated: enc.truncated,
-      wordsCut: ex.words!.length - enc.wordsKept,
-    };
+    return { ids: enc.ids, types: enc.ids.map(() => 0), truncated: enc.truncated };
   }
   if (task === "question-answering") {
     const enc = encodeQuestionContext(tok, ex.text, ex.textPair!, ex.answers?.[0], maxLength);
@@ -187,12 +174,7 @@ export function encodeTaskExample(
     add("word_spans", Int32Array.from(enc.wordSpans));
     add("context", ex.textPair!);
     add("answers", JSON.stringify(ex.answers ?? []));
-    return {
-      ids: enc.ids,
-      types: enc.types,
-      truncated: enc.truncated,
-      answerCut: enc.answerCut,
-    };
+    return { ids: enc.ids, types: enc.types, truncated: enc.truncated };
   }
   return encodeExample(tok, ex.text, ex.textPair, maxLength);
 }
@@ -285,24 +267,23 @@ export const tokenize = defineStage({
       }
       await finalize(dir, { totalRows: examples.length });
       const reader = await PartReader.open(dir);
-      for await (const part of reader.parts(["length", "truncated"])) {
-        for (const n of part.columns.length as Int32Array) counts.tokens += n;
-        for (const t of part.columns.truncated as Int32Array) counts.truncated += t;
-      }
-      // what truncation cost the task, read back from the store (parts of a resumed run too)
-      if (tokenTask) {
-        for await (const part of reader.parts(["token_labels", "word_tags"])) {
-          const labels = part.columns.token_labels as Int32Array[];
-          (part.columns.word_tags as Int32Array[]).forEach((tags, i) => {
+      // counts read back from the store, so parts of a resumed run count too; and what
+      // truncation cost the task: words whose first piece was cut, answers cut off their
+      // context (every QA row has an answer, so a [CLS] target means it was cut)
+      const extra = tokenTask ? ["token_labels", "word_tags"] : qa ? ["start_position"] : [];
+      for await (const part of reader.parts(["length", "truncated", ...extra])) {
+        const c = part.columns;
+        for (const n of c.length as Int32Array) counts.tokens += n;
+        for (const t of c.truncated as Int32Array) counts.truncated += t;
+        if (tokenTask) {
+          const labels = c.token_labels as Int32Array[];
+          (c.word_tags as Int32Array[]).forEach((tags, i) => {
             const kept = labels[i].filter((t) => t !== IGNORE_INDEX).length;
             counts.words_cut = (counts.words_cut ?? 0) + tags.length - kept;
           });
         }
-      }
-      if (qa) {
-        // every QA row has an answer: a [CLS] target means truncation cut it off
-        for await (const part of reader.parts(["start_position"])) {
-          for (const st of part.columns.start_position as Int32Array) {
+        if (qa) {
+          for (const st of c.start_position as Int32Array) {
             if (st === 0) counts.answers_cut = (counts.answers_cut ?? 0) + 1;
           }
         }
