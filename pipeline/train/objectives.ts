@@ -140,14 +140,8 @@ export const mlm: Objective = (model, batch, ctx) => {
     attentionScores: false,
     hiddenStates: false,
   });
-  const labels = batch.mlmLabels.dataSync(); // a constant input: reading it is not on the tape
-  const positions: number[] = [], targets: number[] = [];
-  labels.forEach((t, i) => {
-    if (t !== IGNORE_INDEX) {
-      positions.push(i);
-      targets.push(t);
-    }
-  });
+  // a constant input: reading it is not on the tape
+  const { positions, targets } = labelledPositions(batch.mlmLabels.dataSync());
   const last = out.hiddenStates[out.hiddenStates.length - 1];
   const [B, S, H] = last.shape;
   if (positions.length === 0) return tf.mul(tf.sum(last), 0) as tf.Scalar;
