@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 import { InputError } from "../errors.ts";
-import type { Bert } from "../model/bert.ts";
+import { type Bert, headOutput } from "../model/bert.ts";
 import { type ColumnSpec, PartReader } from "../store/parquet.ts";
 import { padRows, type TokenRows } from "../store/tokens.ts";
 import { tf } from "../tfjs/backend.ts";
@@ -278,7 +278,7 @@ export function onlineSource(
           data: x.dataSync() as Float32Array,
           shape: x.shape,
         });
-        const logits = out.logits ?? out.tokenLogits ?? out.spanLogits;
+        const logits = headOutput(out);
         if (needs.has("logits") && logits) batch.t_logits = host(logits);
         if (needs.has("hidden")) {
           for (const i of hidden) batch[`t_hidden_${i}`] = host(out.hiddenStates[i]);

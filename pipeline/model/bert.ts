@@ -60,6 +60,14 @@ export interface BertOutputs {
   values?: tf.Tensor4D[];
 }
 
+/**
+ * The logits of whichever head the model has: sequence `[B, C]`, token `[B, S, C]` or QA
+ * `[B, S, 2]` (undefined without a head).
+ */
+export function headOutput(out: BertOutputs): tf.Tensor | undefined {
+  return out.logits ?? out.tokenLogits ?? out.spanLogits;
+}
+
 /** Which heads a model carries. */
 export interface BertHeads {
   /**

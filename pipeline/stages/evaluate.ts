@@ -17,7 +17,7 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { tf } from "../tfjs/backend.ts";
-import type { Bert } from "../model/bert.ts";
+import { type Bert, headOutput } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { labelNames, numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
@@ -136,7 +136,7 @@ async function makeRunner(
       Promise.resolve(
         tf.tidy(() => {
           const o = bert.forward(inputTensors(b), { hiddenStates: false, attentionScores: false });
-          return (o.logits ?? o.tokenLogits ?? o.spanLogits)!.dataSync() as Float32Array;
+          return headOutput(o)!.dataSync() as Float32Array;
         }),
       ),
     close: () => Promise.resolve(),

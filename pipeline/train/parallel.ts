@@ -13,7 +13,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { hostCopy, readView, tensorFrom, wasmHeapBytes } from "../tfjs/backend.ts";
-import { type Bert, type BertHeads, EXTRA_PREFIX } from "../model/bert.ts";
+import { type Bert, type BertHeads, EXTRA_PREFIX, headOutput } from "../model/bert.ts";
 import type { BertConfig } from "../model/config.ts";
 import { batchRows, type HostArray, type HostBatch, sliceBatch, toTensors } from "./batch.ts";
 import { type Batch, getObjective, type Objective } from "./objectives.ts";
@@ -81,7 +81,7 @@ export function forwardToHost(model: Bert, batch: Batch, outputs: OutputName[]):
   }, { hiddenStates: want.has("hiddenStates"), attentionScores: want.has("attentionScores") });
   const res: HostOutputs = {};
   // sequence [B, C], token classification [B, S, C], QA [B, S, 2] (start, end)
-  const logits = out.logits ?? out.tokenLogits ?? out.spanLogits;
+  const logits = headOutput(out);
   if (want.has("logits")) {
     if (!logits) throw new Error("forward: the model has no classifier, so no logits");
     res.logits = host(logits);
