@@ -89,12 +89,12 @@ export async function resolveEngine(
   if (engine === "tfjs") return { name: "tfjs", reason: "asked for" };
   // the training graphs have every head (sequence, token, QA, MLM); an objective the model's
   // heads cannot serve (e.g. `span` without a QA head) stays on tfjs, which reports it
+  const supported = GradGraphObjectives.includes(objective);
   const headProblem = heads ? gradGraphProblem(objective, heads) : null;
-  if (headProblem && GradGraphObjectives.includes(objective)) {
+  if (headProblem && supported) {
     if (engine === "onnx") throw new Error(`engine: onnx: ${headProblem}; use engine: tfjs`);
     return { name: "tfjs", reason: `no ONNX graph: ${headProblem}` };
   }
-  const supported = GradGraphObjectives.includes(objective);
   const problem = await onnxRuntimeProblem();
   if (engine === "onnx") {
     if (!supported) {
