@@ -37,7 +37,8 @@ export interface ValueInfo {
   dims: (number | string)[];
 }
 
-interface Node {
+/** One node of a graph: an ONNX op on named values. */
+export interface Node {
   op: string;
   inputs: string[];
   outputs: string[];
@@ -46,11 +47,24 @@ interface Node {
   domain?: string;
 }
 
-interface Initializer {
+/** A constant tensor of the graph (little-endian bytes of `dataType`). */
+export interface Initializer {
   name: string;
   dataType: number;
   dims: number[];
   raw: Uint8Array;
+}
+
+/**
+ * A built graph as plain data: what every executor runs (ONNX Runtime reads it encoded by
+ * {@link GraphBuilder.toModel}; the tfjs executor interprets it node by node). Nodes are in
+ * topological order; an empty input name is an omitted optional input.
+ */
+export interface Graph {
+  nodes: readonly Node[];
+  initializers: readonly Initializer[];
+  inputs: readonly ValueInfo[];
+  outputs: readonly ValueInfo[];
 }
 
 /** Builds one ONNX graph: nodes in topological order, initializers, inputs and outputs. */
@@ -161,6 +175,16 @@ export class GraphBuilder {
   /** Number of nodes so far. */
   get size(): number {
     return this.nodes.length;
+  }
+
+  /** The graph as plain data (the live lists: build first, then read). */
+  graph(): Graph {
+    return {
+      nodes: this.nodes,
+      initializers: this.inits,
+      inputs: this.inputs,
+      outputs: this.outputs,
+    };
   }
 
   /** Encode the graph as a `ModelProto`. */

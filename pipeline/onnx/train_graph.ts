@@ -31,7 +31,7 @@ import { isNoDecay, MASK_VALUE } from "../model/bert.ts";
 import type { DistillObjectiveOptions, LossTermName } from "../distill/objective.ts";
 import { projectionName, termNeeds } from "../distill/objective.ts";
 import { type Dim, GraphBuildError, Tape, type Value } from "./autodiff.ts";
-import { DataType } from "./graph.ts";
+import { DataType, type Graph } from "./graph.ts";
 
 /** The ONNX opset of the training graphs. */
 export const TRAIN_OPSET = 17;
@@ -134,6 +134,8 @@ export interface GradGraphSpec {
 /** A built gradient graph. */
 export interface GradGraph {
   model: Uint8Array;
+  /** The same graph as plain data (for executors that interpret it). */
+  graph: Graph;
   /** Parameters the loss depends on (each has a `grad:<name>` output), in input order. */
   trained: string[];
   /** Every parameter input of the graph. */
@@ -370,7 +372,7 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     irVersion: 8,
     producer: "tinystill",
   });
-  return { model, trained, inputs: paramInputs, feeds, dropout };
+  return { model, graph: g.graph(), trained, inputs: paramInputs, feeds, dropout };
 }
 
 function distillationLoss(
