@@ -3,6 +3,10 @@
 import assert from "node:assert/strict";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { AdamW, linearWarmupDecay } from "../pipeline/train/optim.ts";
+import { Bert } from "../pipeline/model/bert.ts";
+import { train } from "../pipeline/train/loop.ts";
+import { tinySource, TRAIN_CONFIG, TRAIN_PHASE } from "./_train_data.ts";
+import { withTempDir } from "./_util.ts";
 
 function adamRef(
   p: number[],
@@ -85,8 +89,74 @@ Deno.test("linear warmup then linear decay", () => {
   const f = linearWarmupDecay(1e-3, 10, 110);
   assert.equal(f(5), 5e-4);
   assert.equal(f(10), 1e-3);
-  assert.ok(Math.abs(f(60) - 5e-4) < 1e-12);
-  assert.equal(f(110), 0);
+  assert.ok(Math.abs(f(60) - 5.1e-4) < 1e-12);
+  assert.equal(f(111), 0);
   assert.equal(f(200), 0);
   assert.equal(linearWarmupDecay(1e-3, 0, 0)(3), 1e-3);
 });
+
+/** `f(1), …, f(n)`, each rounded to 1e-15 so hand-written decimals compare exactly. */
+function rates(f: (step: number) => number, n: number): number[] {
+  return Array.from({ length: n }, (_, i) => Math.round(f(i + 1) * 1e15) / 1e15);
+}
+
+Deno.test("schedule: every step of a phase gets a non-zero rate; first and last steps by hand", () => {
+  // warmup 0: step 1 gets the peak, step s gets peak·(total − s + 1)/total
+  assert.deepEqual(rates(linearWarmupDecay(1e-3, 0, 1), 2), [1e-3, 0]);
+  assert.deepEqual(rates(linearWarmupDecay(1e-3, 0, 2), 3), [1e-3, 5e-4, 0]);
+  assert.deepEqual(rates(linearWarmupDecay(1e-3, 0, 4), 4), [1e-3, 7.5e-4, 5e-4, 2.5e-4]);
+  // warmup 2 of 6: peak·s/2 up, then peak·(6 − s + 1)/4 down
+  assert.deepEqual(rates(linearWarmupDecay(1e-3, 2, 6), 7), [
+    5e-4,
+    1e-3,
+    1e-3,
+    7.5e-4,
+    5e-4,
+    2.5e-4,
+    0,
+  ]);
+  // warmup 10 of 110: first step peak/10, last warmup and first decay step the peak, last peak/100
+  const f = linearWarmupDecay(1e-3, 10, 110);
+  assert.deepEqual(rates(f, 11).filter((_, i) => [0, 9, 10].includes(i)), [1e-4, 1e-3, 1e-3]);
+  assert.equal(rates(f, 110)[109], 1e-5);
+  // a phase that is all warmup ends at the peak
+  assert.deepEqual(rates(linearWarmupDecay(1e-3, 2, 2), 2), [5e-4, 1e-3]);
+  for (
+    const [warmup, total] of [[0, 1], [0, 2], [0, 3], [1, 1], [1, 2], [3, 5], [5, 6], [7, 100]]
+  ) {
+    const g = linearWarmupDecay(1e-3, warmup, total);
+    for (let s = 1; s <= total; s++) {
+      assert.ok(
+        g(s) > 0,
+        `warmup ${warmup}, total ${total}: step ${s}`,
+      );
+    }
+  }
+});
+
+for (const engine of ["tfjs", "onnx"] as const) {
+  Deno.test(`train (${engine} engine): a 1-step phase with warmup 0 takes one step at the peak rate and moves the weights`, async () => {
+    await setBackend("wasm");
+    const model = Bert.create(TRAIN_CONFIG, {}, 1);
+    const before = new Map([...model.params].map(([n, p]) => [n, p.dataSync().slice()]));
+    await withTempDir(async (dir) => {
+      const res = await train({
+        model,
+        phases: [{ ...TRAIN_PHASE, steps: 1, warmup: 0 }],
+        source: tinySource(16),
+        stateDir: dir,
+        checkpointEvery: 0,
+        seed: 1,
+        replicas: 1,
+        engine,
+      });
+      assert.deepEqual(res.curve.map((p) => p.lr), [TRAIN_PHASE.lr]);
+    });
+    const moved = [...model.params].filter(([n, p]) =>
+      p.dataSync().some((x, i) => x !== before.get(n)![i])
+    );
+    assert.ok(moved.length > 0, "no weight moved");
+    assert.ok(moved.some(([n]) => n === "classifier.weight"), "classifier.weight did not move");
+    model.dispose();
+  });
+}

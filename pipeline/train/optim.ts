@@ -21,7 +21,21 @@ export interface AdamWOptions {
   maxGradNorm?: number;
 }
 
-/** Linear warmup to `peak` over `warmup` steps, then linear decay to 0 at `total`. */
+/**
+ * Linear warmup to `peak` over the first `warmup` steps, then linear decay over the other
+ * `total − warmup` steps, for steps `s = 1 … total`:
+ *
+ * ```text
+ * lr(s) = peak · s / warmup                        for s ≤ warmup
+ * lr(s) = peak · (total − s + 1) / (total − warmup)  for warmup < s ≤ total
+ * ```
+ *
+ * Every step of the phase gets a non-zero rate: warmup climbs `peak/warmup, …, peak`, decay
+ * falls `peak, …, peak/(total − warmup)` (the rate reaches 0 only after the last step), so the
+ * peak is applied on the last warmup step and on the first decay step. With `warmup = 0`, step 1
+ * gets the peak and the last step `peak/total`: a 1-step phase takes one step at `peak`, a
+ * 2-step phase `peak` then `peak/2`. Steps past `total` get 0 (`peak` when `total ≤ warmup`).
+ */
 export function linearWarmupDecay(
   peak: number,
   warmup: number,
@@ -30,7 +44,7 @@ export function linearWarmupDecay(
   return (step: number): number => {
     if (warmup > 0 && step <= warmup) return (peak * step) / warmup;
     if (total <= warmup) return peak;
-    return peak * Math.max(0, (total - step) / (total - warmup));
+    return peak * Math.max(0, (total - step + 1) / (total - warmup));
   };
 }
 
