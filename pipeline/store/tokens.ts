@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import type { HostBatch } from "../train/batch.ts";
+import type { HostBatch } from "../data/batch.ts";
 import { exists } from "./fsutil.ts";
 import { PartReader } from "./parquet.ts";
 import type { TaskKind } from "../data/types.ts";
