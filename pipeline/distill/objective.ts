@@ -32,9 +32,19 @@ import {
   valueRelationKl,
 } from "./losses.ts";
 import { type Batch, labelledPositions, type Objective, spanRows } from "../train/objectives.ts";
+import {
+  LOSS_TERMS,
+  type LossInput,
+  type LossTerm,
+  type LossTermName,
+  type LossTermSpec,
+  termAttentionLayers,
+  termNeeds,
+} from "../graph/losses.ts";
+import { type DistillObjectiveOptions, projectionName } from "../onnx/train_graph.ts";
 
-/** What a loss term reads besides the student's own forward pass. */
-export type LossInput = "scores" | "hidden" | "logits" | "values" | "labels";
+export { LOSS_TERMS, projectionName, termAttentionLayers, termNeeds };
+export type { DistillObjectiveOptions, LossInput, LossTerm, LossTermName, LossTermSpec };
 
 /** What a term's `compute` gets for one batch. */
 export interface TermInput {
@@ -49,8 +59,8 @@ export interface TermInput {
   temperature: number;
 }
 
-/** A loss term: one registry entry says everything the pipeline and the objective need. */
-export interface LossTerm {
+/** The tfjs implementation of a loss term (to be replaced by the graph in `graph/losses.ts`). */
+interface TfjsLossTerm {
   /**
    * Inputs the term reads: teacher outputs to cache (`scores` = pre-softmax attention scores,
    * `hidden` = hidden states, `logits`, `values` = per-head attention values) or gold `labels`.
@@ -70,8 +80,8 @@ const sum = (parts: tf.Scalar[]) => tf.addN(parts) as tf.Scalar;
 /** Student layer count of a layer map. */
 const layersOf = (o: DistillObjectiveOptions) => o.layerMap.length - 1;
 
-/** The loss terms a pipeline config can name, by YAML name. */
-export const LOSS_TERMS = Object.freeze(
+/** The tfjs implementations of the terms of `graph/losses.ts`. */
+const TFJS_TERMS = Object.freeze(
   {
     attention_mse: {
       needs: ["scores"],
@@ -171,65 +181,8 @@ export const LOSS_TERMS = Object.freeze(
         return hardCrossEntropy(s, gold!);
       },
     },
-  } satisfies Record<string, LossTerm>,
-) as Readonly<Record<LossTermName, LossTerm>>;
-
-/** The YAML names of the loss terms. */
-export type LossTermName =
-  | "attention_mse"
-  | "hidden_mse"
-  | "soft_ce"
-  | "kl"
-  | "cosine"
-  | "attention_kl"
-  | "value_relation"
-  | "logit_mse"
-  | "hard_ce";
-
-/** One weighted loss term. */
-export interface LossTermSpec {
-  name: LossTermName;
-  weight: number;
-  /** Softmax temperature of `soft_ce` and `kl` (default 1). */
-  temperature?: number;
-}
-
-/** What the objective needs to know (JSON, so it can cross to workers). */
-export interface DistillObjectiveOptions {
-  terms: LossTermSpec[];
-  /** Teacher hidden-state index for every student index 0..M (see `layer_map.ts`). */
-  layerMap: number[];
-  /** `hidden_mse` includes the embedding output (index 0), as TinyBERT does. */
-  embeddings: boolean;
-  projection: "shared" | "per-layer";
-}
-
-/** Which teacher outputs a set of terms reads. */
-export function termNeeds(terms: LossTermSpec[]): Set<string> {
-  return new Set(terms.flatMap((t) => [...LOSS_TERMS[t.name].needs]));
-}
-
-/**
- * The teacher attention layers (0-based) a set of terms reads: every mapped layer for a term that
- * compares all of them (`attention_mse`), only the top mapped one for `attention_kl` and
- * `value_relation`; sorted, without repeats.
- */
-export function termAttentionLayers(terms: LossTermSpec[], layerMap: number[]): number[] {
-  const layers = new Set<number>();
-  const M = layerMap.length - 1;
-  for (const t of terms) {
-    const term = LOSS_TERMS[t.name];
-    if (!term.needs.includes("scores") && !term.needs.includes("values")) continue;
-    if (term.layers === "last") layers.add(layerMap[M] - 1);
-    else for (let m = 1; m <= M; m++) layers.add(layerMap[m] - 1);
-  }
-  return [...layers].sort((a, b) => a - b);
-}
-
-/** The projection parameter prefix for student index `m`. */
-export function projectionName(opts: DistillObjectiveOptions, m: number): string {
-  return opts.projection === "shared" ? "distill.fit_dense" : `distill.fit_dense.${m}`;
-}
+  } satisfies Record<string, TfjsLossTerm>,
+) as Readonly<Record<LossTermName, TfjsLossTerm>>;
 
 /**
  * Add the projections `hidden_mse`/`cosine` need when the student is narrower than the teacher
@@ -299,7 +252,7 @@ export function distillationObjective(options: unknown): Objective {
     });
     const mask = tf.cast(batch.attentionMask, "float32") as tf.Tensor2D;
     const terms = opts.terms.map((term) => {
-      const loss = LOSS_TERMS[term.name].compute({
+      const loss = TFJS_TERMS[term.name as LossTermName].compute({
         model,
         out,
         batch,

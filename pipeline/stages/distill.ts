@@ -36,12 +36,12 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import {
   addProjections,
   type DistillObjectiveOptions,
-  LOSS_TERMS,
   type LossTermName,
   type LossTermSpec,
   termAttentionLayers,
   termNeeds,
 } from "../distill/objective.ts";
+import { lossTerm, lossTermNames, requireTerm } from "../graph/losses.ts";
 import { resolveLayerMap, teacherHiddenIndices } from "../distill/layer_map.ts";
 import { cacheSource, onlineSource, readCacheInfo } from "../distill/teacher_cache.ts";
 import { InputError } from "../errors.ts";
@@ -76,8 +76,6 @@ import {
   writeTrainedModel,
 } from "./common.ts";
 
-const termNames = Object.keys(LOSS_TERMS) as [LossTermName, ...LossTermName[]];
-
 /** A loss entry: a weight, or a weight and a temperature. */
 const LossEntry = z.union([
   z.number().min(0),
@@ -92,8 +90,19 @@ export const DistillPhase = withLength(
   z.strictObject({
     name: z.string().min(1),
     /** Loss terms by name (see `losses.ts`) with their weights. */
-    losses: z.partialRecord(z.enum(termNames), LossEntry).refine((l) => Object.keys(l).length > 0, {
-      message: "expected at least one loss term",
+    losses: z.record(z.string(), LossEntry).superRefine((l, ctx) => {
+      if (Object.keys(l).length === 0) {
+        ctx.addIssue({ code: "custom", message: "expected at least one loss term" });
+      }
+      for (const name of Object.keys(l)) {
+        if (!lossTerm(name)) {
+          ctx.addIssue({
+            code: "custom",
+            path: [name],
+            message: `unknown loss term '${name}': expected one of ${lossTermNames().join(", ")}`,
+          });
+        }
+      }
     }),
     /** Evaluate on the dev split in this phase (and keep the best checkpoint). */
     evaluate: z.boolean().default(false),
@@ -286,7 +295,7 @@ function checkRecipe(ctx: StageContext<DistillParams>, meta: TokenMeta) {
       hint: "General distillation on unlabeled text uses attention_mse and hidden_mse only.",
     });
   }
-  const classTerm = allTerms.find((t) => LOSS_TERMS[t.name].classes);
+  const classTerm = allTerms.find((t) => requireTerm(t.name).classes);
   if (isRegression(meta) && classTerm) {
     throw new InputError(`${classTerm.name} needs classes; this is a regression task`, {
       file: p.file,
