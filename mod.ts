@@ -2,12 +2,12 @@
  * tinystill: distil a Hugging Face BERT teacher into a small student (TinyBERT), in Deno.
  *
  * ```ts
- * import { loadBert, loadTokenizer, setBackend, tf } from "./mod.ts";
+ * import { encodeBatch, loadBert, loadTokenizer, setBackend, tf } from "./mod.ts";
  *
  * await setBackend("wasm");
  * const tokenizer = await loadTokenizer("fixtures/bert-base-uncased");
  * const bert = await loadBert("path/to/hf-checkpoint"); // config.json + model.safetensors
- * const batch = tokenizer.encodeBatch(["a first sentence", "and a second one"]);
+ * const batch = encodeBatch(tokenizer, ["a first sentence", "and a second one"]);
  * const { hiddenStates, attentionScores, logits } = bert.forward(batch);
  * ```
  * @module
@@ -65,14 +65,11 @@ export {
 } from "./pipeline/model/safetensors.ts";
 
 /** WordPiece tokenization (`vocab.txt` or `tokenizer.json`). */
-export {
-  BertTokenizer,
-  buildTokenizerJson,
-  type Encoding,
-  type EncodingTensors,
-  loadTokenizer,
-  saveTokenizer,
-} from "./pipeline/model/tokenizer.ts";
+export { BertTokenizer } from "./pipeline/model/tokenizer/tokenizer.ts";
+export { buildTokenizerJson } from "./pipeline/model/tokenizer/tokenizer_json.ts";
+export type { Encoding } from "./pipeline/model/tokenizer/encoding.ts";
+export { encodeBatch, type EncodingTensors } from "./pipeline/model/tokenizer/tensors.ts";
+export { loadTokenizer, saveTokenizer } from "./pipeline/model/tokenizer/io.ts";
 
 /** Training: AdamW, schedules, objectives, data-parallel replicas, the engines. */
 export {

@@ -26,7 +26,7 @@ import { DataType, GraphBuilder } from "../pipeline/onnx/graph.ts";
 import { exportOnnx } from "../pipeline/onnx/export.ts";
 import { measureThroughput } from "../pipeline/store/parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
-import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import { computeGradients, DataParallel, forwardToHost } from "../pipeline/train/parallel.ts";
 import { type HostBatch, toTensors } from "../pipeline/train/batch.ts";
 import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";

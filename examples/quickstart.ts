@@ -7,6 +7,7 @@ import {
   AdamW,
   Bert,
   computeGradients,
+  encodeBatch,
   loadBert,
   loadTokenizer,
   OBJECTIVES,
@@ -31,7 +32,7 @@ await saveBert(fresh, dir); // config.json + model.safetensors, Hugging Face nam
 fresh.dispose();
 
 const bert = await loadBert(dir);
-const batch = tokenizer.encodeBatch(["the cat sat", "win a free prize now"], undefined, {
+const batch = encodeBatch(tokenizer, ["the cat sat", "win a free prize now"], undefined, {
   maxLength: 16,
 });
 const out = bert.forward(batch);

@@ -13,7 +13,7 @@ import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import { makeConfig } from "../pipeline/model/config.ts";
-import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import { planPipeline, runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
-import { BertTokenizer } from "../pipeline/model/tokenizer.ts";
+import { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";
 import {
   exportOnnx,
   mlmOutputName,

@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
-import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
 import {
   bestSpan,

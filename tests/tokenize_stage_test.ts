@@ -8,7 +8,7 @@ import { runPipeline } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
 import { shuffled } from "../pipeline/random.ts";
-import { loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 const FIXTURES = resolve("fixtures");

@@ -14,15 +14,16 @@ import {
   bertNormalize,
   type BertNormalizerOptions,
   bertPreTokenize,
-  BertTokenizer,
+} from "../pipeline/model/tokenizer/normalize.ts";
+import { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";
+import type { Encoding } from "../pipeline/model/tokenizer/encoding.ts";
+import { encodeBatch } from "../pipeline/model/tokenizer/tensors.ts";
+import { loadTokenizer, parseVocabTxt, saveTokenizer } from "../pipeline/model/tokenizer/io.ts";
+import {
   buildTokenizerJson,
-  type Encoding,
-  loadTokenizer,
-  parseVocabTxt,
-  saveTokenizer,
   SPECIAL_TOKENS,
   tokenizerJsonText,
-} from "../pipeline/model/tokenizer.ts";
+} from "../pipeline/model/tokenizer/tokenizer_json.ts";
 import { fileURLToPath } from "node:url";
 
 const FIXTURE = fileURLToPath(new URL("../fixtures/bert-base-uncased/", import.meta.url));
@@ -485,7 +486,7 @@ Deno.test("every code point normalizes and pre-tokenizes as in Rust", () => {
   assert.deepEqual(
     bad.map((cp) => cp.toString(16)).slice(0, 50),
     [],
-    `Unicode handling differs from Rust; RUST_UNICODE in pipeline/model/tokenizer.ts should be:\n${
+    `Unicode handling differs from Rust; RUST_UNICODE in pipeline/model/tokenizer/unicode.ts should be:\n${
       JSON.stringify(measureRustUnicode(), null, 2)
     }`,
   );
@@ -720,7 +721,7 @@ Deno.test("encodeBatch returns int32 tensors of shape [batch, seq]", async () =>
   await tf.setBackend("cpu");
   const texts = ["hello world", "hi", "a much longer sentence than the others"];
   const arrays = tok.encodeBatchArrays(texts, undefined, { maxLength: 8, padding: "max_length" });
-  const t = tok.encodeBatch(texts, undefined, { maxLength: 8, padding: "max_length" });
+  const t = encodeBatch(tok, texts, undefined, { maxLength: 8, padding: "max_length" });
   try {
     for (
       const [tensor, data] of [

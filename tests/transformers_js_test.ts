@@ -19,7 +19,8 @@ import {
 } from "../pipeline/model/align.ts";
 import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
-import { type BertTokenizer, loadTokenizer } from "../pipeline/model/tokenizer.ts";
+import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
+import type { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { assertInputError, maxAbsErr, withTempDir } from "./_util.ts";
 

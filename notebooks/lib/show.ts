@@ -9,6 +9,7 @@ import { join } from "node:path";
 import {
   barChartSvg,
   type BertTokenizer,
+  encodeBatch,
   lineChartSvg,
   loadBert,
   loadTokenizer,
@@ -232,7 +233,7 @@ export async function attentionMaps(
   const tok = tokenizer ?? await loadTokenizer(modelDir);
   const model = await loadBert(modelDir);
   try {
-    const enc = tok.encodeBatch([text], undefined, { maxLength: 32 });
+    const enc = encodeBatch(tok, [text], undefined, { maxLength: 32 });
     const tokens = Array.from(enc.inputIds.dataSync(), (id) => tok.idToToken[id]);
     const maps = tf.tidy(() => {
       const out = model.forward(enc, { attentionScores: true, hiddenStates: false });

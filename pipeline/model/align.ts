@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { BertTokenizer } from "./tokenizer.ts";
+import type { BertTokenizer } from "./tokenizer/tokenizer.ts";
 
 /** The label of positions a loss ignores (as in Hugging Face). */
 export const IGNORE_INDEX = -100;

@@ -38,8 +38,11 @@ import type { Bert } from "../model/bert.ts";
 import { architectureOf } from "../model/checkpoint.ts";
 import { type BertConfig, numLabels, writeConfig } from "../model/config.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
-import { type BertTokenizer, saveTokenizer } from "../model/tokenizer.ts";
-import { DataType, GraphBuilder } from "./graph.ts";
+import { saveTokenizer } from "../model/tokenizer/io.ts";
+import type { BertTokenizer } from "../model/tokenizer/tokenizer.ts";
+import { DataType, type Graph, GraphBuilder } from "./graph.ts";
+import { Tape, type Value } from "./autodiff.ts";
+import { bertForward, type Weights } from "../graph/bert.ts";
 import { InputError } from "../errors.ts";
 import { littleEndianBytes } from "./protobuf.ts";
 
@@ -47,8 +50,6 @@ import { littleEndianBytes } from "./protobuf.ts";
 export const ONNX_OPSET = 17;
 /** The ONNX IR version written (8, readable by onnxruntime ≥ 1.10 and onnxruntime-web). */
 export const ONNX_IR_VERSION = 8;
-/** The additive attention-mask value on padded keys (as `MASK_VALUE` in bert.ts). */
-const MASK_VALUE = -10000;
 
 /**
  * The name of the masked-LM output: `logits` for a masked-LM-only model (what transformers.js'
@@ -117,6 +118,13 @@ export interface ExportOnnxOptions {
   dtype?: "fp32" | "fp16" | "q8";
   /** Emit `mlm_logits` when the model has an MLM head (default true). */
   mlm?: boolean;
+  /** With `outputs: "all"`, also each layer's value vectors `attention_values_{l}` `[B, h, S, d]`. */
+  values?: boolean;
+  /**
+   * Add an int64 input `mlm_positions [M]` (flat indices into the B·S tokens) and the output
+   * `mlm_rows [M, vocab]`: the MLM head on those rows only (a full `[B, S, vocab]` is large).
+   */
+  mlmRows?: boolean;
 }
 
 /** float32 → IEEE binary16 bits, rounding to nearest even (overflow → ±inf, NaN kept). */
@@ -167,82 +175,60 @@ function transpose2d<T extends Float32Array | Int8Array>(a: T, rows: number, col
   return t;
 }
 
-/**
- * The ONNX `ModelProto` bytes of `bert` in inference mode (no dropout). See the module doc for
- * the inputs, outputs and weight layout.
- */
-export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array {
-  const cfg = bert.config;
-  const all = (opts.outputs ?? "logits") === "all";
-  const fp16 = (opts.dtype ?? "fp32") === "fp16";
-  if (opts.outputs !== undefined && opts.outputs !== "logits" && opts.outputs !== "all") {
-    throw new Error(`exportOnnx: outputs must be "logits" or "all", got ${opts.outputs}`);
-  }
-  const q8 = opts.dtype === "q8";
-  if (
-    opts.dtype !== undefined && opts.dtype !== "fp32" && opts.dtype !== "fp16" && !q8
-  ) {
-    throw new Error(`exportOnnx: dtype must be "fp32", "fp16" or "q8", got ${opts.dtype}`);
-  }
-  const wantMlm = bert.heads.mlm && (opts.mlm ?? true);
-  const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh, L = cfg.num_hidden_layers;
-  const V = cfg.vocab_size;
-  const g = new GraphBuilder();
-
-  // --- weights -------------------------------------------------------------------------------
-  const cache = new Map<string, string>();
-  const store = (name: string, dims: number[], data: Float32Array): string => {
-    if (!fp16) return g.initializer(name, DataType.FLOAT, dims, littleEndianBytes(data));
-    const stored = g.initializer(
-      `${name}.fp16`,
-      DataType.FLOAT16,
-      dims,
-      littleEndianBytes(toFloat16Bits(data)),
-    );
-    return g.node("Cast", [stored], { to: DataType.FLOAT }, name);
-  };
-  /** A parameter as stored (`[out, in]` for Linear weights). */
-  const W = (name: string): string => {
-    let v = cache.get(name);
-    if (v === undefined) {
-      const p = bert.p(name);
-      v = store(name, p.shape, Float32Array.from(p.dataSync()));
-      cache.set(name, v);
-    }
-    return v;
-  };
-  /** A `[out, in]` Linear weight stored transposed as `[in, out]`. */
-  const WT = (name: string): string => {
-    const key = `${name}.T`;
-    let v = cache.get(key);
-    if (v === undefined) {
-      const p = bert.p(name);
-      const [rows, cols] = p.shape;
-      v = store(key, [cols, rows], transpose2d(p.dataSync() as Float32Array, rows, cols));
-      cache.set(key, v);
-    }
-    return v;
-  };
-
-  // --- constants -----------------------------------------------------------------------------
-  const one = g.scalar("one", 1);
-  const maskValue = g.scalar("mask_value", MASK_VALUE);
-  const sqrtD = g.scalar("sqrt_d", Math.sqrt(d));
-  const shapeHeads = g.int64s("shape_heads", [0, 0, nh, d]);
-  const shapeHidden = g.int64s("shape_hidden", [0, 0, H]);
-  const zero1 = g.int64s("zero", [0]);
-  const axes0 = g.int64s("axes0", [0]);
-  const axes12 = g.int64s("axes12", [1, 2]);
-
-  /**
-   * INT8 `x·W` (dynamic quantization, as onnxruntime's `quantize_dynamic`): `x` → uint8 with a
-   * per-tensor scale and zero point computed at run time (DynamicQuantizeLinear), `W` stored as
-   * int8, symmetric, one scale per output column; `MatMulInteger`, then × (x_scale · w_scale).
-   */
-  const matmulQ8 = (x: string, name: string): string => {
+/** Read access to a model's weights (host copies, row-major, Hugging Face orientation). */
+function hostWeights(bert: Bert): (name: string) => { data: Float32Array; shape: number[] } {
+  return (name) => {
     const p = bert.p(name);
-    const [rows, cols] = p.shape; // [out, in]
-    const { q: byRow, scale } = quantizeRows(p.dataSync() as Float32Array, rows, cols);
+    return { data: p.dataSync() as Float32Array, shape: p.shape };
+  };
+}
+
+/**
+ * The weights of an inference graph as initializers, in the storage `dtype` chooses: float32;
+ * float16 `Cast` to float32 where used; or q8 — the encoder's and the MLM transform's Linear
+ * weights int8 with one scale per output channel (`MatMulInteger` on dynamically quantized uint8
+ * activations, as onnxruntime's `quantize_dynamic`), the word embeddings int8 with one scale per
+ * row when `quantizeWords`; everything else float32.
+ */
+function storedWeights(
+  t: Tape,
+  read: ReturnType<typeof hostWeights>,
+  has: (name: string) => boolean,
+  dtype: "fp32" | "fp16" | "q8",
+  quantizeWords: boolean,
+): Weights {
+  const g = t.g;
+  const made = new Map<string, Value>();
+  const get = (name: string): Value => {
+    let v = made.get(name);
+    if (v) return v;
+    const { data, shape } = read(name);
+    let stored: string;
+    if (dtype === "fp16") {
+      const half = g.initializer(
+        `${name}.fp16`,
+        DataType.FLOAT16,
+        shape,
+        littleEndianBytes(toFloat16Bits(data)),
+      );
+      stored = g.node("Cast", [half], { to: DataType.FLOAT }, name);
+    } else {
+      stored = g.initializer(name, DataType.FLOAT, shape, littleEndianBytes(data));
+    }
+    v = t.constant(stored, shape);
+    made.set(name, v);
+    return v;
+  };
+  const w: Weights = { get, has };
+  if (dtype !== "q8") return w;
+  /** INT8 `x·Wᵀ + b`: x → uint8 (per-tensor scale, zero point), W int8 `[in, out]`. */
+  w.linear = (x, prefix) => {
+    const quantized = prefix.startsWith("encoder.") ||
+      prefix.startsWith("cls.predictions.transform.");
+    if (!quantized) return t.linear(x, get(`${prefix}.weight`), get(`${prefix}.bias`));
+    const name = `${prefix}.weight`;
+    const { data, shape: [rows, cols] } = read(name); // [out, in]
+    const { q: byRow, scale } = quantizeRows(data, rows, cols);
     const q = transpose2d(byRow, rows, cols); // stored transposed, [in, out]
     const wq = g.initializer(
       `${name}.T.int8`,
@@ -251,18 +237,21 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
       new Uint8Array(q.buffer),
     );
     const ws = g.initializer(`${name}.scale`, DataType.FLOAT, [rows], littleEndianBytes(scale));
-    const [xq, xs, xzp] = g.nodeMulti("DynamicQuantizeLinear", [x], 3);
+    const [xq, xs, xzp] = g.nodeMulti("DynamicQuantizeLinear", [x.name], 3);
     const yi = g.node("MatMulInteger", [xq, wq, xzp]);
-    return g.node("Mul", [g.node("Cast", [yi], { to: DataType.FLOAT }), g.node("Mul", [xs, ws])]);
+    const y = g.node("Mul", [
+      g.node("Cast", [yi], { to: DataType.FLOAT }),
+      g.node("Mul", [xs, ws]),
+    ]);
+    return t.add(t.constant(y, [x.shape[0], rows]), get(`${prefix}.bias`));
   };
-  /**
-   * INT8 embedding lookup: the `[rows, width]` table stored as int8, symmetric, one scale per row
-   * (per-row max / 127); rows gathered as int8 and their scales beside them, then `q · scale`.
-   */
-  const gatherQ8Rows = (name: string, index: string): string => {
-    const p = bert.p(name);
-    const [rows, cols] = p.shape;
-    const { q, scale } = quantizeRows(p.dataSync() as Float32Array, rows, cols);
+  /** INT8 lookup: the table int8 with one scale per row, `q · scale` after the gather. */
+  w.embedding = (name, ids) => {
+    if (!quantizeWords || name !== "embeddings.word_embeddings.weight") {
+      return t.gather(get(name), ids);
+    }
+    const { data, shape: [rows, cols] } = read(name);
+    const { q, scale } = quantizeRows(data, rows, cols);
     const table = g.initializer(
       `${name}.int8`,
       DataType.INT8,
@@ -275,156 +264,110 @@ export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array
       [rows, 1],
       littleEndianBytes(scale),
     );
-    const qRows = g.node("Gather", [table, index], { axis: 0 });
-    const sRows = g.node("Gather", [scales, index], { axis: 0 });
-    return g.node("Mul", [g.node("Cast", [qRows], { to: DataType.FLOAT }), sRows]);
-  };
-  const linear = (x: string, prefix: string): string =>
-    g.node("Add", [
-      q8 ? matmulQ8(x, `${prefix}.weight`) : g.node("MatMul", [x, WT(`${prefix}.weight`)]),
-      W(`${prefix}.bias`),
-    ]);
-  const gemm = (x: string, weight: string, bias: string): string =>
-    g.node("Gemm", [x, W(weight), W(bias)], { transB: 1 });
-  const norm = (x: string, prefix: string): string =>
-    g.node("LayerNormalization", [x, W(`${prefix}.weight`), W(`${prefix}.bias`)], {
-      axis: -1,
-      epsilon: { f: cfg.layer_norm_eps },
-    });
-  const act = (x: string): string => {
-    switch (cfg.hidden_act) {
-      case "gelu": {
-        const half = g.scalar("half", 0.5);
-        // x · ½ · (1 + erf(x/√2)), in the order bert.ts computes it
-        const invSqrt2 = g.scalar("inv_sqrt2", Math.SQRT1_2);
-        const erf = g.node("Erf", [g.node("Mul", [x, invSqrt2])]);
-        return g.node("Mul", [g.node("Mul", [x, half]), g.node("Add", [erf, one])]);
-      }
-      case "gelu_new": {
-        const half = g.scalar("half", 0.5);
-        const c = g.scalar("sqrt_2_over_pi", Math.sqrt(2 / Math.PI));
-        const k = g.scalar("gelu_k", 0.044715);
-        const three = g.scalar("three", 3);
-        const cube = g.node("Mul", [g.node("Pow", [x, three]), k]);
-        const inner = g.node("Mul", [g.node("Add", [x, cube]), c]);
-        const t = g.node("Add", [g.node("Tanh", [inner]), one]);
-        return g.node("Mul", [g.node("Mul", [x, half]), t]);
-      }
-      case "relu":
-        return g.node("Relu", [x]);
-      default:
-        throw new Error(`exportOnnx: unsupported hidden_act '${cfg.hidden_act}'`);
-    }
-  };
-
-  // --- inputs --------------------------------------------------------------------------------
-  const dims = ["batch", "sequence"];
-  const ids = g.input({ name: "input_ids", elemType: DataType.INT64, dims });
-  const mask = g.input({ name: "attention_mask", elemType: DataType.INT64, dims });
-  const types = g.input({ name: "token_type_ids", elemType: DataType.INT64, dims });
-  const hiddenDims = ["batch", "sequence", H];
-
-  // Additive mask (1 − mask)·(−10000) as [B, 1, 1, S].
-  const maskF = g.node("Cast", [mask], { to: DataType.FLOAT });
-  const maskAdd = g.node("Unsqueeze", [
-    g.node("Mul", [g.node("Sub", [one, maskF]), maskValue]),
-    axes12,
-  ]);
-
-  // Embeddings: word + position[0:S] + token type, LayerNorm.
-  // q8: the word embeddings (most of a small model's bytes) are int8 with one scale per row,
-  // dequantized after the lookup; kept float32 when the MLM decoder shares them
-  const words = q8 && !wantMlm
-    ? gatherQ8Rows("embeddings.word_embeddings.weight", ids)
-    : g.node("Gather", [W("embeddings.word_embeddings.weight"), ids], { axis: 0 });
-  const seqLen = g.node("Shape", [ids], { start: 1, end: 2 });
-  const pos = g.node("Slice", [W("embeddings.position_embeddings.weight"), zero1, seqLen, axes0]);
-  const tt = g.node("Gather", [W("embeddings.token_type_embeddings.weight"), types], { axis: 0 });
-  let h = norm(g.node("Add", [g.node("Add", [words, pos]), tt]), "embeddings.LayerNorm");
-  if (all) g.output(h, { name: "hidden_state_0", elemType: DataType.FLOAT, dims: hiddenDims });
-
-  // Encoder layers (post-LayerNorm).
-  for (let l = 0; l < L; l++) {
-    const p = `encoder.layer.${l}`;
-    const heads = (x: string, perm: number[]): string =>
-      g.node("Transpose", [g.node("Reshape", [x, shapeHeads])], { perm });
-    const q = heads(linear(h, `${p}.attention.self.query`), [0, 2, 1, 3]); // [B, nh, S, d]
-    const kT = heads(linear(h, `${p}.attention.self.key`), [0, 2, 3, 1]); // [B, nh, d, S]
-    const v = heads(linear(h, `${p}.attention.self.value`), [0, 2, 1, 3]);
-    const scores = g.node("Add", [g.node("Div", [g.node("MatMul", [q, kT]), sqrtD]), maskAdd]);
-    if (all) {
-      g.output(scores, {
-        name: `attention_scores_${l}`,
-        elemType: DataType.FLOAT,
-        dims: ["batch", nh, "sequence", "sequence"],
-      });
-    }
-    const probs = g.node("Softmax", [scores], { axis: -1 });
-    const ctx = g.node("Reshape", [
-      g.node("Transpose", [g.node("MatMul", [probs, v])], { perm: [0, 2, 1, 3] }),
-      shapeHidden,
-    ]);
-    const attnOut = norm(
-      g.node("Add", [linear(ctx, `${p}.attention.output.dense`), h]),
-      `${p}.attention.output.LayerNorm`,
+    const qRows = g.node("Gather", [table, ids.name], { axis: 0 });
+    const sRows = g.node("Gather", [scales, ids.name], { axis: 0 });
+    return t.constant(
+      g.node("Mul", [g.node("Cast", [qRows], { to: DataType.FLOAT }), sRows]),
+      [...ids.shape, cols],
     );
-    const inter = act(linear(attnOut, `${p}.intermediate.dense`));
-    h = norm(g.node("Add", [linear(inter, `${p}.output.dense`), attnOut]), `${p}.output.LayerNorm`);
-    if (all) {
-      g.output(h, { name: `hidden_state_${l + 1}`, elemType: DataType.FLOAT, dims: hiddenDims });
+  };
+  return w;
+}
+
+/**
+ * The inference graph of `bert` (no dropout), built from the one BERT definition
+ * ({@link bertForward}): what {@link exportOnnx} encodes and every engine runs. See the module doc
+ * for its inputs, outputs and weight storage.
+ */
+export function exportGraph(bert: Bert, opts: ExportOnnxOptions = {}): Graph {
+  const cfg = bert.config;
+  const all = (opts.outputs ?? "logits") === "all";
+  if (opts.outputs !== undefined && opts.outputs !== "logits" && opts.outputs !== "all") {
+    throw new Error(`exportOnnx: outputs must be "logits" or "all", got ${opts.outputs}`);
+  }
+  const dtype = opts.dtype ?? "fp32";
+  if (dtype !== "fp32" && dtype !== "fp16" && dtype !== "q8") {
+    throw new Error(`exportOnnx: dtype must be "fp32", "fp16" or "q8", got ${opts.dtype}`);
+  }
+  const wantMlm = bert.heads.mlm && (opts.mlm ?? true);
+  const H = cfg.hidden_size, nh = cfg.num_attention_heads, d = H / nh, V = cfg.vocab_size;
+  const t = new Tape();
+  const g = t.g;
+  const weights = storedWeights(
+    t,
+    hostWeights(bert),
+    (name) => bert.params.has(name),
+    dtype,
+    dtype === "q8" && !wantMlm,
+  );
+  const dims = ["batch", "sequence"];
+  const input = (name: string) =>
+    t.constant(g.input({ name, elemType: DataType.INT64, dims }), ["B", "S"], DataType.INT64);
+  const inputs = {
+    ids: input("input_ids"),
+    mask: input("attention_mask"),
+    types: input("token_type_ids"),
+  };
+  const fwd = bertForward(t, cfg, bert.heads, weights, inputs);
+  const out = (v: Value, name: string, shape: (number | string)[]) =>
+    g.output(v.name, { name, elemType: DataType.FLOAT, dims: shape });
+  const hiddenDims = ["batch", "sequence", H];
+  if (all) {
+    fwd.hidden.forEach((h, i) => out(fwd.unrows(h, H), `hidden_state_${i}`, hiddenDims));
+    fwd.scores.forEach((s, l) =>
+      out(s, `attention_scores_${l}`, ["batch", nh, "sequence", "sequence"])
+    );
+    if (opts.values) {
+      fwd.values.forEach((v, l) => out(v, `attention_values_${l}`, ["batch", nh, "sequence", d]));
     }
   }
-
-  // Heads.
-  /** A float (never quantized) Linear on every token: `h [B, S, H]` → `[B, S, out]`. */
-  const tokenLinear = (prefix: string): string =>
-    g.node("Add", [g.node("MatMul", [h, WT(`${prefix}.weight`)]), W(`${prefix}.bias`)]);
   if (bert.heads.classifier && bert.heads.tokenClassifier) {
-    // BertForTokenClassification: the classifier on every token's last hidden state, no pooler
-    g.output(tokenLinear("classifier"), {
-      name: "logits",
-      elemType: DataType.FLOAT,
-      dims: ["batch", "sequence", numLabels(cfg)],
-    });
+    const C = numLabels(cfg);
+    out(fwd.unrows(fwd.tokenLogits(), C), "logits", ["batch", "sequence", C]);
   } else if (bert.heads.classifier) {
-    const cls = g.node("Gather", [h, g.int64s("cls_index", [0], [])], { axis: 1 }); // [B, H]
-    const pooled = g.node("Tanh", [gemm(cls, "pooler.dense.weight", "pooler.dense.bias")]);
-    const logits = gemm(pooled, "classifier.weight", "classifier.bias");
-    g.output(logits, { name: "logits", elemType: DataType.FLOAT, dims: ["batch", numLabels(cfg)] });
+    out(fwd.logits(), "logits", ["batch", numLabels(cfg)]);
   }
   if (bert.heads.qa) {
-    // BertForQuestionAnswering: qa_outputs [B, S, 2], split into start (0) and end (1)
-    const span = tokenLinear("qa_outputs");
+    const span = fwd.spanLogits(); // [B, S, 2]
     for (const [i, name] of ["start_logits", "end_logits"].entries()) {
       const idx = g.int64s(`${name}_index`, [i], []);
-      g.output(g.node("Gather", [span, idx], { axis: 2 }), {
-        name,
-        elemType: DataType.FLOAT,
-        dims: ["batch", "sequence"],
-      });
+      out(t.constant(g.node("Gather", [span.name, idx], { axis: 2 }), ["B", "S"]), name, dims);
     }
   }
   if (wantMlm) {
-    const t = norm(
-      act(linear(h, "cls.predictions.transform.dense")),
-      "cls.predictions.transform.LayerNorm",
+    out(fwd.unrows(fwd.mlmHead(fwd.hidden[fwd.hidden.length - 1]), V), mlmOutputName(bert), [
+      "batch",
+      "sequence",
+      V,
+    ]);
+  }
+  if (opts.mlmRows) {
+    // the MLM head on chosen rows only (augment: the masked positions; flat indices into B·S)
+    const positions = t.constant(
+      g.input({ name: "mlm_positions", elemType: DataType.INT64, dims: ["positions"] }),
+      ["M"],
+      DataType.INT64,
     );
-    const rows = g.node("Reshape", [t, g.int64s("shape_rows", [-1, H])]);
-    const logits = gemm(rows, "embeddings.word_embeddings.weight", "cls.predictions.bias");
-    const outShape = g.node("Concat", [g.node("Shape", [ids]), g.int64s("vocab", [V])], {
-      axis: 0,
-    });
-    g.output(g.node("Reshape", [logits, outShape]), {
-      name: mlmOutputName(bert),
-      elemType: DataType.FLOAT,
-      dims: ["batch", "sequence", V],
-    });
+    const rows = t.gather(fwd.hidden[fwd.hidden.length - 1], positions);
+    out(fwd.mlmHead(rows), "mlm_rows", ["positions", V]);
   }
   // always: transformers.js' feature-extraction pipeline reads it (besides a head's `logits`)
-  g.output(h, { name: "last_hidden_state", elemType: DataType.FLOAT, dims: hiddenDims });
+  out(fwd.last, "last_hidden_state", hiddenDims);
+  return g.graph();
+}
 
-  return g.toModel({
-    name: "tinystill_bert",
+/**
+ * The ONNX `ModelProto` bytes of `bert` in inference mode: {@link exportGraph}, encoded (ir_version
+ * 8, opset 17).
+ */
+export function exportOnnx(bert: Bert, opts: ExportOnnxOptions = {}): Uint8Array {
+  return encodeGraph(exportGraph(bert, opts), "tinystill_bert");
+}
+
+/** Encode an inference graph (ir_version 8, default-domain opset 17). */
+export function encodeGraph(graph: Graph, name: string): Uint8Array {
+  return GraphBuilder.encode(graph, {
+    name,
     opset: ONNX_OPSET,
     irVersion: ONNX_IR_VERSION,
     producer: "tinystill",

@@ -32,7 +32,7 @@ import { tf } from "../tfjs/backend.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { type BertConfig, readConfig } from "../model/config.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadTokenizer } from "../model/tokenizer/io.ts";
 import {
   addProjections,
   type DistillObjectiveOptions,

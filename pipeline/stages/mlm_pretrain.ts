@@ -37,7 +37,7 @@ import { maskBlock, packExamples, type SpecialIds } from "../train/mlm.ts";
 import type { HostBatch } from "../train/batch.ts";
 import type { Pipeline } from "../run/spec.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadTokenizer } from "../model/tokenizer/io.ts";
 import { type BatchSource, train } from "../train/loop.ts";
 import {
   asList,

@@ -19,7 +19,8 @@ import { writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
 import { defineStage, sha256Hex } from "../run/runner.ts";
 import type { Pipeline } from "../run/spec.ts";
-import { type BertTokenizer, loadTokenizer, saveTokenizer } from "../model/tokenizer.ts";
+import { loadTokenizer, saveTokenizer } from "../model/tokenizer/io.ts";
+import type { BertTokenizer } from "../model/tokenizer/tokenizer.ts";
 
 /** Params of the tokenize stage. */
 export const TokenizeParams = z.strictObject({
