@@ -231,8 +231,7 @@ for (const kind of ["token", "qa"] as Kind[]) {
         const inits = initializers(file);
         assert.ok(![...inits.keys()].some((n) => n.startsWith("pooler.")), `${dtype}: a pooler`);
         assert.ok(!opTypes(file).includes("Tanh"), `${dtype}: the pooler's tanh`);
-        assert.ok(!opTypes(file).includes("Gemm"), `${dtype}: a Gemm (pooler or [CLS] head)`);
-        const w = dtype === "fp16" ? `${head}.weight.T.fp16` : `${head}.weight.T`;
+        const w = dtype === "fp16" ? `${head}.weight.fp16` : `${head}.weight`;
         assert.equal(inits.get(w), dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT, w);
         const int8 = [...inits].filter(([, t]) => t === DataType.INT8).map(([n]) => n);
         // q8: the 6 Linears of each layer, and the word-embedding table (one scale per row)

@@ -67,6 +67,14 @@ export interface Graph {
   outputs: readonly ValueInfo[];
 }
 
+/** What a `ModelProto` says besides its graph. */
+export interface EncodeOptions {
+  name: string;
+  opset: number;
+  irVersion: number;
+  producer: string;
+}
+
 /** Builds one ONNX graph: nodes in topological order, initializers, inputs and outputs. */
 export class GraphBuilder {
   private nodes: Node[] = [];
@@ -166,11 +174,8 @@ export class GraphBuilder {
     });
     const name = `${op}_${this.nodes.length}`;
     this.nodes.push({ op, inputs, outputs: outs, name, attrs, domain });
-    if (domain) this.domains.add(domain);
     return outs;
   }
-
-  private domains = new Set<string>();
 
   /** Number of nodes so far. */
   get size(): number {
@@ -188,16 +193,21 @@ export class GraphBuilder {
   }
 
   /** Encode the graph as a `ModelProto`. */
-  toModel(opts: { name: string; opset: number; irVersion: number; producer: string }): Uint8Array {
+  toModel(opts: EncodeOptions): Uint8Array {
+    return GraphBuilder.encode(this.graph(), opts);
+  }
+
+  /** Encode `graph` as a `ModelProto`. */
+  static encode(graph: Graph, opts: EncodeOptions): Uint8Array {
     const g = new ProtoWriter();
-    for (const n of this.nodes) g.message(1, encodeNode(n));
+    for (const n of graph.nodes) g.message(1, encodeNode(n));
     g.string(2, opts.name);
     // initializers no node reads (e.g. a constant only a skipped branch would have used)
-    const used = new Set(this.nodes.flatMap((n) => n.inputs));
-    for (const v of this.outputs) used.add(v.name);
-    for (const t of this.inits) if (used.has(t.name)) g.message(5, encodeTensor(t));
-    for (const v of this.inputs) g.message(11, encodeValueInfo(v));
-    for (const v of this.outputs) g.message(12, encodeValueInfo(v));
+    const used = new Set(graph.nodes.flatMap((n) => n.inputs));
+    for (const v of graph.outputs) used.add(v.name);
+    for (const t of graph.initializers) if (used.has(t.name)) g.message(5, encodeTensor(t));
+    for (const v of graph.inputs) g.message(11, encodeValueInfo(v));
+    for (const v of graph.outputs) g.message(12, encodeValueInfo(v));
 
     const m = new ProtoWriter();
     m.int(1, opts.irVersion);
@@ -205,7 +215,8 @@ export class GraphBuilder {
     m.string(3, "0.1.0");
     m.message(7, g);
     m.message(8, new ProtoWriter().string(1, "").int(2, opts.opset));
-    for (const d of this.domains) m.message(8, new ProtoWriter().string(1, d).int(2, 1));
+    const domains = new Set(graph.nodes.flatMap((n) => n.domain ? [n.domain] : []));
+    for (const d of domains) m.message(8, new ProtoWriter().string(1, d).int(2, 1));
     return m.finish();
   }
 }
