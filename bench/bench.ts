@@ -24,7 +24,7 @@ import * as ort from "onnxruntime-node";
 import { OnnxEngine } from "../pipeline/onnx/engine.ts";
 import { DataType, GraphBuilder } from "../pipeline/onnx/graph.ts";
 import { exportOnnx } from "../pipeline/onnx/export.ts";
-import { measureThroughput } from "../pipeline/store/parquet.ts";
+import { measureThroughput } from "./parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import { computeGradients, DataParallel, forwardToHost } from "../pipeline/train/parallel.ts";

@@ -9,7 +9,7 @@
  *
  * - `hyparquet-writer` / `hyparquet` with the options the cache uses (PLAIN, uncompressed, no
  *   statistics), plain file writes;
- * - tinystill's part store (`pipeline/store/parquet.ts` `measureThroughput`: the same writer plus
+ * - tinystill's part store ({@link measureThroughput}: the same writer plus
  *   sha-256, fsync and atomic rename on write, and sha-256 verification on read);
  * - `parquetjs-lite` with its defaults (min/max statistics on every column), and again with
  *   `statistics: false` and PLAIN / uncompressed like hyparquet-writer.
@@ -28,7 +28,87 @@ import { parquetWriteBuffer } from "hyparquet-writer";
 import parquetjs from "parquetjs-lite";
 import { join } from "node:path";
 import { Buffer } from "node:buffer";
-import { measureThroughput, PartWriter } from "../pipeline/store/parquet.ts";
+import { finalize, type FloatDType, PartReader, PartWriter } from "../pipeline/store/parquet.ts";
+
+/** Result of `measureThroughput`. */
+export interface Throughput {
+  /** Storage precision measured. */
+  dtype: FloatDType;
+  /** Float32 payload written and read, in MB (1e6 bytes), before F16 halving. */
+  payloadMB: number;
+  /** Bytes on disk over all parts, in MB. */
+  fileMB: number;
+  /** Payload MB/s of `writePart` (encode + hash + atomic write), finalize excluded. */
+  writeMBps: number;
+  /** Payload MB/s of `finalize` (footer checks + hashing every part). */
+  finalizeMBps: number;
+  /** Payload MB/s of reading every part (verify sha-256 + decode to Float32Array). */
+  readMBps: number;
+}
+
+/**
+ * Measure write / finalize / read throughput of float blobs: `payloadMB` of Float32 data in rows
+ * of `rowFloats` floats, `rowsPerPart` rows per part, stored as `dtype`. Uses (and empties) a
+ * fresh temp directory unless `dir` is given.
+ */
+export async function measureThroughput(options: {
+  payloadMB?: number;
+  dtype?: FloatDType;
+  rowFloats?: number;
+  rowsPerPart?: number;
+  dir?: string;
+} = {}): Promise<Throughput> {
+  const dtype = options.dtype ?? "F32";
+  const rowFloats = options.rowFloats ?? 128 * 312;
+  const rowsPerPart = options.rowsPerPart ?? 32;
+  const totalRows = Math.max(1, Math.round((options.payloadMB ?? 100) * 1e6 / (rowFloats * 4)));
+  const dir = options.dir ?? await Deno.makeTempDir({ prefix: "tinystill_pq_bench_" });
+  try {
+    const flat = new Float32Array(rowsPerPart * rowFloats);
+    for (let i = 0; i < flat.length; i++) flat[i] = Math.sin(i * 0.37) * 3;
+    const w = await PartWriter.open(dir, {
+      columns: [{ name: "label", kind: "int32" }, {
+        name: "x",
+        kind: "float-blob",
+        shape: [rowFloats],
+        dtype,
+      }],
+      rowsPerPart,
+      totalRows,
+    });
+    let t = performance.now();
+    for (const p of w.pendingParts()) {
+      const n = p.end - p.start;
+      await w.writePart(p.start, {
+        label: new Int32Array(n),
+        x: flat.subarray(0, n * rowFloats),
+      });
+    }
+    const writeS = (performance.now() - t) / 1e3;
+    t = performance.now();
+    const index = await finalize(dir);
+    const finS = (performance.now() - t) / 1e3;
+    t = performance.now();
+    const reader = await PartReader.open(dir);
+    let floats = 0;
+    for await (const p of reader.parts()) {
+      for (const row of p.columns.x as Float32Array[]) floats += row.length;
+    }
+    const readS = (performance.now() - t) / 1e3;
+    const payloadMB = totalRows * rowFloats * 4 / 1e6;
+    if (floats !== totalRows * rowFloats) throw new Error("measureThroughput: read lost values");
+    return {
+      dtype,
+      payloadMB,
+      fileMB: index.parts.reduce((a, p) => a + p.bytes, 0) / 1e6,
+      writeMBps: payloadMB / writeS,
+      finalizeMBps: payloadMB / finS,
+      readMBps: payloadMB / readS,
+    };
+  } finally {
+    if (!options.dir) await Deno.remove(dir, { recursive: true });
+  }
+}
 
 interface Options {
   rows: number;

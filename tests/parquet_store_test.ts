@@ -8,13 +8,13 @@ import {
   type ColumnInput,
   type ColumnSpec,
   finalize,
-  measureThroughput,
   partFileName,
   PartReader,
   PartWriter,
   type StoreLayout,
 } from "../pipeline/store/parquet.ts";
 import { parseShard } from "../pipeline/run/runner.ts";
+import { measureThroughput } from "../bench/parquet.ts";
 import { assertInputError, withTempDir } from "./_util.ts";
 
 // Deterministic data: every value is a function of (row, element), so any run — resumed,
