@@ -1,5 +1,5 @@
 /**
- * The README's API example, runnable: `deno run -A examples/quickstart.ts`.
+ * The API example of docs/api.md, runnable: `deno run -A examples/quickstart.ts`.
  * A small BERT on the real bert-base-uncased vocabulary: save, load, encode, forward, one step.
  */
 
