@@ -222,7 +222,6 @@ export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
 export { OnnxEngine, OnnxLoadError } from "./pipeline/onnx/engine.ts";
 export { OnnxTrainer, type OnnxTrainerOptions } from "./pipeline/onnx/trainer.ts";
 export {
-  buildAdamWGraph,
   buildGradGraph,
   type GradGraph,
   type GradGraphSpec,

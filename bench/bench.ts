@@ -329,7 +329,7 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
     await engine.close();
     return { tokensPerSec: (32 * SEQ * 1000) / median(times), msPerStep: median(times) };
   }
-  if (id === "ort-train4" || id === "ort-train6" || id === "ort-train4-graph") {
+  if (id === "ort-train4" || id === "ort-train6") {
     // a full train step (forward + backward + AdamW) on the ONNX Runtime engine, classifier
     // head, 32×128; the first ORT runs grow the arena, hence 2 warm-up steps
     await setBackend("cpu"); // tfjs only initialises the weights here
@@ -340,7 +340,6 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       weightDecay: 0.01,
       maxGradNorm: 1,
       threads: navigator.hardwareConcurrency,
-      update: id === "ort-train4-graph" ? "graph" : "host",
     });
     const host = randomBatch(32, 1);
     host.tokenTypeIds = { data: new Int32Array(32 * SEQ), shape: [32, SEQ] };
@@ -552,8 +551,7 @@ async function main(): Promise<void> {
   const torchTrain6 = await torchPeer(peerArgs("train", six));
   const ortTrain4 = await runExtra("ort-train4", quick);
   const ortTrain6 = await runExtra("ort-train6", quick);
-  const ortTrain4g = await runExtra("ort-train4-graph", quick);
-  for (const [name, r] of [["4", ortTrain4], ["6", ortTrain6], ["4 graph", ortTrain4g]]) {
+  for (const [name, r] of [["4", ortTrain4], ["6", ortTrain6]]) {
     console.error(
       `  measured ONNX Runtime train ${name}: ${fig(r as Record<string, unknown>, "msPerStep")} ms`,
     );
@@ -667,7 +665,6 @@ async function main(): Promise<void> {
     for (
       const [name, adam, r] of [
         ["TinyBERT4", "host (fused, default)", ortTrain4],
-        ["TinyBERT4", "ONNX AdamW graph", ortTrain4g],
         ["6×384 teacher", "host (fused, default)", ortTrain6],
       ] as const
     ) {

@@ -13,10 +13,6 @@
  *   gets no gradient, as on tfjs. Inputs: every parameter the loss reads (Hugging Face names and
  *   orientation, so weights map 1:1 to `Bert.params`), the batch, and one uint8 keep-mask per
  *   dropout site. Outputs: `loss`, `grad:<parameter>` and `grad_sq` (Σ of their squares).
- * - {@link buildAdamWGraph}: global-norm clipping and the AdamW update of every trained
- *   parameter (decoupled decay, none on biases and LayerNorm), exactly the arithmetic of
- *   `train/optim.ts`. Inputs `<p>`, `grad:<p>`, `m:<p>`, `v:<p>` and the step's scalars;
- *   outputs `new:<p>`, `new_m:<p>`, `new_v:<p>` and `grad_norm`.
  *
  * The forward pass mirrors `Bert.forward` op for op (same order of additions, `QKᵀ/√d` as a
  * division, the same dropout sites in the same order) so that, fed the same masks, it computes
@@ -26,7 +22,6 @@
  */
 
 import type { BertConfig } from "../model/config.ts";
-import { isNoDecay } from "../model/bert.ts";
 import { type Dim, GraphBuildError, Tape, type Value } from "./autodiff.ts";
 import {
   bertForward,
@@ -450,82 +445,4 @@ function termContext(
     matchHeads,
     rows,
   };
-}
-
-/** One trained parameter of {@link buildAdamWGraph}. */
-export interface AdamWParam {
-  name: string;
-  shape: number[];
-}
-
-/** Hyperparameters baked into the update graph (the step's scalars are inputs). */
-export interface AdamWHyper {
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  maxGradNorm?: number;
-}
-
-/**
- * The AdamW update graph. Scalar inputs (float32 `[]`): `step_size = lr / (1 − β1ᵗ)`,
- * `bias_correction2 = 1 − β2ᵗ`, `decay_rate = lr · weight_decay`. Clipping as
- * `torch.nn.utils.clip_grad_norm_`: `g · min(1, max / (‖g‖ + 1e-6))`.
- */
-export function buildAdamWGraph(
-  params: AdamWParam[],
-  hyper: AdamWHyper,
-  decay: (name: string) => boolean = (n) => !isNoDecay(n),
-): Uint8Array {
-  const t = new Tape();
-  const g = t.g;
-  const scalarIn = (name: string) => g.input({ name, elemType: DataType.FLOAT, dims: [] });
-  const stepSize = scalarIn("step_size"), bc2 = scalarIn("bias_correction2");
-  const decayRate = scalarIn("decay_rate");
-  const ins = params.map(({ name, shape }) => ({
-    name,
-    shape,
-    p: g.input({ name, elemType: DataType.FLOAT, dims: shape }),
-    grad: g.input({ name: `grad:${name}`, elemType: DataType.FLOAT, dims: shape }),
-    m: g.input({ name: `m:${name}`, elemType: DataType.FLOAT, dims: shape }),
-    v: g.input({ name: `v:${name}`, elemType: DataType.FLOAT, dims: shape }),
-  }));
-  const squares = ins.map((x) => g.node("ReduceSumSquare", [x.grad], { keepdims: 0 }));
-  const norm = g.node("Sqrt", [squares.length === 1 ? squares[0] : g.node("Sum", squares)]);
-  g.output(norm, { name: "grad_norm", elemType: DataType.FLOAT, dims: [] });
-  const clipOn = hyper.maxGradNorm !== undefined && hyper.maxGradNorm > 0;
-  const clip = clipOn
-    ? g.node("Min", [
-      g.scalar("c", 1),
-      g.node("Div", [
-        g.scalar("c", hyper.maxGradNorm!),
-        g.node("Add", [norm, g.scalar("c", 1e-6)]),
-      ]),
-    ])
-    : null;
-  const b1 = g.scalar("c", hyper.beta1), b2 = g.scalar("c", hyper.beta2);
-  const ob1 = g.scalar("c", 1 - hyper.beta1), ob2 = g.scalar("c", 1 - hyper.beta2);
-  const eps = g.scalar("c", hyper.eps);
-  for (const x of ins) {
-    const gr = clip ? g.node("Mul", [x.grad, clip]) : x.grad;
-    const m1 = g.node("Add", [g.node("Mul", [x.m, b1]), g.node("Mul", [gr, ob1])]);
-    const v1 = g.node("Add", [
-      g.node("Mul", [x.v, b2]),
-      g.node("Mul", [g.node("Mul", [gr, gr]), ob2]),
-    ]);
-    const denom = g.node("Add", [g.node("Sqrt", [g.node("Div", [v1, bc2])]), eps]);
-    let next = g.node("Sub", [x.p, g.node("Mul", [g.node("Div", [m1, denom]), stepSize])]);
-    if (hyper.weightDecay > 0 && decay(x.name)) {
-      next = g.node("Sub", [next, g.node("Mul", [x.p, decayRate])]);
-    }
-    g.output(next, { name: `new:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
-    g.output(m1, { name: `new_m:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
-    g.output(v1, { name: `new_v:${x.name}`, elemType: DataType.FLOAT, dims: x.shape });
-  }
-  return g.toModel({
-    name: "tinystill_adamw",
-    opset: TRAIN_OPSET,
-    irVersion: 8,
-    producer: "tinystill",
-  });
 }

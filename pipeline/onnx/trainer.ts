@@ -14,7 +14,6 @@
  * @module
  */
 
-import * as ort from "onnxruntime-node";
 import * as tf from "@tensorflow/tfjs";
 import { type Bert, type BertHeads, dropoutKeep, dropoutSeed, isNoDecay } from "../model/bert.ts";
 import type { BertConfig } from "../model/config.ts";
@@ -23,9 +22,10 @@ import { batchRows, type HostBatch } from "../train/batch.ts";
 import { NonFiniteLossError, ReplicaWorker } from "../train/parallel.ts";
 import { sliceBatch } from "../train/batch.ts";
 import { IGNORE_INDEX } from "../train/objectives.ts";
-import { buildAdamWGraph, buildGradGraph, type GradGraph } from "./train_graph.ts";
+import { buildGradGraph, type GradGraph } from "./train_graph.ts";
 import type { Dim } from "./autodiff.ts";
-import { OnnxLoadError } from "./engine.ts";
+import type { GraphSession, HostTensor } from "../engines/executor.ts";
+import { type EngineRef, openExecutor } from "../engines/mod.ts";
 
 /** Options of {@link OnnxTrainer.create}. */
 export interface OnnxTrainerOptions {
@@ -43,12 +43,10 @@ export interface OnnxTrainerOptions {
   /** Dropout on (default true: a training step). */
   dropout?: boolean;
   /**
-   * Where the AdamW update runs: `"host"` (default), one fused pass over each parameter in
-   * this thread; `"graph"`, the ONNX AdamW graph ({@link buildAdamWGraph}). Same arithmetic;
-   * measured on TinyBERT4 (14.5M parameters, 2 cores) the graph's ~13 separate elementwise
-   * kernels take 400–570 ms a step, the fused pass 35–55 ms (`deno task bench`).
+   * The executor of the gradient graph (default ONNX Runtime on the CPU): `{ kind: "tfjs",
+   * backend }` runs the same graph on tfjs. JSON, so replicas open the same one.
    */
-  update?: "host" | "graph";
+  engine?: EngineRef;
   /** Decay rule (default: all but biases and LayerNorm weights). */
   decay?: (name: string) => boolean;
   /**
@@ -97,15 +95,11 @@ export class OnnxTrainer {
   lastTimes: StepTimes = { feed: 0, grad: 0, update: 0 };
   /** Gradient graphs built so far (a new one only when a batch's keys or target widths change). */
   gradGraphBuilds = 0;
-  #grad: { session: ort.InferenceSession; graph: GradGraph; signature: string } | null = null;
-  #update: { session: ort.InferenceSession; names: string[] } | null = null;
-  /** Current weights / moments (read by the next step) and the spare buffers it writes. */
+  #grad: { session: GraphSession; graph: GradGraph; signature: string } | null = null;
+  /** Weights and AdamW moments (host float32, updated in place). */
   readonly #w = new Map<string, Float32Array>();
-  readonly #w2 = new Map<string, Float32Array>();
   readonly #m = new Map<string, Float32Array>();
-  readonly #m2 = new Map<string, Float32Array>();
   readonly #v = new Map<string, Float32Array>();
-  readonly #v2 = new Map<string, Float32Array>();
   readonly #g = new Map<string, Float32Array>();
   readonly #shapes = new Map<string, number[]>();
   /** Dropout mask buffers by site (reused: the attention masks are 25 MB each at 32×128). */
@@ -169,9 +163,6 @@ export class OnnxTrainer {
     if (this.opts.decay) {
       throw new Error("OnnxTrainer: a custom decay rule cannot cross to replicas");
     }
-    if ((this.opts.update ?? "host") !== "host") {
-      throw new Error('OnnxTrainer: replicas apply AdamW on the host (update: "host")');
-    }
     const total = [...this.#layout.values()].reduce((n, [, size]) => n + size, 0);
     this.#avg = new Float32Array(new SharedArrayBuffer(total * 4));
     const { lr: _lr, decay: _decay, ...plain } = this.opts;
@@ -232,29 +223,6 @@ export class OnnxTrainer {
     return [this.weights(), ...theirs];
   }
 
-  #sessionOptions(): ort.InferenceSession.SessionOptions {
-    const o: ort.InferenceSession.SessionOptions = {
-      graphOptimizationLevel: "all",
-      executionProviders: ["cpu"],
-      interOpNumThreads: 1,
-      executionMode: "sequential",
-      logSeverityLevel: 3, // errors only
-    };
-    if (this.opts.threads !== undefined) o.intraOpNumThreads = this.opts.threads;
-    return o;
-  }
-
-  async #session(model: Uint8Array, what: string): Promise<ort.InferenceSession> {
-    try {
-      return await ort.InferenceSession.create(model, this.#sessionOptions());
-    } catch (e) {
-      throw new OnnxLoadError(
-        `the ${what} graph (${model.length} bytes)`,
-        e instanceof Error ? e.message : String(e),
-      );
-    }
-  }
-
   /**
    * A signature of what the gradient graph depends on in a batch: its keys and the teacher
    * targets' fixed dims (heads, widths, classes: what `buildGradGraph` bakes in), not the batch
@@ -275,10 +243,10 @@ export class OnnxTrainer {
     }).join(",");
   }
 
-  async #gradSession(b: HostBatch): Promise<{ session: ort.InferenceSession; graph: GradGraph }> {
+  async #gradSession(b: HostBatch): Promise<{ session: GraphSession; graph: GradGraph }> {
     const signature = this.#signature(b);
     if (this.#grad && this.#grad.signature === signature) return this.#grad;
-    if (this.#grad) await this.#grad.session.release();
+    if (this.#grad) await this.#grad.session.close();
     const targets: Record<string, number[]> = {};
     for (const [k, v] of Object.entries(b)) if (k.startsWith("t_")) targets[k] = v.shape;
     const graph = buildGradGraph({
@@ -290,38 +258,22 @@ export class OnnxTrainer {
       dropout: this.opts.dropout ?? true,
       targets,
     });
-    const session = await this.#session(graph.model, "gradient");
+    const executor = await openExecutor(this.opts.engine);
+    const session = await executor.open(graph.graph, graph.model, {
+      threads: this.opts.threads,
+      what: "the gradient graph",
+    });
     this.gradGraphBuilds++;
     this.#grad = { session, graph, signature };
     return this.#grad;
   }
 
-  async #updateSession(
-    trained: string[],
-  ): Promise<{ session: ort.InferenceSession; names: string[] }> {
-    if (this.#update && this.#update.names.join() === trained.join()) return this.#update;
-    if (this.#update) await this.#update.session.release();
-    const model = buildAdamWGraph(
-      trained.map((name) => ({ name, shape: this.#shapes.get(name)! })),
-      {
-        beta1: this.opts.beta1 ?? 0.9,
-        beta2: this.opts.beta2 ?? 0.999,
-        eps: this.opts.eps ?? 1e-6,
-        weightDecay: this.opts.weightDecay,
-        maxGradNorm: this.opts.maxGradNorm,
-      },
-      (n) => this.#decays(n),
-    );
-    this.#update = { session: await this.#session(model, "AdamW"), names: trained };
-    return this.#update;
-  }
-
   /** The graph inputs of one micro-batch (batch arrays, MLM positions, dropout bits). */
-  #feeds(graph: GradGraph, b: HostBatch, seed: number): Record<string, ort.Tensor> {
+  #feeds(graph: GradGraph, b: HostBatch, seed: number): Record<string, HostTensor> {
     const B = batchRows(b), S = b.inputIds.shape[1];
     const size = (dims: Dim[]) =>
       dims.map((d) => d === "B" ? B : d === "S" ? S : d === "B*S" ? B * S : d as number);
-    const feeds: Record<string, ort.Tensor> = {};
+    const feeds: Record<string, HostTensor> = {};
     let mlm: { positions: BigInt64Array; targets: BigInt64Array } | null = null;
     for (const f of graph.feeds) {
       if (f.name === "mlm_positions" || f.name === "mlm_targets") {
@@ -338,7 +290,7 @@ export class OnnxTrainer {
           mlm = { positions: BigInt64Array.from(pos), targets: BigInt64Array.from(tgt) };
         }
         const a = f.name === "mlm_positions" ? mlm.positions : mlm.targets;
-        feeds[f.name] = new ort.Tensor("int64", a, [a.length]);
+        feeds[f.name] = { data: a, dims: [a.length] };
         continue;
       }
       const key = Object.entries(BATCH_KEYS).find(([, v]) => v === f.name)?.[0] ?? f.name;
@@ -348,13 +300,10 @@ export class OnnxTrainer {
           `OnnxTrainer: the batch has no '${key}' (objective '${this.opts.objective}' reads it)`,
         );
       }
-      feeds[f.name] = f.type === "int64"
-        ? new ort.Tensor("int64", toInt64(a.data), a.shape)
-        : new ort.Tensor(
-          "float32",
-          a.data instanceof Float32Array ? a.data : Float32Array.from(a.data),
-          a.shape,
-        );
+      feeds[f.name] = f.type === "int64" ? { data: toInt64(a.data), dims: a.shape } : {
+        data: a.data instanceof Float32Array ? a.data : Float32Array.from(a.data),
+        dims: a.shape,
+      };
     }
     for (const site of graph.dropout) {
       const dims = size(site.dims);
@@ -368,10 +317,10 @@ export class OnnxTrainer {
         buf.subarray(0, n),
         1 / (1 - site.rate),
       );
-      feeds[site.name] = new ort.Tensor("float32", mask, dims);
+      feeds[site.name] = { data: mask, dims };
     }
     for (const name of graph.inputs) {
-      feeds[name] = new ort.Tensor("float32", this.#w.get(name)!, this.#shapes.get(name)!);
+      feeds[name] = { data: this.#w.get(name)!, dims: this.#shapes.get(name)! };
     }
     return feeds;
   }
@@ -394,7 +343,8 @@ export class OnnxTrainer {
       const { session, graph } = await this.#gradSession(pieces[k]);
       trained = graph.trained;
       const feeds = this.#feeds(graph, pieces[k], seed * pieces.length + k);
-      const fetches: Record<string, ort.Tensor | null> = { loss: null, grad_sq: null };
+      const fetch = ["loss", "grad_sq"];
+      const into: Record<string, Float32Array> = {};
       const first = k === 0;
       for (const name of graph.trained) {
         if (!this.#g.has(name)) this.#g.set(name, new Float32Array(this.#w.get(name)!.length));
@@ -403,17 +353,17 @@ export class OnnxTrainer {
           if (!scratch.has(name)) scratch.set(name, new Float32Array(buf.length));
           buf = scratch.get(name)!;
         }
-        fetches[`grad:${name}`] = new ort.Tensor("float32", buf, this.#shapes.get(name)!);
+        fetch.push(`grad:${name}`);
+        into[`grad:${name}`] = buf;
       }
       const t1 = performance.now();
-      const out = await session.run(feeds, fetches);
+      const out = await session.run(feeds, fetch, into);
       const t2 = performance.now();
       this.lastTimes.feed += t1 - t0;
       this.lastTimes.grad += t2 - t1;
       const share = batchRows(pieces[k]) / total;
       loss += (out.loss.data as Float32Array)[0] * share;
       gradSq = pieces.length === 1 ? (out.grad_sq.data as Float32Array)[0] : undefined;
-      out.grad_sq.dispose();
       // as DataParallel: acc = g₀·w₀, then acc += g_k·w_k
       if (pieces.length > 1) {
         for (const name of graph.trained) {
@@ -425,8 +375,6 @@ export class OnnxTrainer {
           }
         }
       }
-      for (const t of Object.values(feeds)) t.dispose();
-      out.loss.dispose();
     }
     return { loss, trained, gradSq };
   }
@@ -461,9 +409,7 @@ export class OnnxTrainer {
     const t0 = performance.now();
     const lr = this.currentLr();
     const t = this.stepCount + 1;
-    const gradNorm = (this.opts.update ?? "host") === "graph"
-      ? await this.#updateGraph(trained, lr, t)
-      : this.#updateHost(trained, lr, t, gradSq);
+    const gradNorm = this.#updateHost(trained, lr, t, gradSq);
     this.stepCount = t;
     this.#dirty = true;
     this.lastTimes.update = performance.now() - t0;
@@ -602,50 +548,6 @@ export class OnnxTrainer {
     return norm;
   }
 
-  /** AdamW as the ONNX graph, outputs written into the spare buffers, then swapped in. */
-  async #updateGraph(trained: string[], lr: number, t: number): Promise<number> {
-    const { session } = await this.#updateSession(trained);
-    const { stepSize, bc2, decayRate } = this.#scalars(lr, t);
-    const scalar = (v: number) => new ort.Tensor("float32", Float32Array.of(v), []);
-    const feeds: Record<string, ort.Tensor> = {
-      step_size: scalar(stepSize),
-      bias_correction2: scalar(bc2),
-      decay_rate: scalar(decayRate),
-    };
-    const fetches: Record<string, ort.Tensor | null> = { grad_norm: null };
-    const spare = (
-      live: Map<string, Float32Array>,
-      other: Map<string, Float32Array>,
-      n: string,
-    ) => {
-      let b = other.get(n);
-      if (!b) other.set(n, b = new Float32Array(live.get(n)!.length));
-      return b;
-    };
-    for (const name of trained) {
-      const shape = this.#shapes.get(name)!;
-      feeds[name] = new ort.Tensor("float32", this.#w.get(name)!, shape);
-      feeds[`grad:${name}`] = new ort.Tensor("float32", this.#g.get(name)!, shape);
-      feeds[`m:${name}`] = new ort.Tensor("float32", this.#m.get(name)!, shape);
-      feeds[`v:${name}`] = new ort.Tensor("float32", this.#v.get(name)!, shape);
-      fetches[`new:${name}`] = new ort.Tensor("float32", spare(this.#w, this.#w2, name), shape);
-      fetches[`new_m:${name}`] = new ort.Tensor("float32", spare(this.#m, this.#m2, name), shape);
-      fetches[`new_v:${name}`] = new ort.Tensor("float32", spare(this.#v, this.#v2, name), shape);
-    }
-    const out = await session.run(feeds, fetches);
-    const gradNorm = (out.grad_norm.data as Float32Array)[0];
-    for (const name of trained) {
-      for (const [live, other] of [[this.#w, this.#w2], [this.#m, this.#m2], [this.#v, this.#v2]]) {
-        const a = live.get(name)!;
-        live.set(name, other.get(name)!);
-        other.set(name, a);
-      }
-    }
-    for (const x of Object.values(feeds)) x.dispose();
-    out.grad_norm.dispose();
-    return gradNorm;
-  }
-
   /** Copy the current weights into `model.params` (tfjs) when a step changed them. */
   syncModel(): void {
     if (!this.#dirty || !this.model) return;
@@ -685,9 +587,7 @@ export class OnnxTrainer {
     await Promise.all(this.#workers.map((w) => w.request({ type: "close" }).catch(() => {})));
     for (const w of this.#workers) w.terminate();
     this.#workers = [];
-    await this.#grad?.session.release();
-    await this.#update?.session.release();
+    await this.#grad?.session.close();
     this.#grad = null;
-    this.#update = null;
   }
 }
