@@ -2,43 +2,55 @@
  * tinystill: distil a Hugging Face BERT teacher into a small student (TinyBERT), in Deno.
  *
  * ```ts
- * import { encodeBatch, loadBert, loadTokenizer, setBackend, tf } from "./mod.ts";
+ * import { encodeBatch, loadBert, loadTokenizer, openInference } from "./mod.ts";
  *
- * await setBackend("wasm");
  * const tokenizer = await loadTokenizer("fixtures/bert-base-uncased");
  * const bert = await loadBert("path/to/hf-checkpoint"); // config.json + model.safetensors
- * const batch = encodeBatch(tokenizer, ["a first sentence", "and a second one"]);
- * const { hiddenStates, attentionScores, logits } = bert.forward(batch);
+ * const engine = await openInference(bert, { outputs: "all" }); // ONNX Runtime; or tfjs
+ * const out = await engine.run(encodeBatch(tokenizer, ["a first sentence", "and a second one"]));
+ * out.hidden_state_4.data; // Float32Array [batch, seq, hidden]; attention_scores_l, logits, …
  * ```
  * @module
  */
 
-/** The tfjs namespace in use, backends, and the wasm training fills. */
+/**
+ * The model, written once: BERT's forward and heads as a graph (`bertForward`, Hugging Face
+ * `BertModel` semantics and parameter names) and its weights on the host (`Bert`).
+ */
+export {
+  bertForward,
+  type BertGraph,
+  type BertInputValues,
+  type Weights,
+} from "./pipeline/graph/bert.ts";
+export {
+  Bert,
+  type BertHeads,
+  isNoDecay,
+  MASK_VALUE,
+  type Param,
+  parameterShapes,
+} from "./pipeline/model/bert.ts";
+
+/**
+ * The engines that run tinystill's graphs: ONNX Runtime (default) and tfjs (wasm, cpu, webgpu,
+ * tfjs-node where importable), and the one inference API on them.
+ */
+export {
+  type Inference,
+  type InferenceInputs,
+  type InferenceOptions,
+  type InferenceOutput,
+  openInference,
+} from "./pipeline/engines/inference.ts";
+export { type EngineRef, openExecutor } from "./pipeline/engines/mod.ts";
+export type { Executor, GraphSession, HostTensor } from "./pipeline/engines/executor.ts";
 export {
   BACKEND_NAMES,
   type BackendName,
   BackendUnavailableError,
-  getBackend,
-  setBackend,
-  tf,
-  wasmHeapBytes,
   WasmHeapExhaustedError,
 } from "./pipeline/tfjs/backend.ts";
-
-/** The model: Hugging Face `BertModel` semantics, HF parameter names. */
-export {
-  Bert,
-  type BertHeads,
-  type BertInputs,
-  type BertOutputs,
-  type ForwardOptions,
-  gelu,
-  isNoDecay,
-  layerNorm,
-  linear,
-  MASK_VALUE,
-  parameterShapes,
-} from "./pipeline/model/bert.ts";
 
 /** Hugging Face checkpoints: `config.json`, `model.safetensors`. */
 export {
@@ -68,29 +80,18 @@ export {
 export { BertTokenizer } from "./pipeline/model/tokenizer/tokenizer.ts";
 export { buildTokenizerJson } from "./pipeline/model/tokenizer/tokenizer_json.ts";
 export type { Encoding } from "./pipeline/model/tokenizer/encoding.ts";
-export { encodeBatch, type EncodingTensors } from "./pipeline/model/tokenizer/tensors.ts";
+export { encodeBatch, type ModelInputs } from "./pipeline/model/tokenizer/inputs.ts";
 export { loadTokenizer, saveTokenizer } from "./pipeline/model/tokenizer/io.ts";
 
-/** Training: AdamW, schedules, objectives, data-parallel replicas, the engines. */
+/** Training: AdamW (one, host-fused), the schedule, the trainer and its engines. */
 export {
-  AdamW,
-  type AdamWOptions,
+  ADAMW_DEFAULTS,
+  type AdamWHyper,
   type AdamWState,
+  adamwUpdate,
   linearWarmupDecay,
 } from "./pipeline/train/optim.ts";
-export {
-  type Batch,
-  getObjective,
-  type Objective,
-  OBJECTIVES,
-} from "./pipeline/train/objectives.ts";
-export {
-  computeGradients,
-  DataParallel,
-  type DataParallelOptions,
-  type GradientResult,
-} from "./pipeline/train/parallel.ts";
-export { type HostBatch, toTensors } from "./pipeline/train/batch.ts";
+export type { HostBatch } from "./pipeline/data/batch.ts";
 export {
   type EngineName,
   openTrainEngine,
@@ -146,7 +147,6 @@ export {
   IGNORE_INDEX,
   spanText,
 } from "./pipeline/model/align.ts";
-export { predictionRows } from "./pipeline/distill/objective.ts";
 export type { Dataset, DatasetSpec, Example } from "./pipeline/data/types.ts";
 export {
   type ColumnSpec,
@@ -160,19 +160,25 @@ export { estimateCacheBytes } from "./pipeline/distill/teacher_cache.ts";
 export { Progress } from "./pipeline/run/progress.ts";
 
 /**
- * Distillation: the named loss terms (TinyBERT, DistilBERT, MiniLM), the objective that sums
- * them, and the training loop shared by `finetune`, `distill` and `mlm-pretrain`.
+ * Distillation: the loss-term registry (TinyBERT, DistilBERT, MiniLM; one entry = name, needs,
+ * layers, graph; add your own with `registerLossTerm`), the objective around it, and the training
+ * loop shared by `finetune`, `distill` and `mlm-pretrain`.
  */
-export * as losses from "./pipeline/distill/losses.ts";
-export { matchHeads } from "./pipeline/distill/losses.ts";
+export {
+  LOSS_TERMS,
+  type LossInput,
+  type LossTerm,
+  lossTerm,
+  type LossTermName,
+  lossTermNames,
+  type LossTermSpec,
+  registerLossTerm,
+  type TermContext,
+} from "./pipeline/graph/losses.ts";
 export {
   addProjections,
-  distillationObjective,
   type DistillObjectiveOptions,
-  LOSS_TERMS,
-  type LossTerm,
-  type LossTermName,
-  type LossTermSpec,
+  lossBreakdown,
 } from "./pipeline/distill/objective.ts";
 export {
   type BatchSource,
@@ -214,15 +220,15 @@ export {
 } from "./pipeline/report/report.ts";
 
 /**
- * ONNX export (transformers.js layout), ONNX Runtime inference, and training on ONNX Runtime:
- * `OnnxTrainer` runs tinystill's generated forward + backward graphs (`buildGradGraph`, built by
- * the `Tape` differentiator) and the AdamW update.
+ * The graphs (ONNX export in the transformers.js layout; training graphs built by the `Tape`
+ * differentiator, a backward rule beside each primitive) and the trainer that runs them.
  */
-export { exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
-export { OnnxEngine, OnnxLoadError } from "./pipeline/onnx/engine.ts";
+export { exportGraph, exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
+export { OnnxLoadError } from "./pipeline/engines/onnxruntime.ts";
 export { OnnxTrainer, type OnnxTrainerOptions } from "./pipeline/onnx/trainer.ts";
 export {
   buildGradGraph,
+  buildLossGraph,
   type GradGraph,
   type GradGraphSpec,
 } from "./pipeline/onnx/train_graph.ts";

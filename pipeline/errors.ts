@@ -48,3 +48,11 @@ export function showValue(v: unknown): string {
   const s = JSON.stringify(v);
   return s === undefined ? String(v) : s.length > 60 ? s.slice(0, 57) + "..." : s;
 }
+
+/** A training step's loss was NaN or ±Infinity; the update was not applied. */
+export class NonFiniteLossError extends Error {
+  constructor(readonly loss: number, readonly step: number) {
+    super(`loss is ${loss} at step ${step}; the update was not applied`);
+    this.name = "NonFiniteLossError";
+  }
+}

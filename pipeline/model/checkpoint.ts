@@ -8,8 +8,7 @@
  */
 
 import { join } from "node:path";
-import * as tf from "@tensorflow/tfjs";
-import { Bert, type BertHeads, parameterShapes } from "./bert.ts";
+import { Bert, type BertHeads, type Param, parameterShapes } from "./bert.ts";
 import {
   type CheckpointTensor,
   readCheckpointTensors,
@@ -100,7 +99,7 @@ export async function loadBert(dir: string, opts: LoadBertOptions = {}): Promise
       missing.push(name);
       continue;
     }
-    if (!tf.util.arraysEqual(t.shape, shape)) {
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new InputError("tensor shape does not match config.json", {
         file,
         field: name,
@@ -133,12 +132,11 @@ export async function loadBert(dir: string, opts: LoadBertOptions = {}): Promise
   }
 
   const fresh = missing.length > 0 ? Bert.create(config, heads, opts.seed ?? 0) : null;
-  const values = new Map<string, tf.Tensor>();
+  const values = new Map<string, Param>();
   for (const [name, shape] of shapes) {
     const t: CheckpointTensor | undefined = tensors.get(name);
-    values.set(name, t ? tf.tensor(t.data, shape, "float32") : tf.clone(fresh!.p(name)));
+    values.set(name, t ? { data: t.data, shape } : fresh!.p(name));
   }
-  fresh?.dispose();
   const bert = new Bert(config, heads, values) as LoadedBert;
   if (missing.length > 0) bert.newlyInitialized = missing;
   const ignored = unused.filter((n) => !TIED_OR_UNUSED.test(n));
@@ -177,7 +175,7 @@ export async function saveBert(bert: Bert, dir: string, opts: SaveBertOptions = 
   const pooler = !(bert.heads.qa || (bert.heads.classifier && bert.heads.tokenClassifier));
   for (const [name, v] of bert.modelParams()) {
     if (!pooler && name.startsWith("pooler.")) continue;
-    tensors.set(name, { shape: v.shape, data: v.dataSync() as Float32Array });
+    tensors.set(name, { shape: v.shape, data: v.data });
   }
   await writeCheckpointTensors(dir, tensors, {
     dtype: opts.dtype ?? "F32",

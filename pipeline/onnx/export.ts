@@ -179,7 +179,7 @@ function transpose2d<T extends Float32Array | Int8Array>(a: T, rows: number, col
 function hostWeights(bert: Bert): (name: string) => { data: Float32Array; shape: number[] } {
   return (name) => {
     const p = bert.p(name);
-    return { data: p.dataSync() as Float32Array, shape: p.shape };
+    return { data: p.data, shape: p.shape };
   };
 }
 

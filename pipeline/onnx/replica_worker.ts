@@ -9,7 +9,7 @@
  */
 
 import { OnnxTrainer, type OnnxTrainerOptions, type ReplicaCore } from "./trainer.ts";
-import type { HostBatch } from "../train/batch.ts";
+import type { HostBatch } from "../data/batch.ts";
 import type { AdamWState } from "../train/optim.ts";
 
 let trainer: OnnxTrainer | null = null;

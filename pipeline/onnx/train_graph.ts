@@ -40,6 +40,9 @@ import {
   termNeeds,
 } from "../graph/losses.ts";
 import { DataType, type Graph } from "./graph.ts";
+import type { HostBatch } from "../data/batch.ts";
+import type { HostTensor } from "../engines/executor.ts";
+import { IGNORE_INDEX } from "../model/align.ts";
 
 /** The ONNX opset of the training graphs. */
 export const TRAIN_OPSET = 17;
@@ -137,6 +140,59 @@ export interface FeedSpec {
   name: string;
   type: "int64" | "float32";
   dims: Dim[];
+}
+
+/** The graph input names of the batch's model inputs (other keys are fed under their own name). */
+const INPUT_NAMES: Record<string, string> = {
+  input_ids: "inputIds",
+  attention_mask: "attentionMask",
+  token_type_ids: "tokenTypeIds",
+};
+
+/**
+ * The graph's batch inputs from a host batch: the model inputs and targets (int64 or float32 as
+ * the graph declares them), and for `mlm` the masked positions and their targets, read from
+ * `mlmLabels` (flat positions whose label is not −100). Dropout masks and parameters are the
+ * trainer's. `what` names the reader in the error for a missing key.
+ */
+export function batchFeeds(
+  feeds: readonly FeedSpec[],
+  b: HostBatch,
+  what = "the graph",
+): Record<string, HostTensor> {
+  const out: Record<string, HostTensor> = {};
+  let mlm: { positions: BigInt64Array; targets: BigInt64Array } | null = null;
+  for (const f of feeds) {
+    if (f.name === "mlm_positions" || f.name === "mlm_targets") {
+      if (!mlm) {
+        const labels = b.mlmLabels;
+        if (!labels) throw new Error(`${what}: an 'mlm' batch needs mlmLabels`);
+        const pos: bigint[] = [], tgt: bigint[] = [];
+        labels.data.forEach((t, i) => {
+          if (t !== IGNORE_INDEX) {
+            pos.push(BigInt(i));
+            tgt.push(BigInt(t));
+          }
+        });
+        mlm = { positions: BigInt64Array.from(pos), targets: BigInt64Array.from(tgt) };
+      }
+      const a = f.name === "mlm_positions" ? mlm.positions : mlm.targets;
+      out[f.name] = { data: a, dims: [a.length] };
+      continue;
+    }
+    const key = INPUT_NAMES[f.name] ?? f.name;
+    const a = b[key];
+    if (!a) throw new Error(`${what}: the batch has no '${key}'`);
+    if (f.type === "int64") {
+      const data = new BigInt64Array(a.data.length);
+      for (let i = 0; i < data.length; i++) data[i] = BigInt(a.data[i]);
+      out[f.name] = { data, dims: a.shape };
+    } else {
+      const data = a.data instanceof Float32Array ? a.data : Float32Array.from(a.data);
+      out[f.name] = { data, dims: a.shape };
+    }
+  }
+  return out;
 }
 
 /** What {@link buildGradGraph} needs to know. */

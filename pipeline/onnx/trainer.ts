@@ -1,28 +1,33 @@
 /**
- * The ONNX Runtime training engine: one optimiser step = the gradient graph once per micro-batch
- * (loss and every parameter gradient, see `train_graph.ts`) and the AdamW graph once. Weights and
- * the AdamW moments live in host `Float32Array`s that ONNX Runtime reads in place and writes in
- * place (pre-allocated outputs, two buffers per tensor swapped every step), so a step copies no
- * weights. `Bert.params` (tfjs) is brought up to date by {@link OnnxTrainer.syncModel} — before a
- * checkpoint, an evaluation or the end of a phase.
+ * The trainer, one for every engine: an optimiser step = the gradient graph (`train_graph.ts`:
+ * the one BERT forward, the objective and the backward; loss and every parameter gradient) once
+ * per micro-batch on an executor (ONNX Runtime, or tfjs running the same graph), then AdamW
+ * (`train/optim.ts`, fused, on the host). Weights and moments live in host `Float32Array`s the
+ * executor reads in place (ONNX Runtime also writes the gradients in place), so a step copies no
+ * weights; the model's parameters are brought up to date by {@link OnnxTrainer.syncModel} —
+ * before a checkpoint, an evaluation or the end of a phase.
  *
- * Same semantics as the tfjs engine (`DataParallel` + `AdamW`): micro-batch `k` of `m` gets
- * dropout seed `seed·m + k` and the `Bert.forward` mask stream, gradients are accumulated
- * weighted by rows, parameters the loss does not reach are neither updated nor decayed, a NaN/Inf
- * loss throws {@link NonFiniteLossError} before anything is applied, and the optimiser state
- * round-trips through {@link AdamWState} so checkpoints are engine-independent.
+ * Micro-batch `k` of `m` gets dropout seed `seed·m + k` (each dropout site its `dropoutKeep`
+ * stream), gradients are accumulated weighted by rows, parameters the loss does not reach are
+ * neither updated nor decayed, a NaN/Inf loss throws {@link NonFiniteLossError} before anything is
+ * applied, and the optimiser state round-trips through {@link AdamWState}, so checkpoints do not
+ * depend on the engine that wrote them.
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
 import { type Bert, type BertHeads, dropoutKeep, dropoutSeed, isNoDecay } from "../model/bert.ts";
 import type { BertConfig } from "../model/config.ts";
-import type { AdamWState } from "../train/optim.ts";
-import { batchRows, type HostBatch } from "../train/batch.ts";
-import { NonFiniteLossError, ReplicaWorker } from "../train/parallel.ts";
-import { sliceBatch } from "../train/batch.ts";
-import { IGNORE_INDEX } from "../train/objectives.ts";
-import { buildGradGraph, type GradGraph } from "./train_graph.ts";
+import {
+  ADAMW_DEFAULTS,
+  type AdamWHyper,
+  type AdamWState,
+  adamwUpdate,
+  clipFactor,
+} from "../train/optim.ts";
+import { batchRows, type HostBatch, sliceBatch } from "../data/batch.ts";
+import { NonFiniteLossError } from "../errors.ts";
+import { ReplicaWorker } from "../train/replica.ts";
+import { batchFeeds, buildGradGraph, type GradGraph } from "./train_graph.ts";
 import type { Dim } from "./autodiff.ts";
 import type { GraphSession, HostTensor } from "../engines/executor.ts";
 import { type EngineRef, openExecutor } from "../engines/mod.ts";
@@ -53,13 +58,12 @@ export interface OnnxTrainerOptions {
    * Data-parallel replicas (default 1): this thread plus `replicas − 1` workers, each its own
    * session with `threads` intra-op threads, on a shard of every micro-batch; gradients averaged
    * through shared memory, the same host AdamW applied on every replica (weights stay
-   * bit-identical). Replica i of micro-batch seed s uses dropout seed `s·replicas + i`, as the
-   * tfjs `DataParallel` does.
+   * bit-identical). Replica i of micro-batch seed s uses dropout seed `s·replicas + i`.
    */
   replicas?: number;
 }
 
-/** What a replica is built from (a worker has no tfjs model). */
+/** What a replica is built from (a worker has no model object, only weights). */
 export interface ReplicaCore {
   config: BertConfig;
   heads: BertHeads;
@@ -73,18 +77,6 @@ export interface StepTimes {
   feed: number;
   grad: number;
   update: number;
-}
-
-const BATCH_KEYS: Record<string, string> = {
-  inputIds: "input_ids",
-  attentionMask: "attention_mask",
-  tokenTypeIds: "token_type_ids",
-};
-
-function toInt64(a: Int32Array | Float32Array): BigInt64Array {
-  const out = new BigInt64Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = BigInt(a[i]);
-  return out;
 }
 
 /** Trains a {@link Bert}'s parameters on ONNX Runtime. */
@@ -143,16 +135,14 @@ export class OnnxTrainer {
       config: model.config,
       heads: model.heads,
       shapes: [...model.params].map(([n, v]) => [n, v.shape]),
-      weights: Object.fromEntries(
-        [...model.params].map(([n, v]) => [n, v.dataSync() as Float32Array]),
-      ),
+      weights: Object.fromEntries([...model.params].map(([n, v]) => [n, v.data])),
     };
     const trainer = new OnnxTrainer(model, core, opts);
     await trainer.#startWorkers(core);
     return trainer;
   }
 
-  /** A replica for a worker thread (no tfjs model, no workers of its own). */
+  /** A replica for a worker thread (no model object, no workers of its own). */
   static forWorker(core: ReplicaCore, opts: OnnxTrainerOptions): OnnxTrainer {
     return new OnnxTrainer(null, core, { ...opts, replicas: 1 });
   }
@@ -273,38 +263,7 @@ export class OnnxTrainer {
     const B = batchRows(b), S = b.inputIds.shape[1];
     const size = (dims: Dim[]) =>
       dims.map((d) => d === "B" ? B : d === "S" ? S : d === "B*S" ? B * S : d as number);
-    const feeds: Record<string, HostTensor> = {};
-    let mlm: { positions: BigInt64Array; targets: BigInt64Array } | null = null;
-    for (const f of graph.feeds) {
-      if (f.name === "mlm_positions" || f.name === "mlm_targets") {
-        if (!mlm) {
-          const labels = b.mlmLabels;
-          if (!labels) throw new Error("OnnxTrainer: an 'mlm' batch needs mlmLabels");
-          const pos: bigint[] = [], tgt: bigint[] = [];
-          labels.data.forEach((t, i) => {
-            if (t !== IGNORE_INDEX) {
-              pos.push(BigInt(i));
-              tgt.push(BigInt(t));
-            }
-          });
-          mlm = { positions: BigInt64Array.from(pos), targets: BigInt64Array.from(tgt) };
-        }
-        const a = f.name === "mlm_positions" ? mlm.positions : mlm.targets;
-        feeds[f.name] = { data: a, dims: [a.length] };
-        continue;
-      }
-      const key = Object.entries(BATCH_KEYS).find(([, v]) => v === f.name)?.[0] ?? f.name;
-      const a = b[key];
-      if (!a) {
-        throw new Error(
-          `OnnxTrainer: the batch has no '${key}' (objective '${this.opts.objective}' reads it)`,
-        );
-      }
-      feeds[f.name] = f.type === "int64" ? { data: toInt64(a.data), dims: a.shape } : {
-        data: a.data instanceof Float32Array ? a.data : Float32Array.from(a.data),
-        dims: a.shape,
-      };
-    }
+    const feeds = batchFeeds(graph.feeds, b, `objective '${this.opts.objective}'`);
     for (const site of graph.dropout) {
       const dims = size(site.dims);
       const n = dims.reduce((x, y) => x * y, 1);
@@ -488,16 +447,13 @@ export class OnnxTrainer {
     return { loss, gradNorm: Math.sqrt(sq), lr };
   }
 
-  /** The step's scalars, as `AdamW.step` computes them. */
-  #scalars(lr: number, t: number) {
-    const beta1 = this.opts.beta1 ?? 0.9, beta2 = this.opts.beta2 ?? 0.999;
+  #hyper(): AdamWHyper {
     return {
-      beta1,
-      beta2,
-      eps: this.opts.eps ?? 1e-6,
-      stepSize: lr / (1 - beta1 ** t),
-      bc2: 1 - beta2 ** t,
-      decayRate: lr * this.opts.weightDecay,
+      beta1: this.opts.beta1 ?? ADAMW_DEFAULTS.beta1,
+      beta2: this.opts.beta2 ?? ADAMW_DEFAULTS.beta2,
+      eps: this.opts.eps ?? ADAMW_DEFAULTS.eps,
+      weightDecay: this.opts.weightDecay,
+      maxGradNorm: this.opts.maxGradNorm,
     };
   }
 
@@ -505,11 +461,7 @@ export class OnnxTrainer {
     return this.opts.weightDecay > 0 && (this.opts.decay ?? ((n) => !isNoDecay(n)))(name);
   }
 
-  /**
-   * AdamW in one pass per parameter, in place (float32 storage, the same formula as
-   * `AdamW.step`: `m ← β1·m + (1−β1)·ĝ`, `v ← β2·v + (1−β2)·ĝ²`,
-   * `p ← p − step·m / (√(v / bc2) + ε) − lr·wd·p`, ĝ the clipped gradient).
-   */
+  /** {@link adamwUpdate} on every trained parameter, clipped by the global gradient norm. */
   #updateHost(
     trained: string[],
     lr: number,
@@ -528,32 +480,24 @@ export class OnnxTrainer {
       }
     }
     const norm = Math.sqrt(sq);
-    const max = this.opts.maxGradNorm;
-    const clip = max && max > 0 ? Math.min(1, max / (norm + 1e-6)) : 1;
-    const { beta1, beta2, eps, stepSize, bc2, decayRate } = this.#scalars(lr, t);
-    const c1 = (1 - beta1) * clip, c2 = (1 - beta2) * clip * clip;
+    const hyper = this.#hyper();
+    const clip = clipFactor(norm, hyper.maxGradNorm);
     for (const name of trained) {
-      const p = this.#w.get(name)!, g = grads(name);
-      const m = this.#m.get(name)!, v = this.#v.get(name)!;
-      const decay = this.#decays(name) ? decayRate : 0;
-      for (let j = 0; j < p.length; j++) {
-        const gj = g[j], pj = p[j];
-        const mj = m[j] * beta1 + gj * c1;
-        const vj = v[j] * beta2 + gj * gj * c2;
-        m[j] = mj;
-        v[j] = vj;
-        p[j] = pj - stepSize * (mj / (Math.sqrt(vj / bc2) + eps)) - pj * decay;
-      }
+      adamwUpdate(this.#w.get(name)!, grads(name), this.#m.get(name)!, this.#v.get(name)!, {
+        lr,
+        t,
+        clip,
+        decay: this.#decays(name),
+        hyper,
+      });
     }
     return norm;
   }
 
-  /** Copy the current weights into `model.params` (tfjs) when a step changed them. */
+  /** Copy the current weights into `model.params` when a step changed them. */
   syncModel(): void {
     if (!this.#dirty || !this.model) return;
-    for (const [name, v] of this.model.params) {
-      tf.tidy(() => v.assign(tf.tensor(this.#w.get(name)!, v.shape)));
-    }
+    for (const [name, v] of this.model.params) v.data.set(this.#w.get(name)!);
     this.#dirty = false;
   }
 
@@ -565,7 +509,7 @@ export class OnnxTrainer {
     return { step: this.stepCount, m, v };
   }
 
-  /** Restore a state written by {@link getState} (or by the tfjs `AdamW`). */
+  /** Restore a state written by {@link getState}. */
   setState(state: AdamWState): void {
     for (const [name, a] of this.#m) {
       const mv = state.m[name], vv = state.v[name];

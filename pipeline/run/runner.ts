@@ -15,7 +15,6 @@
 
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { z } from "zod";
-import { setBackend } from "../tfjs/backend.ts";
 import { InputError } from "../errors.ts";
 import type { ShardSpec } from "../store/parquet.ts";
 import { exists, swapDir, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
@@ -276,8 +275,6 @@ async function runLocked(
   root: string,
 ): Promise<StageReport[]> {
   await writeFileAtomic(join(root, "pipeline.resolved.yaml"), resolvedYaml(p));
-  // one backend for the whole run: outputs (and resumed parts) must not depend on the process
-  await setBackend(p.backend);
   const log = (m: string) => {
     if (!opts.quiet) console.error(m);
   };

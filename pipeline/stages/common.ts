@@ -8,7 +8,6 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../tfjs/backend.ts";
 import { Bert, type BertHeads } from "../model/bert.ts";
 import { architectureOf, loadBert, saveBert } from "../model/checkpoint.ts";
 import { bestSpan, IGNORE_INDEX, spanText } from "../model/align.ts";
@@ -31,8 +30,8 @@ import {
   squadMetrics,
   tokenAccuracy,
 } from "../report/metrics.ts";
-import type { DataParallel } from "../train/parallel.ts";
-import { inputTensors } from "../train/batch.ts";
+import { openInference } from "../engines/inference.ts";
+import { headLogits, headOutputNames } from "../onnx/export.ts";
 import type { Pipeline } from "../run/spec.ts";
 import type { CurvePoint, EvalPoint, Phase, TrainResult } from "../train/loop.ts";
 import type { StageResult } from "../run/runner.ts";
@@ -235,13 +234,11 @@ export async function loadForTask(
       : {}),
   });
   const fresh = Bert.create(config, heads, seed);
-  const tensors = new Map<string, tf.Tensor>();
   for (const [name, v] of fresh.params) {
-    tensors.set(name, enc.params.has(name) ? tf.clone(enc.params.get(name)!) : tf.clone(v));
+    const from = enc.params.get(name);
+    if (from) v.data.set(from.data);
   }
-  fresh.dispose();
-  enc.dispose();
-  return new Bert(config, heads, tensors);
+  return fresh;
 }
 
 /**
@@ -367,13 +364,13 @@ export const LoopParams = {
   /** Restore the best dev checkpoint at the end. */
   keep_best: z.boolean().default(true),
   /**
-   * Training engine: `onnx` (tinystill's forward/backward graphs on ONNX Runtime), `tfjs`
-   * (tfjs-wasm replicas) or `auto` (default: onnx when ONNX Runtime loads; ~4× faster here).
+   * Training engine, i.e. who runs the gradient graph: `onnx` (ONNX Runtime), `tfjs` (tfjs on the
+   * pipeline's `backend`, one replica per core) or `auto` (default: onnx when ONNX Runtime loads).
    */
   engine: z.enum(["auto", "onnx", "tfjs"]).default("auto"),
   /** Data-parallel replicas (default: one per core on tfjs, 1 on onnx). */
   replicas: z.number().int().positive().optional(),
-  /** onnx engine: intra-op threads per replica (default: the cores shared among replicas). */
+  /** Intra-op threads per replica (default: the cores shared among replicas). */
   threads: z.number().int().positive().optional(),
   /**
    * Dev-set metric that picks the best checkpoint (default accuracy; pearson for regression; f1
@@ -385,12 +382,11 @@ export const LoopParams = {
 };
 
 /**
- * Predictions of `model` on token rows (tfjs forward, or `dp`'s replicas for sequence tasks):
- * class indices or regression values per row; for token classification each row's predicted
- * word tags (−1 for words cut by `max_seq_length`); for QA each row's answer text.
+ * Predictions of `model` on token rows (its inference graph on ONNX Runtime): class indices or
+ * regression values per row; for token classification each row's predicted word tags (−1 for
+ * words cut by `max_seq_length`); for QA each row's answer text.
  */
 export async function predictRows(
-  dp: DataParallel | null,
   model: Bert,
   rows: TokenRows,
   batchSize: number,
@@ -399,35 +395,31 @@ export async function predictRows(
   const C = numLabels(model.config);
   const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
   const words: number[][] = new Array(n), answers: string[] = new Array(n);
-  // sorted by length, so batches carry little padding
-  const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
-  for (let s = 0; s < n; s += batchSize) {
-    const idx = order.slice(s, s + batchSize);
-    const batch = padRows(rows, idx, false);
-    const S = batch.inputIds.shape[1];
-    if (rows.tokenLabels || rows.startPositions) {
-      const out = tf.tidy(() => {
-        const o = model.forward(inputTensors(batch), {
-          hiddenStates: false,
-          attentionScores: false,
-        });
-        const l = o.tokenLogits ?? o.spanLogits;
-        if (!l) throw new Error("the model has no token-classification or QA head");
-        return l.dataSync() as Float32Array;
-      });
-      decodeBatch(out, rows, idx, S, C, words, answers);
-      continue;
+  const engine = await openInference(model, { outputs: "logits", mlm: false });
+  try {
+    // sorted by length, so batches carry little padding
+    const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
+    for (let s = 0; s < n; s += batchSize) {
+      const idx = order.slice(s, s + batchSize);
+      const batch = padRows(rows, idx, false);
+      const [B, S] = batch.inputIds.shape;
+      const res = await engine.run({
+        inputIds: batch.inputIds.data as Int32Array,
+        attentionMask: batch.attentionMask.data as Int32Array,
+        tokenTypeIds: batch.tokenTypeIds.data as Int32Array,
+        batch: B,
+        seq: S,
+      }, headOutputNames(model));
+      const logits = headLogits(model, res).data;
+      if (rows.tokenLabels || rows.startPositions) {
+        decodeBatch(logits, rows, idx, S, C, words, answers);
+        continue;
+      }
+      const best = argmaxRows(logits, C);
+      idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
     }
-    let logits: Float32Array;
-    if (dp) logits = (await dp.forward(batch, ["logits"])).logits!.data as Float32Array;
-    else {
-      logits = tf.tidy(() =>
-        model.forward(inputTensors(batch), { hiddenStates: false, attentionScores: false })
-          .logits!.dataSync() as Float32Array
-      );
-    }
-    const best = argmaxRows(logits, C);
-    idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
+  } finally {
+    await engine.close();
   }
   if (rows.tokenLabels) return words;
   if (rows.startPositions) return answers;
@@ -498,12 +490,11 @@ export function rowMetrics(
 
 /** Dev-set metrics of `model` (see {@link predictRows} and {@link rowMetrics}). */
 export async function evaluateRows(
-  dp: DataParallel | null,
   model: Bert,
   rows: TokenRows,
   batchSize: number,
 ): Promise<Record<string, number>> {
-  return rowMetrics(await predictRows(dp, model, rows, batchSize), rows, labelNames(model.config));
+  return rowMetrics(await predictRows(model, rows, batchSize), rows, labelNames(model.config));
 }
 
 /** What a training stage reports in its manifest: steps, examples, size, time, final and dev metrics. */

@@ -28,7 +28,6 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../tfjs/backend.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { type BertConfig, readConfig } from "../model/config.ts";
@@ -193,7 +192,9 @@ function initFromTeacherLayers(student: Bert, teacher: Bert, map: number[], file
     if (m) src = `encoder.layer.${map[+m[1] + 1] - 1}.${m[2]}`;
     else if (name.startsWith("classifier.")) continue;
     const t = teacher.params.get(src);
-    if (t && tf.util.arraysEqual(t.shape, v.shape)) v.assign(t);
+    if (t && t.shape.length === v.shape.length && t.shape.every((d, i) => d === v.shape[i])) {
+      v.data.set(t.data);
+    }
   }
 }
 
@@ -498,8 +499,9 @@ export const distill = defineStage({
         seed,
         replicas: params.replicas,
         engine: params.engine,
+        backend: ctx.pipeline.backend,
         threads: params.threads,
-        evaluate: dev ? (m) => evaluateRows(null, m, dev, params.eval_batch_size) : undefined,
+        evaluate: dev ? (m) => evaluateRows(m, dev, params.eval_batch_size) : undefined,
         metric: params.metric ?? taskMetric(data.meta.task),
         keepBest: params.keep_best,
         progress: (label, total) => ctx.progress(total, `${label} steps`),

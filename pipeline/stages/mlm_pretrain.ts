@@ -27,14 +27,13 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../tfjs/backend.ts";
 import { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { type BertConfig, makeConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
-import { IGNORE_INDEX } from "../train/objectives.ts";
+import { IGNORE_INDEX } from "../model/align.ts";
 import { maskBlock, packExamples, type SpecialIds } from "../train/mlm.ts";
-import type { HostBatch } from "../train/batch.ts";
+import type { HostBatch } from "../data/batch.ts";
 import type { Pipeline } from "../run/spec.ts";
 import { defineStage, fileDigest, type StageResult } from "../run/runner.ts";
 import { loadTokenizer } from "../model/tokenizer/io.ts";
@@ -49,7 +48,7 @@ import {
   writeTrainedModel,
 } from "./common.ts";
 import { readTokenMeta, readTokenSplit } from "../store/tokens.ts";
-import { inputTensors } from "../train/batch.ts";
+import { openInference } from "../engines/inference.ts";
 
 /** The mlm-pretrain stage's fields. */
 const MlmPretrainFields = z.strictObject({
@@ -101,38 +100,57 @@ function maskedBatch(
   };
 }
 
-/** MLM loss and masked-token accuracy of `model` on host batches (no dropout). */
-export function mlmScore(model: Bert, batches: HostBatch[]): { loss: number; accuracy: number } {
+/**
+ * MLM loss and masked-token accuracy of `model` on host batches (no dropout): the MLM head on the
+ * masked positions only (the inference graph's `mlm_rows`), on ONNX Runtime.
+ */
+export async function mlmScore(
+  model: Bert,
+  batches: HostBatch[],
+): Promise<{ loss: number; accuracy: number }> {
   let nll = 0, hits = 0, n = 0;
-  for (const b of batches) {
-    const labels = b.mlmLabels.data as Int32Array;
-    const pos: number[] = [], gold: number[] = [];
-    labels.forEach((t, i) => {
-      if (t !== IGNORE_INDEX) {
-        pos.push(i);
-        gold.push(t);
-      }
-    });
-    if (pos.length === 0) continue;
-    const [B, S] = b.inputIds.shape;
-    const { lossSum, correct } = tf.tidy(() => {
-      const out = model.forward(inputTensors(b), { hiddenStates: false, attentionScores: false });
-      const last = out.hiddenStates[out.hiddenStates.length - 1];
-      const H = last.shape[2];
-      const rows = tf.gather(last.reshape([B * S, H]), tf.tensor1d(pos, "int32")) as tf.Tensor2D;
-      const logits = model.mlmHead(rows);
-      const goldT = tf.tensor1d(gold, "int32");
-      const logp = tf.logSoftmax(logits);
-      const picked = tf.sum(tf.mul(logp, tf.oneHot(goldT, logits.shape[1])), 1);
-      const argmax = tf.argMax(logits, 1);
-      return {
-        lossSum: -tf.sum(picked).dataSync()[0],
-        correct: tf.sum(tf.cast(tf.equal(argmax, goldT), "int32")).dataSync()[0],
-      };
-    });
-    nll += lossSum;
-    hits += correct;
-    n += pos.length;
+  const V = model.config.vocab_size;
+  const engine = await openInference(model, { outputs: "logits", mlm: false, mlmRows: true });
+  try {
+    for (const b of batches) {
+      const labels = b.mlmLabels.data as Int32Array;
+      const pos: number[] = [], gold: number[] = [];
+      labels.forEach((t, i) => {
+        if (t !== IGNORE_INDEX) {
+          pos.push(i);
+          gold.push(t);
+        }
+      });
+      if (pos.length === 0) continue;
+      const [B, S] = b.inputIds.shape;
+      const out = await engine.run({
+        inputIds: b.inputIds.data as Int32Array,
+        attentionMask: b.attentionMask.data as Int32Array,
+        tokenTypeIds: b.tokenTypeIds.data as Int32Array,
+        batch: B,
+        seq: S,
+        mlmPositions: Int32Array.from(pos),
+      }, ["mlm_rows"]);
+      const logits = out.mlm_rows.data;
+      gold.forEach((g, r) => {
+        // −log_softmax(z)[g] = logsumexp(z) − z[g], in float64
+        const row = logits.subarray(r * V, (r + 1) * V);
+        let max = -Infinity, best = 0;
+        for (let v = 0; v < V; v++) {
+          if (row[v] > max) {
+            max = row[v];
+            best = v;
+          }
+        }
+        let sum = 0;
+        for (let v = 0; v < V; v++) sum += Math.exp(row[v] - max);
+        nll += Math.log(sum) + max - row[g];
+        if (best === g) hits++;
+      });
+      n += pos.length;
+    }
+  } finally {
+    await engine.close();
   }
   return { loss: nll / Math.max(1, n), accuracy: hits / Math.max(1, n) };
 }
@@ -277,12 +295,12 @@ export const mlmPretrain = defineStage({
       const rows = Array.from({ length: Math.min(32, heldOut.length - s) }, (_, i) => s + i);
       evalBatches.push(maskedBatch(heldOut, rows, (r) => (0x5eed + r) >>> 0, maskOpts));
     }
-    const score = (m: Bert) => {
-      const r = mlmScore(m, evalBatches);
-      return Promise.resolve({ mlm_accuracy: r.accuracy, mlm_loss: r.loss });
+    const score = async (m: Bert) => {
+      const r = await mlmScore(m, evalBatches);
+      return { mlm_accuracy: r.accuracy, mlm_loss: r.loss };
     };
     try {
-      const before = mlmScore(model, evalBatches);
+      const before = await mlmScore(model, evalBatches);
       const res = await train({
         model,
         phases: [phaseFromParams("mlm", "mlm", params, { evaluate: heldOut.length > 0 })],
@@ -292,6 +310,7 @@ export const mlmPretrain = defineStage({
         seed,
         replicas: params.replicas,
         engine: params.engine,
+        backend: ctx.pipeline.backend,
         threads: params.threads,
         evaluate: heldOut.length > 0 ? score : undefined,
         metric: "mlm_accuracy",
@@ -299,7 +318,7 @@ export const mlmPretrain = defineStage({
         progress: (label, total) => ctx.progress(total, `${label} steps`),
         log: ctx.log,
       });
-      const after = mlmScore(model, evalBatches);
+      const after = await mlmScore(model, evalBatches);
       await writeTrainedModel(ctx.out, model, inputs[0], res);
       return {
         counts: {

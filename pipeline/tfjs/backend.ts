@@ -13,12 +13,12 @@
  *   through zero-copy views of the operands.
  * - A full 4 GiB heap makes `malloc` return 0, which stock tfjs turns into silent corruption of
  *   low memory; the allocator is guarded so it throws {@link WasmHeapExhaustedError} instead.
- * - Backprop memory: see `tape.ts` (frees each tape node's saved tensors once it is used).
+ * tinystill's graphs (forward and backward written out as nodes) run on it through
+ * `engines/tfjs.ts`, which frees each value after its last use; tfjs' own autodiff is not used.
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs";
-import { installTapeFreeing } from "./tape.ts";
 
 export { tf };
 
@@ -160,7 +160,6 @@ async function tryBackend(name: Exclude<BackendName, "auto">): Promise<void> {
     installWasmKernels(stock);
     prepared.add("wasm");
   }
-  if (!stock) installTapeFreeing();
 }
 
 /**

@@ -1,28 +1,27 @@
 /**
- * The training engines the loop can run a phase on, behind one interface:
+ * Which executor trains a phase. There is one trainer (`onnx/trainer.ts`: the gradient graph of
+ * the one BERT definition, a fused host AdamW, data-parallel replicas); the engine only says who
+ * runs the graph:
  *
- * - `tfjs`: {@link DataParallel} replicas (one per core, each its own wasm heap) with the tfjs
- *   {@link AdamW};
- * - `onnx`: {@link OnnxTrainer} — tinystill's generated forward/backward graph on ONNX Runtime
- *   (intra-op threads, one per core) and a fused host AdamW.
+ * - `onnx`: ONNX Runtime (intra-op threads, one per core by default);
+ * - `tfjs`: tfjs on the pipeline's `backend` (wasm by default: one replica per core, each with its
+ *   own wasm heap; cpu, webgpu, tfjs-node where importable), interpreting the same graph.
  *
- * `auto` (the default of the stages) picks `onnx` when ONNX Runtime loads and the objective has a
- * graph, else `tfjs`: measured on 2 cores, a TinyBERT4 32×128 train step takes ~0.9 s on ONNX
- * Runtime and ~3.8 s on tfjs-wasm (`deno task bench`). Both engines give the same step — the same
- * dropout masks, micro-batch accumulation, clipping and AdamW arithmetic, to float32 rounding —
- * and their optimiser state is the same {@link AdamWState}, so a checkpoint written by one resumes
- * on the other.
+ * `auto` (the stages' default) picks `onnx` when ONNX Runtime loads, else `tfjs`. Both give the
+ * same step (same dropout masks, accumulation, clipping and AdamW, to float32 rounding) and the
+ * same {@link AdamWState}, so a checkpoint written by one resumes on the other.
  * @module
  */
 
 import * as ort from "onnxruntime-node";
-import type { Bert, BertHeads } from "../model/bert.ts";
+import type { Bert } from "../model/bert.ts";
 import { OnnxTrainer } from "../onnx/trainer.ts";
-import { GradGraphObjectives, gradGraphProblem } from "../onnx/train_graph.ts";
+import { gradGraphProblem } from "../onnx/train_graph.ts";
 import { DataType, GraphBuilder } from "../onnx/graph.ts";
-import { DataParallel } from "./parallel.ts";
-import { AdamW, type AdamWState } from "./optim.ts";
-import type { HostBatch } from "./batch.ts";
+import type { AdamWState } from "./optim.ts";
+import type { HostBatch } from "../data/batch.ts";
+import type { EngineRef } from "../engines/mod.ts";
+import type { BackendName } from "../tfjs/backend.ts";
 
 /** Engine names a stage accepts. */
 export type EngineName = "auto" | "onnx" | "tfjs";
@@ -53,9 +52,11 @@ export interface EngineSpec {
 /** Options of {@link openTrainEngine}. */
 export interface EngineOptions {
   engine?: EngineName;
+  /** The tfjs backend when tfjs runs (default `auto`). */
+  backend?: BackendName;
   /** Data-parallel replicas (default: tfjs one per core, onnx 1). */
   replicas?: number;
-  /** ONNX Runtime intra-op threads per replica (default: the cores shared among the replicas). */
+  /** Intra-op threads per replica (default: the cores shared among the replicas). */
   threads?: number;
 }
 
@@ -80,35 +81,28 @@ function onnxRuntimeProblem(): Promise<string | null> {
   return ortWorks;
 }
 
-/** Which engine `auto` resolves to for `objective` here, and why. */
+/** Which engine `engine` resolves to for `objective` on a model with these heads, and why. */
 export async function resolveEngine(
   engine: EngineName,
   objective: string,
-  heads?: BertHeads,
+  heads?: Bert["heads"],
 ): Promise<{ name: "onnx" | "tfjs"; reason: string }> {
+  // both engines run the same graph: an objective it has no graph for fails on either
+  const problem = heads ? gradGraphProblem(objective, heads) : null;
+  if (problem) throw new Error(`objective '${objective}': ${problem}`);
   if (engine === "tfjs") return { name: "tfjs", reason: "asked for" };
-  // the training graphs have every head (sequence, token, QA, MLM); an objective the model's
-  // heads cannot serve (e.g. `span` without a QA head) stays on tfjs, which reports it
-  const supported = GradGraphObjectives.includes(objective);
-  const headProblem = heads ? gradGraphProblem(objective, heads) : null;
-  if (headProblem && supported) {
-    if (engine === "onnx") throw new Error(`engine: onnx: ${headProblem}; use engine: tfjs`);
-    return { name: "tfjs", reason: `no ONNX graph: ${headProblem}` };
-  }
-  const problem = await onnxRuntimeProblem();
+  const ortProblem = await onnxRuntimeProblem();
   if (engine === "onnx") {
-    if (!supported) {
-      throw new Error(
-        `engine: onnx has no training graph for objective '${objective}' ` +
-          `(it has ${GradGraphObjectives.join(", ")}); use engine: tfjs`,
-      );
-    }
-    if (problem) throw new Error(`engine: onnx: ONNX Runtime cannot run here: ${problem}`);
+    if (ortProblem) throw new Error(`engine: onnx: ONNX Runtime cannot run here: ${ortProblem}`);
     return { name: "onnx", reason: "asked for" };
   }
-  if (!supported) return { name: "tfjs", reason: `no ONNX graph for objective '${objective}'` };
-  if (problem) return { name: "tfjs", reason: `ONNX Runtime cannot run here (${problem})` };
+  if (ortProblem) return { name: "tfjs", reason: `ONNX Runtime cannot run here (${ortProblem})` };
   return { name: "onnx", reason: "auto: ONNX Runtime loads (the faster engine)" };
+}
+
+/** The executor of a resolved engine name. */
+export function engineRef(name: "onnx" | "tfjs", backend: BackendName = "auto"): EngineRef {
+  return name === "onnx" ? { kind: "onnxruntime" } : { kind: "tfjs", backend };
 }
 
 /** Open the engine of one phase on `model`'s current weights (moments zero). */
@@ -118,49 +112,24 @@ export async function openTrainEngine(
   opts: EngineOptions,
 ): Promise<TrainEngine> {
   const { name } = await resolveEngine(opts.engine ?? "auto", spec.objective, model.heads);
-  if (name === "onnx") {
-    // one session on every core: 2 single-thread replicas measured 5% slower on 2 cores
-    // (TinyBERT4 32×128: 1,060–1,072 vs 1,006–1,013 ms a step, same run)
-    const replicas = opts.replicas ?? 1;
-    const cores = navigator.hardwareConcurrency ?? 1;
-    const threads = opts.threads ??
-      (replicas > 1 ? Math.max(1, Math.floor(cores / replicas)) : undefined);
-    const trainer = await OnnxTrainer.create(model, { ...spec, threads, replicas });
-    return {
-      name,
-      step: (pieces, seed) => trainer.step(pieces, seed),
-      getState: () => trainer.getState(),
-      setState: (s) => trainer.setState(s),
-      sync: () => trainer.syncModel(),
-      close: () => trainer.close(),
-    };
-  }
-  const opt = new AdamW(model.params, {
-    lr: spec.lr,
-    weightDecay: spec.weightDecay,
-    maxGradNorm: spec.maxGradNorm,
+  const cores = navigator.hardwareConcurrency ?? 1;
+  // ONNX Runtime: one session on every core (2 single-thread replicas measured 5% slower on 2
+  // cores, TinyBERT4 32×128); tfjs: one single-thread replica per core (its kernels thread badly)
+  const replicas = opts.replicas ?? (name === "onnx" ? 1 : cores);
+  const threads = opts.threads ??
+    (replicas > 1 || name === "tfjs" ? Math.max(1, Math.floor(cores / replicas)) : undefined);
+  const trainer = await OnnxTrainer.create(model, {
+    ...spec,
+    threads,
+    replicas,
+    engine: engineRef(name, opts.backend),
   });
-  let dp: DataParallel;
-  try {
-    dp = await DataParallel.create(model, {
-      replicas: opts.replicas ?? navigator.hardwareConcurrency ?? 1,
-      objective: spec.objective,
-      objectiveOptions: spec.objectiveOptions,
-    });
-  } catch (e) {
-    opt.dispose();
-    throw e;
-  }
   return {
     name,
-    step: (pieces, seed) => dp.step(pieces, opt, seed),
-    getState: () => opt.getState(),
-    setState: (s) => opt.setState(s),
-    sync: () => {},
-    close: () => {
-      dp.close();
-      opt.dispose();
-      return Promise.resolve();
-    },
+    step: (pieces, seed) => trainer.step(pieces, seed),
+    getState: () => trainer.getState(),
+    setState: (s) => trainer.setState(s),
+    sync: () => trainer.syncModel(),
+    close: () => trainer.close(),
   };
 }

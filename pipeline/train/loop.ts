@@ -1,8 +1,8 @@
 /**
  * The training loop shared by `distill` and `finetune`: phases of AdamW steps (decoupled decay,
  * none on bias/LayerNorm), linear warmup + decay, gradient clipping and gradient accumulation
- * over micro-batches (so the effective batch does not depend on what fits in the wasm heap),
- * on either training engine (`engine.ts`: tfjs replicas or ONNX Runtime).
+ * over micro-batches (so the effective batch does not depend on what fits in memory), on either
+ * engine (`engine.ts`: the one trainer, its graph run by ONNX Runtime or tfjs).
  *
  * Reproducible and resumable: the data order is a function of `(seed, epoch)`, dropout masks of
  * `(seed, phase, step)`, and every `checkpointEvery` steps the weights, the optimiser moments and
@@ -14,14 +14,14 @@
  */
 
 import { join } from "node:path";
-import * as tf from "@tensorflow/tfjs";
-import type { Bert } from "../model/bert.ts";
+import type { Bert, Param } from "../model/bert.ts";
 import { seededRandom, shuffle } from "../random.ts";
 import { exists, swapDir, writeJsonAtomic } from "../store/fsutil.ts";
 import { linearWarmupDecay } from "./optim.ts";
-import { NonFiniteLossError } from "./parallel.ts";
+import { NonFiniteLossError } from "../errors.ts";
 import { type EngineName, openTrainEngine, type TrainEngine } from "./engine.ts";
-import type { HostBatch } from "./batch.ts";
+import type { HostBatch } from "../data/batch.ts";
+import type { BackendName } from "../tfjs/backend.ts";
 import type { Progress } from "../run/progress.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 
@@ -97,7 +97,9 @@ export interface TrainOptions {
   replicas?: number;
   /** Training engine (default `auto`: ONNX Runtime when it loads, see `engine.ts`). */
   engine?: EngineName;
-  /** ONNX engine: intra-op threads (default one per core). */
+  /** The tfjs backend when the engine is tfjs (default `auto`). */
+  backend?: BackendName;
+  /** Intra-op threads per replica (default: the cores shared among the replicas). */
   threads?: number;
   /** Dev-set evaluation; higher `metric` is better. */
   evaluate?: (model: Bert) => Promise<Record<string, number>>;
@@ -199,19 +201,17 @@ interface SavedState {
   examples: number;
 }
 
-function paramsToWrite(params: Map<string, tf.Variable>) {
-  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+function assignParams(
+  params: Map<string, Param>,
+  file: Map<string, { data: Float32Array }>,
+  path: string,
+): void {
   for (const [name, v] of params) {
-    out.set(name, { shape: v.shape, data: v.dataSync() as Float32Array });
-  }
-  return out;
-}
-
-function assignParams(model: Bert, file: Map<string, { data: Float32Array }>, path: string): void {
-  for (const [name, v] of model.params) {
     const t = file.get(name);
-    if (!t || t.data.length !== v.size) throw new Error(`${path}: no or mis-sized tensor ${name}`);
-    tf.tidy(() => v.assign(tf.tensor(t.data, v.shape)));
+    if (!t || t.data.length !== v.data.length) {
+      throw new Error(`${path}: no or mis-sized tensor ${name}`);
+    }
+    v.data.set(t.data);
   }
 }
 
@@ -225,7 +225,7 @@ async function saveCheckpoint(
   const tmp = `${dir}.tmp`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmp, { recursive: true });
-  await writeSafetensors(join(tmp, "weights.safetensors"), paramsToWrite(model.params));
+  await writeSafetensors(join(tmp, "weights.safetensors"), model.params);
   const s = opt.getState();
   const moments = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const [name, v] of model.params) {
@@ -262,7 +262,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (found) {
     state = JSON.parse(await Deno.readTextFile(join(found, "state.json")));
     const w = await readSafetensors(join(found, "weights.safetensors"));
-    assignParams(model, w.tensors, found);
+    assignParams(model.params, w.tensors, found);
     const o = await readSafetensors(join(found, "optimizer.safetensors"));
     restoredMoments = { file: o.tensors, step: Number(o.metadata.step) };
     log(`resuming from ${found}: phase ${phases[state.phase]?.name} step ${state.step}`);
@@ -281,7 +281,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       lr: linearWarmupDecay(phase.lr, Math.round(phase.warmup * total), total),
       weightDecay: phase.weightDecay,
       maxGradNorm: phase.maxGradNorm,
-    }, { engine: opts.engine, replicas: opts.replicas, threads: opts.threads });
+    }, {
+      engine: opts.engine,
+      backend: opts.backend,
+      replicas: opts.replicas,
+      threads: opts.threads,
+    });
     if (pi === state.phase && restoredMoments && state.step > 0) {
       const m: Record<string, Float32Array> = {}, v: Record<string, Float32Array> = {};
       for (const name of model.params.keys()) {
@@ -350,7 +355,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           if (better) {
             state.best = point;
             if (opts.keepBest) {
-              await writeSafetensors(bestFile, paramsToWrite(model.modelParams()));
+              await writeSafetensors(bestFile, model.modelParams());
             }
           }
         }
@@ -372,9 +377,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   if (opts.keepBest && state.best && await exists(bestFile)) {
     const w = await readSafetensors(bestFile);
-    for (const [name, v] of model.modelParams()) {
-      tf.tidy(() => v.assign(tf.tensor(w.tensors.get(name)!.data, v.shape)));
-    }
+    assignParams(model.modelParams(), w.tensors, bestFile);
     log(
       `kept the best dev checkpoint: ${state.best.phase} step ${state.best.step} ` +
         `(${metric} ${state.best.metrics[metric].toFixed(4)})`,

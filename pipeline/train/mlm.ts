@@ -8,7 +8,7 @@
  */
 
 import { seededRandom } from "../random.ts";
-import { IGNORE_INDEX } from "./objectives.ts";
+import { IGNORE_INDEX } from "../model/align.ts";
 
 /** Token ids the masking must know. */
 export interface SpecialIds {

@@ -1,24 +1,59 @@
 /**
- * AdamW with decoupled weight decay (as `torch.optim.AdamW`), global-norm gradient clipping,
- * and linear warmup + linear decay — the optimiser BERT and TinyBERT are trained with.
+ * The optimiser, written once: AdamW with decoupled weight decay (as `torch.optim.AdamW`), global
+ * gradient-norm clipping (as `torch.nn.utils.clip_grad_norm_`), and linear warmup + linear decay
+ * — what BERT and TinyBERT are trained with. Every engine's trainer applies {@link adamwUpdate} on
+ * the host: one fused pass over each parameter (measured 35–55 ms a TinyBERT4 step on 2 cores,
+ * against 400–570 ms for the same update as an ONNX graph of ~13 elementwise kernels).
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
-
-/** Options of {@link AdamW}. */
-export interface AdamWOptions {
-  /** Peak learning rate, or a schedule `step -> lr` (step counts from 1). */
-  lr: number | ((step: number) => number);
-  beta1?: number;
-  beta2?: number;
-  eps?: number;
-  /** Decoupled weight decay, applied to parameters for which `decay(name)` is true. */
-  weightDecay?: number;
-  /** Which parameters decay (default: all but biases and LayerNorm weights). */
-  decay?: (name: string) => boolean;
+/** AdamW's hyperparameters. */
+export interface AdamWHyper {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
   /** Clip the global gradient norm to this value (off when undefined or ≤ 0). */
   maxGradNorm?: number;
+}
+
+/** PyTorch's defaults but BERT's ε (1e-6). */
+export const ADAMW_DEFAULTS: AdamWHyper = { beta1: 0.9, beta2: 0.999, eps: 1e-6, weightDecay: 0 };
+
+/** The clipping factor `min(1, max / (‖g‖ + 1e-6))` for a global norm (1 when clipping is off). */
+export function clipFactor(norm: number, maxGradNorm?: number): number {
+  return maxGradNorm && maxGradNorm > 0 ? Math.min(1, maxGradNorm / (norm + 1e-6)) : 1;
+}
+
+/**
+ * One AdamW step of step number `t` (from 1) on one parameter, in place (float32 storage):
+ *
+ * ```text
+ * ĝ = clip · g
+ * m ← β1·m + (1 − β1)·ĝ
+ * v ← β2·v + (1 − β2)·ĝ²
+ * p ← p − (lr / (1 − β1ᵗ)) · m / (√(v / (1 − β2ᵗ)) + ε) − lr·wd·p     (wd = 0 when !decay)
+ * ```
+ */
+export function adamwUpdate(
+  p: Float32Array,
+  g: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  o: { lr: number; t: number; clip: number; decay: boolean; hyper: AdamWHyper },
+): void {
+  const { beta1, beta2, eps } = o.hyper;
+  const stepSize = o.lr / (1 - beta1 ** o.t), bc2 = 1 - beta2 ** o.t;
+  const decayRate = o.decay ? o.lr * o.hyper.weightDecay : 0;
+  const c1 = (1 - beta1) * o.clip, c2 = (1 - beta2) * o.clip * o.clip;
+  for (let j = 0; j < p.length; j++) {
+    const gj = g[j], pj = p[j];
+    const mj = m[j] * beta1 + gj * c1;
+    const vj = v[j] * beta2 + gj * gj * c2;
+    m[j] = mj;
+    v[j] = vj;
+    p[j] = pj - stepSize * (mj / (Math.sqrt(vj / bc2) + eps)) - pj * decayRate;
+  }
 }
 
 /**
@@ -53,117 +88,4 @@ export interface AdamWState {
   step: number;
   m: Record<string, Float32Array>;
   v: Record<string, Float32Array>;
-}
-
-/** AdamW over a named parameter map (HF names, so no-decay rules can be written by name). */
-export class AdamW {
-  readonly params: Map<string, tf.Variable>;
-  /** Number of updates applied so far. */
-  stepCount = 0;
-  private readonly opts: Required<Omit<AdamWOptions, "maxGradNorm">> & { maxGradNorm?: number };
-  /** True when a custom `decay` rule was given (it cannot be sent to a worker replica). */
-  readonly hasCustomDecay: boolean;
-  private readonly m = new Map<string, tf.Variable>();
-  private readonly v = new Map<string, tf.Variable>();
-
-  constructor(params: Map<string, tf.Variable>, opts: AdamWOptions) {
-    this.params = params;
-    this.hasCustomDecay = opts.decay !== undefined;
-    this.opts = {
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-6,
-      weightDecay: 0.01,
-      decay: (n) => !(n.endsWith(".bias") || n.includes("LayerNorm.")),
-      ...opts,
-    };
-    for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false));
-    }
-  }
-
-  /** The options that can cross to a worker (the schedule and decay rule stay here). */
-  hyperparameters(): {
-    beta1: number;
-    beta2: number;
-    eps: number;
-    weightDecay: number;
-    maxGradNorm?: number;
-  } {
-    const { beta1, beta2, eps, weightDecay, maxGradNorm } = this.opts;
-    return { beta1, beta2, eps, weightDecay, maxGradNorm };
-  }
-
-  /** The learning rate the next {@link step} will use. */
-  currentLr(): number {
-    const lr = this.opts.lr;
-    return typeof lr === "number" ? lr : lr(this.stepCount + 1);
-  }
-
-  /**
-   * Apply one update from `grads` (keyed like `params`; missing entries are skipped).
-   * Returns the global gradient norm before clipping. Does not dispose `grads`. `lrOverride`
-   * replaces the schedule for this step (replicas are told the lead's learning rate).
-   */
-  step(grads: Map<string, tf.Tensor>, lrOverride?: number): { gradNorm: number; lr: number } {
-    const { beta1, beta2, eps, weightDecay, decay, maxGradNorm } = this.opts;
-    const lr = lrOverride ?? this.currentLr();
-    this.stepCount++;
-    const t = this.stepCount;
-    const gradNorm = tf.tidy(() => {
-      const squares = [...grads.values()].map((g) => tf.sum(tf.square(g)));
-      return squares.length ? tf.sqrt(tf.addN(squares)).dataSync()[0] : 0;
-    });
-    // as torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6))
-    const clip = maxGradNorm && maxGradNorm > 0 ? Math.min(1, maxGradNorm / (gradNorm + 1e-6)) : 1;
-    const bc1 = 1 - beta1 ** t, bc2 = 1 - beta2 ** t;
-    for (const [name, p] of this.params) {
-      const g0 = grads.get(name);
-      if (!g0) continue;
-      tf.tidy(() => {
-        const g = clip === 1 ? g0 : tf.mul(g0, clip);
-        const m = this.m.get(name)!, v = this.v.get(name)!;
-        const m1 = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
-        const v1 = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
-        m.assign(m1);
-        v.assign(v1);
-        // p ← p·(1 − lr·wd) − lr · m̂ / (√v̂ + eps)
-        const denom = tf.add(tf.sqrt(tf.div(v1, bc2)), eps);
-        let next = tf.sub(p, tf.mul(tf.div(m1, denom), lr / bc1));
-        if (weightDecay > 0 && decay(name)) next = tf.sub(next, tf.mul(p, lr * weightDecay));
-        p.assign(next);
-      });
-    }
-    return { gradNorm, lr };
-  }
-
-  /** Copy out the state (moments and step) for a checkpoint. */
-  getState(): AdamWState {
-    const m: Record<string, Float32Array> = {}, v: Record<string, Float32Array> = {};
-    for (const [name, t] of this.m) m[name] = t.dataSync() as Float32Array;
-    for (const [name, t] of this.v) v[name] = t.dataSync() as Float32Array;
-    return { step: this.stepCount, m, v };
-  }
-
-  /** Restore a state written by {@link getState}. */
-  setState(state: AdamWState): void {
-    for (const [name, t] of this.m) {
-      const mv = state.m[name], vv = state.v[name];
-      if (!mv || !vv || mv.length !== t.size || vv.length !== t.size) {
-        throw new Error(`AdamW.setState: state for ${name} is missing or has the wrong size`);
-      }
-      tf.tidy(() => {
-        t.assign(tf.tensor(mv, t.shape));
-        this.v.get(name)!.assign(tf.tensor(vv, t.shape));
-      });
-    }
-    this.stepCount = state.step;
-  }
-
-  /** Free the moment buffers. */
-  dispose(): void {
-    for (const t of this.m.values()) t.dispose();
-    for (const t of this.v.values()) t.dispose();
-  }
 }

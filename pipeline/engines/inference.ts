@@ -1,0 +1,141 @@
+/**
+ * Inference, one way for everyone: teacher-forward, evaluate, augment and evaluation during
+ * training all open the model's inference graph (`exportGraph`, the one BERT definition) on an
+ * executor and run integer batches, getting host `Float32Array`s back.
+ *
+ * ```ts
+ * const engine = await openInference(bert, { outputs: "all", threads: 2 });
+ * const out = await engine.run({ inputIds, attentionMask, tokenTypeIds, batch: 2, seq: 16 });
+ * out.logits.data; // Float32Array, out.logits.dims = [2, numLabels]
+ * await engine.close();
+ * ```
+ * @module
+ */
+
+import type { Bert } from "../model/bert.ts";
+import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../onnx/export.ts";
+import type { GraphSession, HostTensor } from "./executor.ts";
+import { type EngineRef, openExecutor } from "./mod.ts";
+import { openOrtSession } from "./onnxruntime.ts";
+
+/** Integer inputs of one batch, row-major `[batch, seq]`. */
+export interface InferenceInputs {
+  inputIds: Int32Array | BigInt64Array;
+  /** 1 for real tokens, 0 for padding; all ones when omitted. */
+  attentionMask?: Int32Array | BigInt64Array;
+  /** Segment ids; zeros when omitted. */
+  tokenTypeIds?: Int32Array | BigInt64Array;
+  batch: number;
+  seq: number;
+  /** Flat token positions (into batch·seq) for the `mlm_rows` output (`mlmRows: true`). */
+  mlmPositions?: Int32Array | BigInt64Array;
+}
+
+/** One output on the host. */
+export interface InferenceOutput {
+  data: Float32Array;
+  dims: number[];
+}
+
+/** Options of {@link openInference}: what the graph outputs, its weight storage, its executor. */
+export interface InferenceOptions extends ExportOnnxOptions {
+  /** The executor (default ONNX Runtime). A model file can only run on ONNX Runtime. */
+  engine?: EngineRef;
+  /** Intra-op threads (default one per core). */
+  threads?: number;
+}
+
+/** A model ready to run batches; {@link Inference.close} releases it. */
+export interface Inference {
+  /** The executor it runs on (e.g. `onnxruntime/cpu`, `tfjs/wasm`). */
+  readonly engine: string;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  /** Run one batch; returns the requested outputs (default: all) as host float32 arrays. */
+  run(
+    inputs: InferenceInputs,
+    outputs?: readonly string[],
+  ): Promise<Record<string, InferenceOutput>>;
+  close(): Promise<void>;
+}
+
+function toInt64(
+  a: Int32Array | BigInt64Array | undefined,
+  n: number,
+  fill: bigint,
+  what: string,
+): BigInt64Array {
+  if (a === undefined) return new BigInt64Array(n).fill(fill);
+  if (a.length !== n) throw new Error(`inference: ${what} has ${a.length} values, want ${n}`);
+  if (a instanceof BigInt64Array) return a;
+  const out = new BigInt64Array(n);
+  for (let i = 0; i < n; i++) out[i] = BigInt(a[i]);
+  return out;
+}
+
+/**
+ * Open `model` for inference: a {@link Bert} (its inference graph, built with `opts`, on the
+ * chosen executor) or an exported ONNX file (bytes or a path; ONNX Runtime).
+ */
+export async function openInference(
+  model: Bert | Uint8Array | string,
+  opts: InferenceOptions = {},
+): Promise<Inference> {
+  let session: GraphSession;
+  let engine = "onnxruntime/cpu";
+  if (typeof model === "string" || model instanceof Uint8Array) {
+    if (opts.engine && opts.engine.kind !== "onnxruntime") {
+      throw new Error("openInference: an ONNX file runs on ONNX Runtime only");
+    }
+    session = await openOrtSession(model, { threads: opts.threads });
+  } else {
+    const graph = exportGraph(model, opts);
+    const executor = await openExecutor(opts.engine);
+    engine = executor.name;
+    session = await executor.open(graph, encodeGraph(graph, "tinystill_bert"), {
+      threads: opts.threads,
+      what: "the inference graph",
+    });
+  }
+  return {
+    engine,
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    async run(inputs, outputs) {
+      const { batch, seq } = inputs;
+      if (!(Number.isInteger(batch) && batch > 0 && Number.isInteger(seq) && seq > 0)) {
+        throw new Error(`inference: batch and seq must be positive integers (${batch}, ${seq})`);
+      }
+      const n = batch * seq;
+      const feeds: Record<string, HostTensor> = {
+        input_ids: { data: toInt64(inputs.inputIds, n, 0n, "inputIds"), dims: [batch, seq] },
+        attention_mask: {
+          data: toInt64(inputs.attentionMask, n, 1n, "attentionMask"),
+          dims: [batch, seq],
+        },
+        token_type_ids: {
+          data: toInt64(inputs.tokenTypeIds, n, 0n, "tokenTypeIds"),
+          dims: [batch, seq],
+        },
+      };
+      if (session.inputNames.includes("mlm_positions")) {
+        const p = inputs.mlmPositions;
+        if (!p) throw new Error("inference: this graph needs mlmPositions");
+        feeds.mlm_positions = { data: toInt64(p, p.length, 0n, "mlmPositions"), dims: [p.length] };
+      }
+      for (const name of session.inputNames) {
+        if (!feeds[name]) throw new Error(`inference: the model wants an unknown input '${name}'`);
+      }
+      const res = await session.run(feeds, outputs);
+      const out: Record<string, InferenceOutput> = {};
+      for (const [name, t] of Object.entries(res)) {
+        if (!(t.data instanceof Float32Array)) {
+          throw new Error(`inference: output '${name}' is not float32`);
+        }
+        out[name] = { data: t.data, dims: t.dims };
+      }
+      return out;
+    },
+    close: () => session.close(),
+  };
+}
