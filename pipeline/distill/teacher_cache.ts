@@ -1,8 +1,9 @@
 /**
- * The teacher-output cache, in one place: what it holds, how big it will be, how a batch's
- * forward outputs become per-example records (written by `teacher-forward`), and how those
+ * The teacher-output cache, in one place: what it holds, how big it will be, how a batch of
+ * teacher outputs becomes per-example records (written by `teacher-forward`), and how those
  * records become distillation batches again (read by `distill`), along with the same batches
- * computed by the teacher online.
+ * computed by the teacher online. Both run the teacher the one way inference runs
+ * (`openInference` on its inference graph, ONNX Runtime by default) through {@link runTeacher}.
  *
  * Per example the cache holds the logits, the mapped hidden states and the mapped pre-softmax
  * attention scores, each cropped to the example's real length `len` (padded positions are neither
@@ -13,15 +14,95 @@
  */
 
 import { join } from "node:path";
+import type { HostArray, HostBatch } from "../data/batch.ts";
+import type { EngineRef } from "../engines/mod.ts";
+import { type Inference, type InferenceOptions, openInference } from "../engines/inference.ts";
 import { InputError } from "../errors.ts";
-import { type Bert, headOutput } from "../model/bert.ts";
+import type { Bert } from "../model/bert.ts";
+import { headLogits, headOutputNames } from "../onnx/export.ts";
 import { type ColumnSpec, PartReader } from "../store/parquet.ts";
 import { padRows, type TokenRows } from "../store/tokens.ts";
-import { tf } from "../tfjs/backend.ts";
 import type { BatchSource } from "../train/loop.ts";
-import { inputTensors } from "../train/batch.ts";
-import type { HostArray, HostBatch } from "../train/batch.ts";
-import type { HostOutputs } from "../train/parallel.ts";
+
+// ---------------------------------------------------------------------------------------------
+// running the teacher
+
+/**
+ * A batch's teacher outputs on the host, by layer. The arrays are sparse: only the indices asked
+ * of {@link runTeacher} are set.
+ */
+export interface TeacherOutputs {
+  /**
+   * The head's logits: `[B, C]`; per token `[B, S, C]` (token classification) or `[B, S, 2]`
+   * (QA: span start at index 0, end at 1).
+   */
+  logits?: HostArray;
+  /** `hiddenStates[i]`: hidden state `i` (0 = embedding output), `[B, S, H]`. */
+  hiddenStates?: HostArray[];
+  /**
+   * `attentionScores[l]`: layer `l`'s pre-softmax scores `[B, heads, S, S]`, with the additive
+   * `(1 − mask)·(−10000)` on padded key columns.
+   */
+  attentionScores?: HostArray[];
+  /** `values[l]`: layer `l`'s value vectors `[B, heads, S, d]`. */
+  values?: HostArray[];
+}
+
+/** Which teacher outputs a batch needs (layer indices as in {@link TeacherOutputs}). */
+export interface TeacherWants {
+  logits: boolean;
+  hidden: readonly number[];
+  scores: readonly number[];
+  values?: readonly number[];
+}
+
+/**
+ * The options of the teacher's inference graph for `wants`: every hidden state and score as
+ * outputs when any layer is wanted (plus the value vectors when those are), no masked-LM logits.
+ */
+export function teacherGraphOptions(wants: TeacherWants): InferenceOptions {
+  const values = (wants.values?.length ?? 0) > 0;
+  const layers = wants.hidden.length > 0 || wants.scores.length > 0 || values;
+  return { outputs: layers ? "all" : "logits", values, mlm: false };
+}
+
+/**
+ * Run the teacher's inference graph (opened with {@link teacherGraphOptions}) on a padded host
+ * batch (`inputIds`, `attentionMask`, `tokenTypeIds`, each `[B, S]`), fetching only the outputs
+ * `wants` names.
+ */
+export async function runTeacher(
+  inference: Inference,
+  teacher: Pick<Bert, "heads">,
+  batch: HostBatch,
+  wants: TeacherWants,
+): Promise<TeacherOutputs> {
+  const [B, S] = batch.inputIds.shape;
+  const values = wants.values ?? [];
+  const names = [
+    ...(wants.logits ? headOutputNames(teacher) : []),
+    ...wants.hidden.map((i) => `hidden_state_${i}`),
+    ...wants.scores.map((l) => `attention_scores_${l}`),
+    ...values.map((l) => `attention_values_${l}`),
+  ];
+  const res = await inference.run({
+    inputIds: batch.inputIds.data as Int32Array,
+    attentionMask: batch.attentionMask.data as Int32Array,
+    tokenTypeIds: batch.tokenTypeIds.data as Int32Array,
+    batch: B,
+    seq: S,
+  }, names);
+  const host = (name: string): HostArray => ({ data: res[name].data, shape: res[name].dims });
+  const out: TeacherOutputs = { hiddenStates: [], attentionScores: [], values: [] };
+  for (const i of wants.hidden) out.hiddenStates![i] = host(`hidden_state_${i}`);
+  for (const l of wants.scores) out.attentionScores![l] = host(`attention_scores_${l}`);
+  for (const l of values) out.values![l] = host(`attention_values_${l}`);
+  if (wants.logits) {
+    const head = headLogits(teacher, res);
+    out.logits = { data: head.data, shape: head.dims };
+  }
+  return out;
+}
 
 /** One example's cached teacher outputs. */
 export interface TeacherRecord {
@@ -55,11 +136,11 @@ function cropScores(s: HostArray, b: number, len: number): Float32Array {
 }
 
 /**
- * Split a batch's forward outputs into per-example records, keeping hidden states
+ * Split a batch's teacher outputs into per-example records, keeping hidden states
  * `hiddenIndices` (0 = embeddings) and attention layers `attentionLayers` (0-based).
  */
 export function toRecords(
-  out: HostOutputs,
+  out: TeacherOutputs,
   lengths: ArrayLike<number>,
   hiddenIndices: number[],
   attentionLayers: number[],
@@ -251,9 +332,26 @@ export async function cacheSource(
   };
 }
 
+/** A {@link BatchSource} that runs the teacher: {@link OnlineSource.close} releases it. */
+export interface OnlineSource extends BatchSource {
+  /** Release the teacher's inference session (when one was opened); no load after this. */
+  close(): Promise<void>;
+}
+
+/** Options of {@link onlineSource}. */
+export interface OnlineSourceOptions {
+  /** The executor of the teacher's inference graph (default ONNX Runtime). */
+  engine?: EngineRef;
+  /** Intra-op threads (default one per core). */
+  threads?: number;
+}
+
 /**
- * The same batches with the teacher run on the fly (no cache): tfjs forward on this thread,
- * for `value_relation` (values are not cached) and general distillation over packed corpora.
+ * The same batches with the teacher run on the fly (no cache), for `value_relation` (values are
+ * not cached) and general distillation over packed corpora: the teacher's inference graph, opened
+ * at the first batch, gives `t_logits` (when `needs` has `logits` and the teacher a head),
+ * `t_hidden_<i>` (`hidden`), `t_scores_<l>` and `t_values_<l>` (`attention`), each for the whole
+ * padded batch (`[B, S, …]`, as {@link runTeacher} returns them). Close it when training ends.
  */
 export function onlineSource(
   teacher: Bert,
@@ -261,36 +359,37 @@ export function onlineSource(
   hidden: number[],
   attention: number[],
   needs: Set<string>,
-): BatchSource {
+  opts: OnlineSourceOptions = {},
+): OnlineSource {
+  const wants: TeacherWants = {
+    logits: needs.has("logits") && !!(teacher.heads.classifier || teacher.heads.qa),
+    hidden: needs.has("hidden") ? hidden : [],
+    scores: needs.has("scores") ? attention : [],
+    values: needs.has("values") ? attention : [],
+  };
+  let session: Promise<Inference> | null = null;
+  let closed = false;
   return {
     // the teacher runs on any rows: one group, shuffled as a whole
     groups: [{ start: 0, end: tokens.lengths.length }],
     lengths: tokens.lengths,
-    load(_group, rows) {
+    async load(_group, rows) {
+      if (closed) throw new Error("onlineSource: the teacher's session is closed");
+      session ??= openInference(teacher, { ...teacherGraphOptions(wants), ...opts });
       const batch = padRows(tokens, rows);
-      tf.tidy(() => {
-        const out = teacher.forward(inputTensors(batch), {
-          hiddenStates: needs.has("hidden"),
-          attentionScores: needs.has("scores") || needs.has("values"),
-          values: needs.has("values"),
-        });
-        const host = (x: tf.Tensor): HostArray => ({
-          data: x.dataSync() as Float32Array,
-          shape: x.shape,
-        });
-        const logits = headOutput(out);
-        if (needs.has("logits") && logits) batch.t_logits = host(logits);
-        if (needs.has("hidden")) {
-          for (const i of hidden) batch[`t_hidden_${i}`] = host(out.hiddenStates[i]);
-        }
-        if (needs.has("scores")) {
-          for (const l of attention) batch[`t_scores_${l}`] = host(out.attentionScores[l]);
-        }
-        if (needs.has("values")) {
-          for (const l of attention) batch[`t_values_${l}`] = host(out.values![l]);
-        }
-      });
-      return Promise.resolve(batch as HostBatch);
+      const out = await runTeacher(await session, teacher, batch, wants);
+      if (out.logits) batch.t_logits = out.logits;
+      for (const i of wants.hidden) batch[`t_hidden_${i}`] = out.hiddenStates![i];
+      for (const l of wants.scores) batch[`t_scores_${l}`] = out.attentionScores![l];
+      for (const l of wants.values!) batch[`t_values_${l}`] = out.values![l];
+      return batch;
+    },
+    async close() {
+      closed = true;
+      const s = session;
+      session = null;
+      // a session that failed to open has nothing to release (its load already threw)
+      await (await s?.catch(() => null))?.close();
     },
   };
 }

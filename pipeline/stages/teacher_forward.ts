@@ -13,6 +13,10 @@
  * Per split, columns: `length`, `label`, `logits` (when the teacher has a classifier),
  * `hidden_<i>` (teacher hidden-state index i, `[length, H]`) and `scores_<l>` (teacher layer l,
  * `[heads, length, length]`).
+ *
+ * The teacher runs as all inference does: its inference graph (`openInference`, outputs `all`)
+ * on ONNX Runtime, or on tfjs with `engine: tfjs` (the pipeline's `backend`), fetching only the
+ * mapped layers' outputs.
  * @module
  */
 
@@ -30,24 +34,23 @@ import {
   estimateCacheBytes,
   formatBytes,
   recordColumns,
+  runTeacher,
+  teacherGraphOptions,
   type TeacherRecord,
+  type TeacherWants,
   toRecords,
 } from "../distill/teacher_cache.ts";
+import { type Inference, openInference } from "../engines/inference.ts";
 import { InputError } from "../errors.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { labelNames, numLabels, readConfig } from "../model/config.ts";
-import { OnnxEngine } from "../onnx/engine.ts";
-import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import type { Progress } from "../run/progress.ts";
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { Pipeline } from "../run/spec.ts";
 import { exists, writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
 import { padRows, readTokenMeta, readTokenRows, type TokenMeta } from "../store/tokens.ts";
-import { tf } from "../tfjs/backend.ts";
-import { type HostBatch, toTensors } from "../train/batch.ts";
-import { DataParallel, forwardToHost, type HostOutputs } from "../train/parallel.ts";
 import { checkSeqLength, modelDirOf } from "./common.ts";
 import { SPLITS } from "./tokenize.ts";
 
@@ -68,11 +71,11 @@ export const TeacherForwardParams = z.strictObject({
   /** Refuse to build a cache larger than this many bytes. */
   max_cache_bytes: z.number().positive().default(20e9),
   /**
-   * `onnx`: export the teacher to ONNX and run it on onnxruntime-node (≈7× tfjs-wasm here);
-   * `tfjs`: run it on the tfjs backend (with `replicas` worker replicas).
+   * The executor of the teacher's inference graph: `onnx`, ONNX Runtime (≈7× tfjs-wasm here);
+   * `tfjs`, the same graph on the pipeline's tfjs `backend`.
    */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
-  /** Model replicas (cores) for the tfjs engine; threads for the onnx engine. */
+  /** Intra-op threads of the teacher's session (default: one per core). */
   replicas: z.number().int().positive().optional(),
 });
 /** Validated teacher-forward params. */
@@ -119,6 +122,8 @@ interface CachePlan {
   stores: { split: string; reader: PartReader }[];
   lengths: number[];
   bytes: number;
+  /** The teacher outputs each batch fetches. */
+  wants: TeacherWants;
 }
 
 /**
@@ -203,66 +208,24 @@ async function planCache(
       `${hiddenIdx.join(",")}; attention layers ${attLayers.join(",")}; ${params.dtype})`,
   );
   checkCacheLimit(bytes, params.max_cache_bytes, `${ctx.key}.max_cache_bytes`);
-  return { map, hiddenIdx, attLayers, C, perToken, stores, lengths, bytes };
+  const wants = { logits: C > 0, hidden: hiddenIdx, scores: attLayers };
+  return { map, hiddenIdx, attLayers, C, perToken, stores, lengths, bytes, wants };
 }
 
-/** A way to run the teacher on host batches: ONNX Runtime, tfjs replicas or tfjs here. */
-interface TeacherEngine {
-  name: "onnx" | "tfjs";
-  forward(host: HostBatch): Promise<HostOutputs>;
-  close(): Promise<void>;
-}
-
-/**
- * Step 3: the engine — ONNX Runtime on the teacher's own export when asked and loadable (else
- * tfjs, said in the log and the manifest), tfjs with `replicas` worker replicas otherwise.
- */
-async function openEngine(
+/** Step 3: the teacher's inference graph with the mapped layers' outputs, on the engine asked. */
+async function openTeacher(
   ctx: StageContext<TeacherForwardParams>,
   teacher: Bert,
   plan: CachePlan,
-): Promise<TeacherEngine> {
+): Promise<Inference> {
   const { params } = ctx;
-  const replicas = params.replicas ?? navigator.hardwareConcurrency ?? 1;
-  if (params.engine === "onnx") {
-    try {
-      const onnx = await OnnxEngine.load(exportOnnx(teacher, { outputs: "all", mlm: false }), {
-        threads: replicas,
-      });
-      return {
-        name: "onnx",
-        forward: (host) =>
-          onnxForward(onnx, host, plan.C > 0, plan.hiddenIdx, plan.attLayers, teacher),
-        close: () => onnx.close(), // the native session is released before the stage returns
-      };
-    } catch (e) {
-      // onnxruntime-node missing or unable to load here: tfjs computes the same outputs
-      ctx.log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
-    }
-  }
-  const outputs = [
-    ...(plan.C ? ["logits" as const] : []),
-    "hiddenStates" as const,
-    "attentionScores" as const,
-  ];
-  if (replicas > 1) {
-    const dp = await DataParallel.create(teacher, { replicas, objective: "classification" });
-    return {
-      name: "tfjs",
-      forward: (host) => dp.forward(host, outputs),
-      close: () => Promise.resolve(dp.close()),
-    };
-  }
-  return {
-    name: "tfjs",
-    forward(host) {
-      const t = toTensors(host);
-      const out = forwardToHost(teacher, t, outputs);
-      tf.dispose(Object.values(t));
-      return Promise.resolve(out);
-    },
-    close: () => Promise.resolve(),
-  };
+  return await openInference(teacher, {
+    ...teacherGraphOptions(plan.wants),
+    threads: params.replicas,
+    engine: params.engine === "tfjs"
+      ? { kind: "tfjs", backend: ctx.pipeline.backend }
+      : { kind: "onnxruntime" },
+  });
 }
 
 /**
@@ -271,7 +234,8 @@ async function openEngine(
  */
 async function writeSplit(
   ctx: StageContext<TeacherForwardParams>,
-  engine: TeacherEngine,
+  teacher: Bert,
+  inference: Inference,
   plan: CachePlan,
   split: string,
   reader: PartReader,
@@ -299,7 +263,7 @@ async function writeSplit(
       .sort((a, b) => tokenRows.lengths[a] - tokenRows.lengths[b] || a - b);
     for (let s = 0; s < order.length; s += params.batch_size) {
       const rows = order.slice(s, s + params.batch_size);
-      const out = await engine.forward(padRows(tokenRows, rows, false));
+      const out = await runTeacher(inference, teacher, padRows(tokenRows, rows, false), plan.wants);
       const lens = Int32Array.from(rows, (r) => tokenRows.lengths[r]);
       toRecords(out, lens, plan.hiddenIdx, plan.attLayers).forEach((rec, i) => {
         recs[rows[i] - range.start] = rec;
@@ -340,20 +304,22 @@ export const teacherForward = defineStage({
     const meta = await readTokenMeta(tokens);
     const dir = teacherDir(pipeline, ctx.resolve, params, ctx.inputs);
     const teacher = await loadBert(dir);
-    let engine: TeacherEngine | null = null;
+    let inference: Inference | null = null;
     let examples = 0;
     let plan: CachePlan;
     try {
       checkTeacher(teacher, meta, join(dir, "config.json"));
       plan = await planCache(ctx, teacher, tokens);
-      engine = await openEngine(ctx, teacher, plan);
+      inference = await openTeacher(ctx, teacher, plan);
       const bar = ctx.progress(plan.lengths.reduce((a, b) => a + b, 0), "tokens");
       for (const { split, reader } of plan.stores) {
-        examples += await writeSplit(ctx, engine, plan, split, reader, bar);
+        examples += await writeSplit(ctx, teacher, inference, plan, split, reader, bar);
       }
       bar.finish();
     } finally {
-      await engine?.close();
+      // released before the stage returns: a native release still running when the process or
+      // its worker exits can corrupt the heap
+      await inference?.close();
       teacher.dispose();
     }
     if (ctx.shard) return { counts: { examples } };
@@ -373,40 +339,7 @@ export const teacherForward = defineStage({
     await writeJsonAtomic(join(ctx.out, "cache.json"), info);
     return {
       counts: { examples: plan.lengths.length, tokens: plan.lengths.reduce((a, b) => a + b, 0) },
-      metrics: { cache_bytes: cached, estimated_bytes: plan.bytes, engine: engine!.name },
+      metrics: { cache_bytes: cached, estimated_bytes: plan.bytes, engine: inference!.engine },
     };
   },
 });
-
-/** The outputs the cache keeps, from the ONNX export (only the mapped layers are fetched). */
-async function onnxForward(
-  engine: OnnxEngine,
-  host: HostBatch,
-  logits: boolean,
-  hiddenIdx: number[],
-  attLayers: number[],
-  teacher: Pick<Bert, "heads">,
-): Promise<HostOutputs> {
-  const [batch, seq] = host.inputIds.shape;
-  const names = [
-    ...(logits ? headOutputNames(teacher) : []),
-    ...hiddenIdx.map((i) => `hidden_state_${i}`),
-    ...attLayers.map((l) => `attention_scores_${l}`),
-  ];
-  const res = await engine.run({
-    inputIds: host.inputIds.data as Int32Array,
-    attentionMask: host.attentionMask.data as Int32Array,
-    tokenTypeIds: host.tokenTypeIds.data as Int32Array,
-    batch,
-    seq,
-  }, names);
-  const arr = (name: string) => ({ data: res[name].data, shape: res[name].dims });
-  // sparse by layer index, as toRecords indexes them
-  const hiddenStates: HostOutputs["hiddenStates"] = [];
-  const attentionScores: HostOutputs["attentionScores"] = [];
-  for (const i of hiddenIdx) hiddenStates[i] = arr(`hidden_state_${i}`);
-  for (const l of attLayers) attentionScores[l] = arr(`attention_scores_${l}`);
-  if (!logits) return { hiddenStates, attentionScores };
-  const head = headLogits(teacher, res);
-  return { logits: { data: head.data, shape: head.dims }, hiddenStates, attentionScores };
-}
