@@ -339,7 +339,7 @@ async function teacherSources(
   map: number[],
   teacher: Bert | null,
   labelled: boolean,
-): Promise<BatchSource[]> {
+): Promise<(BatchSource & { close?(): Promise<void> })[]> {
   const { params, pipeline: p } = ctx;
   const columns = (terms: LossTermSpec[]) => {
     const n = termNeeds(terms);
@@ -445,6 +445,7 @@ export const distill = defineStage({
       (p.student?.checkpoint || params.init_from ? "checkpoint" : "random");
     const student = await initStudent(ctx, data.meta, init, seed);
     let teacher: Bert | null = null;
+    let sources: (BatchSource & { close?(): Promise<void> })[] = [];
     try {
       const longest = longestRow(data.rows, data.dev);
       const field = params.pack !== undefined
@@ -473,7 +474,7 @@ export const distill = defineStage({
         projection: params.projection,
       });
       addProjections(student, teacherConfig.hidden_size, objective(recipe.allTerms), seed);
-      const sources = await teacherSources(ctx, data, recipe.phases, map, teacher, recipe.labelled);
+      sources = await teacherSources(ctx, data, recipe.phases, map, teacher, recipe.labelled);
       const phases = recipe.phases.map((ph, i) =>
         phaseFromParams(ph.name, "distillation", phaseSettings(params, ph), {
           objectiveOptions: objective(ph.terms),
@@ -512,6 +513,7 @@ export const distill = defineStage({
       await saveOnnxFolder(student, join(ctx.out, "model"), { fp16: true });
       return trainingResult(res, student);
     } finally {
+      for (const s of sources) await s.close?.(); // the online teacher's sessions
       student.dispose();
       teacher?.dispose();
     }
