@@ -170,6 +170,7 @@ function randomBatch(batch: number, seed: number): HostBatch {
       shape: [batch, SEQ],
     },
     attentionMask: { data: new Int32Array(batch * SEQ).fill(1), shape: [batch, SEQ] },
+    tokenTypeIds: { data: new Int32Array(batch * SEQ), shape: [batch, SEQ] },
     labels: { data: Int32Array.from({ length: batch }, (_, i) => i % 2), shape: [batch] },
   };
 }
@@ -358,7 +359,6 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       threads: navigator.hardwareConcurrency,
     });
     const host = randomBatch(32, 1);
-    host.tokenTypeIds = { data: new Int32Array(32 * SEQ), shape: [32, SEQ] };
     const [warmup, steps] = quick ? [1, 2] : [2, 7];
     const times: number[] = [], feed: number[] = [], grad: number[] = [], update: number[] = [];
     let rss = 0, loss = 0;

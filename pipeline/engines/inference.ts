@@ -13,6 +13,7 @@
  */
 
 import type { Bert } from "../model/bert.ts";
+import type { HostBatch } from "../data/batch.ts";
 import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../onnx/export.ts";
 import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
@@ -57,6 +58,19 @@ export interface Inference {
     outputs?: readonly string[],
   ): Promise<Record<string, InferenceOutput>>;
   close(): Promise<void>;
+}
+
+/** The model inputs of a padded host batch (`inputIds`, `attentionMask`, `tokenTypeIds`). */
+export function batchInputs(b: HostBatch): InferenceInputs {
+  const [batch, seq] = b.inputIds.shape;
+  const ints = (k: string) => b[k]?.data as Int32Array | undefined;
+  return {
+    inputIds: ints("inputIds")!,
+    attentionMask: ints("attentionMask"),
+    tokenTypeIds: ints("tokenTypeIds"),
+    batch,
+    seq,
+  };
 }
 
 function toInt64(

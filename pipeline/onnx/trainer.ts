@@ -408,7 +408,13 @@ export class OnnxTrainer {
         })
       );
       const t0 = performance.now();
-      const mine = await this.#accumulate([sliceBatch(pieces[k], bounds[0], bounds[1])], micro * R);
+      let mine;
+      try {
+        mine = await this.#accumulate([sliceBatch(pieces[k], bounds[0], bounds[1])], micro * R);
+      } catch (e) {
+        await Promise.allSettled(pending); // no replica's answer is left unawaited
+        throw e;
+      }
       const theirs = await Promise.all(pending);
       const t1 = performance.now();
       trained = mine.trained;

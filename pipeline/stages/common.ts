@@ -30,7 +30,7 @@ import {
   squadMetrics,
   tokenAccuracy,
 } from "../report/metrics.ts";
-import { openInference } from "../engines/inference.ts";
+import { batchInputs, openInference } from "../engines/inference.ts";
 import { headLogits, headOutputNames } from "../onnx/export.ts";
 import type { Pipeline } from "../run/spec.ts";
 import type { CurvePoint, EvalPoint, Phase, TrainResult } from "../train/loop.ts";
@@ -402,14 +402,8 @@ export async function predictRows(
     for (let s = 0; s < n; s += batchSize) {
       const idx = order.slice(s, s + batchSize);
       const batch = padRows(rows, idx, false);
-      const [B, S] = batch.inputIds.shape;
-      const res = await engine.run({
-        inputIds: batch.inputIds.data as Int32Array,
-        attentionMask: batch.attentionMask.data as Int32Array,
-        tokenTypeIds: batch.tokenTypeIds.data as Int32Array,
-        batch: B,
-        seq: S,
-      }, headOutputNames(model));
+      const S = batch.inputIds.shape[1];
+      const res = await engine.run(batchInputs(batch), headOutputNames(model));
       const logits = headLogits(model, res).data;
       if (rows.tokenLabels || rows.startPositions) {
         decodeBatch(logits, rows, idx, S, C, words, answers);

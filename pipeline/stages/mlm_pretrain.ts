@@ -48,7 +48,7 @@ import {
   writeTrainedModel,
 } from "./common.ts";
 import { readTokenMeta, readTokenSplit } from "../store/tokens.ts";
-import { openInference } from "../engines/inference.ts";
+import { batchInputs, openInference } from "../engines/inference.ts";
 
 /** The mlm-pretrain stage's fields. */
 const MlmPretrainFields = z.strictObject({
@@ -122,15 +122,10 @@ export async function mlmScore(
         }
       });
       if (pos.length === 0) continue;
-      const [B, S] = b.inputIds.shape;
-      const out = await engine.run({
-        inputIds: b.inputIds.data as Int32Array,
-        attentionMask: b.attentionMask.data as Int32Array,
-        tokenTypeIds: b.tokenTypeIds.data as Int32Array,
-        batch: B,
-        seq: S,
-        mlmPositions: Int32Array.from(pos),
-      }, ["mlm_rows"]);
+      const out = await engine.run(
+        { ...batchInputs(b), mlmPositions: Int32Array.from(pos) },
+        ["mlm_rows"],
+      );
       const logits = out.mlm_rows.data;
       gold.forEach((g, r) => {
         // −log_softmax(z)[g] = logsumexp(z) − z[g], in float64
