@@ -23,24 +23,9 @@
 import { type Dim, GraphBuildError, type Tape, type Value } from "../onnx/autodiff.ts";
 import { DataType } from "../onnx/graph.ts";
 import type { BertConfig } from "../model/config.ts";
+import { type BertHeads, MASK_VALUE } from "../model/bert.ts";
 
-/** The value of the additive attention mask on padded keys, as in the BERT/TinyBERT code. */
-export const MASK_VALUE = -10000;
-
-/** Which heads a model carries. */
-export interface BertHeads {
-  /**
-   * A `classifier`, `numLabels(config)` wide: on the pooled output (sequence classification), or
-   * on every token's last hidden state when {@link tokenClassifier} is set.
-   */
-  classifier: boolean;
-  /** The classifier labels every token (`BertForTokenClassification`; no pooler). */
-  tokenClassifier?: boolean;
-  /** `qa_outputs`, a Linear(hidden, 2) of span start/end logits (`BertForQuestionAnswering`). */
-  qa?: boolean;
-  /** A masked-LM head (`cls.predictions.*`) whose decoder is tied to the word embeddings. */
-  mlm: boolean;
-}
+export { type BertHeads, MASK_VALUE };
 
 /**
  * Where the forward reads its parameters. Training reads graph inputs (they get gradients); the

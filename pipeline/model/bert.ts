@@ -11,9 +11,24 @@
 
 import { type BertConfig, makeConfig, numLabels } from "./config.ts";
 import { seededRandom } from "../random.ts";
-import { type BertHeads, MASK_VALUE } from "../graph/bert.ts";
 
-export { type BertHeads, MASK_VALUE };
+/** The value of the additive attention mask on padded keys, as in the BERT/TinyBERT code. */
+export const MASK_VALUE = -10000;
+
+/** Which heads a model carries. */
+export interface BertHeads {
+  /**
+   * A `classifier`, `numLabels(config)` wide: on the pooled output (sequence classification), or
+   * on every token's last hidden state when {@link tokenClassifier} is set.
+   */
+  classifier: boolean;
+  /** The classifier labels every token (`BertForTokenClassification`; no pooler). */
+  tokenClassifier?: boolean;
+  /** `qa_outputs`, a Linear(hidden, 2) of span start/end logits (`BertForQuestionAnswering`). */
+  qa?: boolean;
+  /** A masked-LM head (`cls.predictions.*`) whose decoder is tied to the word embeddings. */
+  mlm: boolean;
+}
 
 /** One parameter: row-major float32 data and its shape. */
 export interface Param {
