@@ -511,6 +511,18 @@ export function matmul(a: tf.Tensor, b: tf.Tensor, transA = false, transB = fals
       return tf.reshape(y, dims);
     });
   }
+  const outerA = a.shape.slice(0, -2), outerB = b.shape.slice(0, -2);
+  const same = outerA.length === outerB.length && outerA.every((d, i) => d === outerB[i]);
+  if (!same && prod(outerA) !== 1 && prod(outerB) !== 1) {
+    // tfjs pairs batch i of the output with batch i mod n of each side, which is numpy
+    // broadcasting only when a side has one batch or both have the same: materialise it
+    const outer = broadcastDims(outerA, outerB);
+    return tf.tidy(() => {
+      const a2 = tf.broadcastTo(a, [...outer, ...a.shape.slice(-2)]);
+      const b2 = tf.broadcastTo(b, [...outer, ...b.shape.slice(-2)]);
+      return tf.matMul(a2, b2, transA, transB);
+    });
+  }
   return tf.matMul(a, b, transA, transB);
 }
 
@@ -790,18 +802,18 @@ export const OPS: Record<string, OpDef> = {
       if (spec.every(([, , s]) => s === 1)) {
         return [tf.slice(t, spec.map(([s]) => s), spec.map(([s, e]) => Math.max(0, e - s)))];
       }
-      if (spec.some(([s, e, st]) => (st > 0 ? e <= s : e >= s))) {
-        const dims = spec.map((x) => sliceIndices(x).length);
-        return [tf.zeros(dims, t.dtype)];
-      }
-      return [
-        tf.stridedSlice(
-          t,
-          spec.map(([s]) => s),
-          spec.map(([, e]) => e),
-          spec.map(([, , st]) => st),
-        ),
-      ];
+      // other steps: one gather per sliced axis (tfjs' stridedSlice reads a negative end as
+      // counting from the back, where ONNX's clamped −1 means "before index 0")
+      return [tf.tidy(() =>
+        spec.reduce((y, sp, axis) => {
+          if (sp[0] === 0 && sp[1] === t.shape[axis] && sp[2] === 1) return y;
+          const idx = sliceIndices(sp);
+          if (idx.length === 0) {
+            return tf.zeros(y.shape.map((d, i) => (i === axis ? 0 : d)), y.dtype);
+          }
+          return tf.gather(y, tf.tensor(idx, [idx.length], "int32"), axis);
+        }, t)
+      )];
     },
     host: (ins) => {
       const v = ins[0] as HostValue;
