@@ -17,9 +17,10 @@
  *
  * Cost: the replacement decisions are drawn first (seeded, per example), then one masked copy per
  * (example, word) that any of the `n` copies replaces runs through the model — many rows per
- * forward (ONNX Runtime on the model's own export, or tfjs), and the masked-LM head on the masked
- * positions only. The candidates are written as a part store (`candidates/`, one row per
- * example), so a killed run resumes from its finished parts.
+ * forward, on the model's inference graph with the masked-LM head on the masked positions only
+ * (`openInference` with `mlmRows`: one graph, ONNX Runtime, or tfjs with `engine: tfjs`). The
+ * candidates are written as a part store (`candidates/`, one row per example), so a killed run
+ * resumes from its finished parts.
  *
  * Output: the layout of `tokenize` — `train/` `dev/` `test/` part stores of {@link TOKEN_COLUMNS}
  * (+ `target` for regression), `labels.json` (plus an `augmentation` entry), `tokenizer/` — so
@@ -35,16 +36,13 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { InputError } from "../errors.ts";
+import { type Inference, openInference } from "../engines/inference.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { readCheckpointTensors } from "../model/checkpoint_files.ts";
 import { readConfig } from "../model/config.ts";
 import { loadTokenizer, saveTokenizer } from "../model/tokenizer/io.ts";
 import type { BertTokenizer } from "../model/tokenizer/tokenizer.ts";
-import { OnnxEngine } from "../onnx/engine.ts";
-import { exportOnnx, ONNX_IR_VERSION, ONNX_OPSET } from "../onnx/export.ts";
-import { DataType, GraphBuilder } from "../onnx/graph.ts";
-import * as ort from "onnxruntime-node";
 import { seededRandom } from "../random.ts";
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { Pipeline } from "../run/spec.ts";
@@ -57,8 +55,6 @@ import {
   PartWriter,
 } from "../store/parquet.ts";
 import { readTokenMeta, type TokenMeta } from "../store/tokens.ts";
-import { tf } from "../tfjs/backend.ts";
-import { inputTensors } from "../train/batch.ts";
 import { SPLITS, TARGET_COLUMN, TOKEN_COLUMNS } from "./tokenize.ts";
 
 /** Params of the augment stage. */
@@ -88,9 +84,9 @@ export const AugmentParams = z.strictObject({
   examples_per_part: z.number().int().positive().default(256),
   /** Rows per part of the output `train/`. */
   rows_per_part: z.number().int().positive().default(2048),
-  /** `onnx`: the model's export on ONNX Runtime (tfjs when it does not load); `tfjs`. */
+  /** Executor of the model's inference graph: ONNX Runtime, or tfjs on the pipeline's `backend`. */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
-  /** ONNX Runtime intra-op threads (default: one per core). */
+  /** Intra-op threads (default: one per core). */
   threads: z.number().int().positive().optional(),
 });
 /** Validated augment params. */
@@ -329,139 +325,23 @@ export function augmentedCopy(
 }
 
 /**
- * The model on padded integer batches: last hidden states `[B, S, H]`, and the masked-LM head on
- * hidden-state rows `[n, H]` → logits `[n, V]` (row-major).
+ * The model's inference graph with the masked-LM head on chosen rows (`mlm_positions` in,
+ * `mlm_rows [M, V]` out), on the engine asked.
  */
-interface HiddenEngine {
-  name: "onnx" | "tfjs";
-  lastHidden(ids: Int32Array, mask: Int32Array, types: Int32Array, B: number, S: number): Promise<
-    Float32Array
-  >;
-  mlmHead(rows: Float32Array, n: number): Promise<Float32Array>;
-  close(): Promise<void>;
-}
-
-/**
- * The masked-LM head alone as an ONNX graph (`rows [n, H]` → `logits [n, V]`), computed as
- * `Bert.mlmHead` does: dense, activation, LayerNorm, then the decoder tied to the word embeddings.
- * (On tfjs-wasm the `[n, H] × [H, V]` product is the slow part; ONNX Runtime's is far faster.)
- */
-export function mlmHeadOnnx(bert: Bert): Uint8Array {
-  const cfg = bert.config, H = cfg.hidden_size, V = cfg.vocab_size;
-  const g = new GraphBuilder();
-  const w = (name: string) => {
-    const p = bert.p(name);
-    return g.floats(name, Float32Array.from(p.dataSync() as Float32Array), p.shape);
-  };
-  const pre = "cls.predictions.transform";
-  const rows = g.input({ name: "rows", elemType: DataType.FLOAT, dims: ["n", H] });
-  const dense = g.node("Gemm", [rows, w(`${pre}.dense.weight`), w(`${pre}.dense.bias`)], {
-    transB: 1,
-  });
-  let act: string;
-  const one = g.scalar("one", 1), half = g.scalar("half", 0.5);
-  if (cfg.hidden_act === "gelu") {
-    const erf = g.node("Erf", [g.node("Mul", [dense, g.scalar("inv_sqrt2", Math.SQRT1_2)])]);
-    act = g.node("Mul", [g.node("Mul", [dense, half]), g.node("Add", [erf, one])]);
-  } else if (cfg.hidden_act === "gelu_new") {
-    const cube = g.node("Mul", [
-      g.node("Pow", [dense, g.scalar("three", 3)]),
-      g.scalar("gelu_k", 0.044715),
-    ]);
-    const inner = g.node("Mul", [
-      g.node("Add", [dense, cube]),
-      g.scalar("c", Math.sqrt(2 / Math.PI)),
-    ]);
-    act = g.node("Mul", [
-      g.node("Mul", [dense, half]),
-      g.node("Add", [g.node("Tanh", [inner]), one]),
-    ]);
-  } else act = g.node("Relu", [dense]);
-  const t = g.node(
-    "LayerNormalization",
-    [act, w(`${pre}.LayerNorm.weight`), w(`${pre}.LayerNorm.bias`)],
-    { axis: -1, epsilon: { f: cfg.layer_norm_eps } },
-  );
-  const logits = g.node("Gemm", [
-    t,
-    w("embeddings.word_embeddings.weight"),
-    w("cls.predictions.bias"),
-  ], { transB: 1 });
-  g.output(logits, { name: "logits", elemType: DataType.FLOAT, dims: ["n", V] });
-  return g.toModel({
-    name: "tinystill_mlm_head",
-    opset: ONNX_OPSET,
-    irVersion: ONNX_IR_VERSION,
-    producer: "tinystill",
-  });
-}
-
-async function openEngine(
+async function openModel(
   ctx: StageContext<AugmentParams>,
   bert: Bert,
-): Promise<HiddenEngine> {
+): Promise<Inference> {
   const { params } = ctx;
-  if (params.engine === "onnx") {
-    try {
-      const onnx = await OnnxEngine.load(exportOnnx(bert, { outputs: "logits", mlm: false }), {
-        threads: params.threads,
-      });
-      const head = await ort.InferenceSession.create(mlmHeadOnnx(bert), {
-        graphOptimizationLevel: "all",
-        executionProviders: ["cpu"],
-        interOpNumThreads: 1,
-        ...(params.threads ? { intraOpNumThreads: params.threads } : {}),
-      });
-      const H = bert.config.hidden_size;
-      return {
-        name: "onnx",
-        async lastHidden(inputIds, attentionMask, tokenTypeIds, batch, seq) {
-          const out = await onnx.run(
-            { inputIds, attentionMask, tokenTypeIds, batch, seq },
-            ["last_hidden_state"],
-          );
-          return out.last_hidden_state.data;
-        },
-        async mlmHead(rows, n) {
-          const input = new ort.Tensor("float32", rows, [n, H]);
-          const res = await head.run({ rows: input }, ["logits"]);
-          const data = Float32Array.from(res.logits.data as Float32Array);
-          input.dispose();
-          res.logits.dispose();
-          return data;
-        },
-        close: async () => {
-          await onnx.close();
-          await head.release();
-        },
-      };
-    } catch (e) {
-      ctx.log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
-    }
-  }
-  return {
-    name: "tfjs",
-    lastHidden(ids, mask, types, B, S) {
-      return Promise.resolve(tf.tidy(() => {
-        const out = bert.forward(
-          inputTensors({
-            inputIds: { data: ids, shape: [B, S] },
-            attentionMask: { data: mask, shape: [B, S] },
-            tokenTypeIds: { data: types, shape: [B, S] },
-          }),
-          { hiddenStates: false, attentionScores: false },
-        );
-        return out.hiddenStates[out.hiddenStates.length - 1].dataSync() as Float32Array;
-      }));
-    },
-    mlmHead(rows, n) {
-      const H = bert.config.hidden_size;
-      return Promise.resolve(
-        tf.tidy(() => bert.mlmHead(tf.tensor2d(rows, [n, H])).dataSync() as Float32Array),
-      );
-    },
-    close: () => Promise.resolve(),
-  };
+  return await openInference(bert, {
+    outputs: "logits",
+    mlm: false,
+    mlmRows: true,
+    threads: params.threads,
+    engine: params.engine === "tfjs"
+      ? { kind: "tfjs", backend: ctx.pipeline.backend }
+      : { kind: "onnxruntime" },
+  });
 }
 
 /** One masked row to predict: example `row`'s word `w` (pieces `[s, e)`) → one `[MASK]`. */
@@ -474,11 +354,11 @@ interface Job {
 
 /**
  * The candidates of the given jobs: the masked rows in batches of similar length through the
- * encoder, the masked-LM head on the masked positions only, then the top-k allowed entries.
+ * model, the masked-LM head on the masked positions only, then the top-k allowed entries.
  */
 async function predictCandidates(
-  engine: HiddenEngine,
-  bert: Bert,
+  model: Inference,
+  V: number,
   rows: { ids: Int32Array[]; types: Int32Array[]; lengths: Int32Array },
   jobs: Job[],
   maskId: number,
@@ -487,27 +367,31 @@ async function predictCandidates(
   batchSize: number,
   onBatch: (n: number) => void,
 ): Promise<Int32Array[]> {
-  const H = bert.config.hidden_size, V = bert.config.vocab_size;
   const out: Int32Array[] = new Array(jobs.length);
   const order = jobs.map((_, i) => i).sort((a, b) => jobs[a].len - jobs[b].len || a - b);
   for (let b0 = 0; b0 < order.length; b0 += batchSize) {
     const batch = order.slice(b0, b0 + batchSize);
     const B = batch.length, S = jobs[batch[B - 1]].len;
     const ids = new Int32Array(B * S), mask = new Int32Array(B * S), types = new Int32Array(B * S);
+    // the [MASK] of row i sits where its word started: flat position i·S + start
+    const positions = new Int32Array(B);
     batch.forEach((q, i) => {
       const { row, span, len } = jobs[q];
       const m = replaceWord(rows.ids[row], rows.types[row], rows.lengths[row], span, maskId);
       ids.set(m.ids, i * S);
       types.set(m.types, i * S);
       mask.fill(1, i * S, i * S + len);
+      positions[i] = i * S + span[0];
     });
-    const hidden = await engine.lastHidden(ids, mask, types, B, S);
-    const at = new Float32Array(B * H);
-    batch.forEach((q, i) => {
-      const pos = jobs[q].span[0];
-      at.set(hidden.subarray((i * S + pos) * H, (i * S + pos + 1) * H), i * H);
-    });
-    const logits = await engine.mlmHead(at, B);
+    const res = await model.run({
+      inputIds: ids,
+      attentionMask: mask,
+      tokenTypeIds: types,
+      batch: B,
+      seq: S,
+      mlmPositions: positions,
+    }, ["mlm_rows"]);
+    const logits = res.mlm_rows.data; // [B, V]
     batch.forEach((q, i) => {
       const { row, span } = jobs[q];
       // the word itself is excluded (a multi-piece word has no single id to exclude)
@@ -670,7 +554,7 @@ export const augment = defineStage({
       const t0 = performance.now();
       if (pending.length) {
         const bert = await loadBert(dir, { heads: { classifier: false } });
-        let engine: HiddenEngine | null = null;
+        let model: Inference | null = null;
         try {
           if (!bert.heads.mlm) await checkMlmCheckpoint(dir); // (names the missing tensor)
           let todo = 0;
@@ -688,14 +572,14 @@ export const augment = defineStage({
                 jobs.push({ row: i, w, span, len: rows.lengths[i] - (span[1] - span[0]) + 1 });
               }
             }
-            if (jobs.length && !engine) {
-              engine = await openEngine(ctx, bert);
-              engineName = engine.name;
+            if (jobs.length && !model) {
+              model = await openModel(ctx, bert);
+              engineName = model.engine;
             }
             const found = jobs.length
               ? await predictCandidates(
-                engine!,
-                bert,
+                model!,
+                bert.config.vocab_size,
                 rows,
                 jobs,
                 tok.maskId!,
@@ -721,7 +605,9 @@ export const augment = defineStage({
           }
           bar.finish();
         } finally {
-          await engine?.close();
+          // released before the stage returns: a native release still running when the
+          // process or its worker exits can corrupt the heap
+          await model?.close();
           bert.dispose();
         }
       }
