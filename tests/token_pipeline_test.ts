@@ -3,14 +3,16 @@
  * tokenize → finetune@teacher → teacher-forward → distill (intermediate + per-token / per-span
  * prediction loss) → finetune@student → evaluate. Checks what a user relies on: the students are
  * `BertForTokenClassification` / `BertForQuestionAnswering` folders, the report's word accuracy,
- * entity F1, exact match and F1 equal a recomputation here from `Bert.forward` (tfjs) on the
- * test split — the report runs the ONNX exports — and the paired comparisons are there.
+ * entity F1, exact match and F1 equal a recomputation here, row by row (unpadded) from each
+ * model's ONNX export, decoded here — the report runs padded batches through `openInference` —
+ * and the paired comparisons are there.
  */
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { openInference } from "../pipeline/engines/inference.ts";
 import { loadBert } from "../pipeline/model/checkpoint.ts";
+import { exportOnnx } from "../pipeline/onnx/export.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
@@ -107,35 +109,49 @@ stages:
 `;
 }
 
-/** Per-row forward on tfjs, decoded here (the report decodes ONNX Runtime's outputs). */
-function recompute(model: Awaited<ReturnType<typeof loadBert>>, rows: TokenRows) {
+/** Per-row forward of the model's ONNX export (batch 1, unpadded), decoded here. */
+async function recompute(model: Awaited<ReturnType<typeof loadBert>>, rows: TokenRows) {
   const words: number[][] = [], answers: string[] = [];
-  for (let r = 0; r < rows.lengths.length; r++) {
-    const ids = tf.tensor2d([...rows.ids[r]], [1, rows.lengths[r]], "int32");
-    const types = tf.tensor2d([...rows.types[r]], [1, rows.lengths[r]], "int32");
-    const out = model.forward({ inputIds: ids, tokenTypeIds: types });
-    if (out.tokenLogits) {
-      const l = out.tokenLogits.arraySync()[0];
-      const got: number[] = [];
-      rows.tokenLabels![r].forEach((t, k) => {
-        if (t !== IGNORE_INDEX) got.push(l[k].indexOf(Math.max(...l[k])));
+  const onnx = await openInference(exportOnnx(model, { outputs: "logits" }), { threads: 1 });
+  try {
+    for (let r = 0; r < rows.lengths.length; r++) {
+      const S = rows.lengths[r];
+      const out = await onnx.run({
+        inputIds: rows.ids[r],
+        tokenTypeIds: rows.types[r],
+        batch: 1,
+        seq: S,
       });
-      words.push(got);
-    } else {
-      const l = out.spanLogits!.arraySync()[0];
-      const span = bestSpan(l.map((v) => v[0]), l.map((v) => v[1]), rows.tokenWords![r]);
-      answers.push(
-        spanText(rows.contexts![r], rows.tokenWords![r], rows.wordSpans![r], span.start, span.end),
-      );
+      if (rows.tokenLabels) {
+        const l = out.logits.data, C = out.logits.dims[2];
+        const got: number[] = [];
+        rows.tokenLabels[r].forEach((t, k) => {
+          if (t === IGNORE_INDEX) return;
+          const row = Array.from(l.subarray(k * C, (k + 1) * C));
+          got.push(row.indexOf(Math.max(...row)));
+        });
+        words.push(got);
+      } else {
+        const start = Array.from(out.start_logits.data), end = Array.from(out.end_logits.data);
+        const span = bestSpan(start, end, rows.tokenWords![r]);
+        answers.push(
+          spanText(
+            rows.contexts![r],
+            rows.tokenWords![r],
+            rows.wordSpans![r],
+            span.start,
+            span.end,
+          ),
+        );
+      }
     }
-    tf.dispose([ids, types, ...out.hiddenStates, ...out.attentionScores, out.pooled]);
-    tf.dispose([out.tokenLogits!, out.spanLogits!].filter(Boolean));
+  } finally {
+    await onnx.close();
   }
   return { words, answers };
 }
 
 async function runTask(task: "token-classification" | "question-answering") {
-  await setBackend("wasm");
   const dir = await Deno.makeTempDir({ prefix: "tinystill_tokentask_" });
   try {
     const data = join(dir, "data.jsonl");
@@ -169,14 +185,14 @@ async function runTask(task: "token-classification" | "question-answering") {
     const names = [...(await readSafetensors(join(modelDir, "model.safetensors"))).tensors.keys()];
     assert.ok(!names.some((n) => n.includes("pooler") || n.includes("distill.")), `${names}`);
 
-    // the report's figures = a recomputation with tfjs on the test split
+    // the report's figures = a recomputation, row by row, on the test split
     const report = JSON.parse(await Deno.readTextFile(join(by("evaluate").dir, "report.json")));
     const rows = (await readTokenSplit(by("tokenize").dir, "test"))!;
     const student = await loadBert(modelDir);
     const teacher = await loadBert(join(by("finetune@teacher").dir, "model"));
     const row = (name: string) => report.models.find((m: { name: string }) => m.name === name);
     for (const [name, model] of [["student", student], ["teacher", teacher]] as const) {
-      const { words, answers } = recompute(model, rows);
+      const { words, answers } = await recompute(model, rows);
       const got = row(name).metrics;
       if (task === "token-classification") {
         const gold = rows.wordTags!.map((t) => [...t]);

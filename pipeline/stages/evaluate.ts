@@ -1,9 +1,10 @@
 /**
  * `evaluate`: the teacher and every student side by side on a held-out split — accuracy,
  * macro-F1 and MCC, retention (% of the teacher's score), parameters, bytes on disk, latency at
- * batch 1 and throughput — on ONNX Runtime (each model exported by tinystill itself; tfjs when
- * ONNX Runtime cannot load). Writes `report.json`, `report.md`, the loss curves and the metric
- * bars as SVG, and prints the table.
+ * batch 1 and throughput — each model run as all inference is (`openInference` on its inference
+ * graph: ONNX Runtime, or tfjs with `engine: tfjs`), and each student's fp16 and INT8 exports
+ * measured from their exported files on ONNX Runtime. Writes `report.json`, `report.md`, the loss
+ * curves and the metric bars as SVG, and prints the table.
  *
  * ```yaml
  * - evaluate:
@@ -16,8 +17,8 @@
 
 import { join } from "node:path";
 import { z } from "zod";
-import { tf } from "../tfjs/backend.ts";
-import { type Bert, headOutput } from "../model/bert.ts";
+import type { HostBatch } from "../data/batch.ts";
+import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
 import { labelNames, numLabels, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
@@ -28,7 +29,8 @@ import {
   pairedBootstrap,
   type PairedComparison,
 } from "../report/metrics.ts";
-import { OnnxEngine } from "../onnx/engine.ts";
+import type { EngineRef } from "../engines/mod.ts";
+import { openInference } from "../engines/inference.ts";
 import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import {
   barChartSvg,
@@ -62,7 +64,6 @@ import {
   type TokenMeta,
   type TokenRows,
 } from "../store/tokens.ts";
-import { inputTensors } from "../train/batch.ts";
 
 /** Params of the evaluate stage. */
 export const EvaluateParams = z.strictObject({
@@ -79,6 +80,7 @@ export const EvaluateParams = z.strictObject({
    * token classification: accuracy over words, or entity_f1).
    */
   metric: z.enum(DEV_METRICS).optional(),
+  /** Each model's executor: ONNX Runtime, or tfjs on the pipeline's `backend`. */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /**
    * Also measure each student's other exports, each as a row `<name> (<variant>)` — accuracy,
@@ -96,51 +98,11 @@ export const EvaluateParams = z.strictObject({
 /** Validated evaluate params. */
 export type EvaluateParams = z.infer<typeof EvaluateParams>;
 
-/** Runs a model on a batch of rows and returns its logits `[rows × C]`. */
-type Runner = (batch: ReturnType<typeof padRows>) => Promise<Float32Array>;
-
-async function makeRunner(
-  bert: Bert,
-  engine: "onnx" | "tfjs",
-  threads: number | undefined,
-  log: (m: string) => void,
-  model?: Uint8Array,
-): Promise<{ run: Runner; close: () => Promise<void>; engine: string }> {
-  if (engine === "onnx") {
-    try {
-      const onnx = await OnnxEngine.load(model ?? exportOnnx(bert, { outputs: "logits" }), {
-        threads,
-      });
-      return {
-        engine: "onnx",
-        run: async (b) => {
-          const [batch, seq] = b.inputIds.shape;
-          const res = await onnx.run({
-            inputIds: b.inputIds.data as Int32Array,
-            attentionMask: b.attentionMask.data as Int32Array,
-            tokenTypeIds: b.tokenTypeIds.data as Int32Array,
-            batch,
-            seq,
-          }, headOutputNames(bert));
-          return headLogits(bert, res).data;
-        },
-        close: () => onnx.close(),
-      };
-    } catch (e) {
-      log(`ONNX Runtime unavailable (${(e as Error).message.split("\n")[0]}); using tfjs`);
-    }
-  }
-  return {
-    engine: `tfjs-${tf.getBackend()}`,
-    run: (b) =>
-      Promise.resolve(
-        tf.tidy(() => {
-          const o = bert.forward(inputTensors(b), { hiddenStates: false, attentionScores: false });
-          return headOutput(o)!.dataSync() as Float32Array;
-        }),
-      ),
-    close: () => Promise.resolve(),
-  };
+/** How a report row names the executor: `onnx`, `tfjs-wasm`, … (`onnxruntime/cpu` → `onnx`). */
+function engineLabel(name: string): string {
+  return name === "onnxruntime/cpu"
+    ? "onnx"
+    : name.replace("onnxruntime", "onnx").replace("/", "-");
 }
 
 /** Metrics, throughput and batch-1 latency of one model on a split. */
@@ -148,14 +110,14 @@ export async function measureModel(
   bert: Bert,
   rows: TokenRows,
   opts: {
-    engine: "onnx" | "tfjs";
+    /** The executor of `bert`'s inference graph (default ONNX Runtime). */
+    engine?: EngineRef;
     threads?: number;
     batchSize: number;
     latencyExamples: number;
-    /** The ONNX model to run (default: the fp32 export of `bert`). */
-    model?: Uint8Array;
+    /** An exported ONNX file to run instead (bytes or a path; ONNX Runtime). */
+    model?: Uint8Array | string;
   },
-  log: (m: string) => void = () => {},
 ): Promise<
   {
     metrics: Record<string, number>;
@@ -171,19 +133,37 @@ export async function measureModel(
   }
 > {
   const C = numLabels(bert.config);
-  const runner = await makeRunner(bert, opts.engine, opts.threads, log, opts.model);
+  const inference = await openInference(opts.model ?? bert, {
+    outputs: "logits",
+    mlm: false,
+    threads: opts.threads,
+    ...(opts.model ? {} : { engine: opts.engine }),
+  });
+  const names = headOutputNames(bert);
+  /** The head's logits of a batch of rows (QA: start and end interleaved, `[B, S, 2]`). */
+  const logitsOf = async (b: HostBatch): Promise<Float32Array> => {
+    const [batch, seq] = b.inputIds.shape;
+    const res = await inference.run({
+      inputIds: b.inputIds.data as Int32Array,
+      attentionMask: b.attentionMask.data as Int32Array,
+      tokenTypeIds: b.tokenTypeIds.data as Int32Array,
+      batch,
+      seq,
+    }, names);
+    return headLogits(bert, res).data;
+  };
   try {
     const n = rows.lengths.length;
     const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
     const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
     const perToken = !!(rows.tokenLabels || rows.startPositions);
     const words: number[][] = new Array(n), answers: string[] = new Array(n);
-    await runner.run(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
+    await logitsOf(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
     const t0 = performance.now();
     for (let s = 0; s < n; s += opts.batchSize) {
       const idx = order.slice(s, s + opts.batchSize);
       const batch = padRows(rows, idx, false);
-      const logits = await runner.run(batch);
+      const logits = await logitsOf(batch);
       if (perToken) {
         decodeBatch(logits, rows, idx, batch.inputIds.shape[1], C, words, answers);
         continue;
@@ -194,12 +174,12 @@ export async function measureModel(
     const throughput = n / ((performance.now() - t0) / 1000);
     // batch 1, examples in data order (their real lengths), median of the timings
     const k = Math.min(n, opts.latencyExamples);
-    await runner.run(padRows(rows, [0], false));
+    await logitsOf(padRows(rows, [0], false));
     const times: number[] = [];
     for (let i = 0; i < k; i++) {
       const b = padRows(rows, [i], false);
       const t = performance.now();
-      await runner.run(b);
+      await logitsOf(b);
       times.push(performance.now() - t);
     }
     times.sort((a, b) => a - b);
@@ -213,7 +193,7 @@ export async function measureModel(
       metrics,
       latency_ms: times[Math.floor(times.length / 2)],
       throughput,
-      engine: runner.engine,
+      engine: engineLabel(inference.engine),
       predictions: rows.tokenLabels
         ? Int32Array.from(words.flat())
         : rows.startPositions
@@ -223,7 +203,7 @@ export async function measureModel(
   } finally {
     // released before returning: a native release still running when the process or its
     // worker exits can corrupt the heap
-    await runner.close();
+    await inference.close();
   }
 }
 
@@ -371,11 +351,13 @@ async function measureAll(
         });
       }
       const r = await measureModel(bert, rows, {
-        engine: params.engine,
+        engine: params.engine === "tfjs"
+          ? { kind: "tfjs", backend: ctx.pipeline.backend }
+          : { kind: "onnxruntime" },
         threads: params.threads,
         batchSize: params.batch_size,
         latencyExamples: params.latency_examples,
-      }, ctx.log);
+      });
       if (r.predictions instanceof Int32Array) predictions.set(m.name, r.predictions);
       const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
       result.push({
@@ -400,12 +382,11 @@ async function measureAll(
         });
         const name = `${m.name} (${variant})`;
         const rq = await measureModel(bert, rows, {
-          engine: "onnx",
           threads: params.threads,
           batchSize: params.batch_size,
           latencyExamples: params.latency_examples,
           model: file,
-        }, ctx.log);
+        });
         if (rq.predictions instanceof Int32Array) predictions.set(name, rq.predictions);
         result.push({
           name,
@@ -415,7 +396,7 @@ async function measureAll(
           bytes: file.length,
           latency_ms: rq.latency_ms,
           throughput: rq.throughput,
-          engine: `onnx-${variant}`,
+          engine: `${rq.engine}-${variant}`,
           stage: m.stage,
           layers: bert.config.num_hidden_layers,
           hidden: bert.config.hidden_size,
