@@ -71,8 +71,8 @@ export const TeacherForwardParams = z.strictObject({
   /** Refuse to build a cache larger than this many bytes. */
   max_cache_bytes: z.number().positive().default(20e9),
   /**
-   * The executor of the teacher's inference graph: `onnx`, ONNX Runtime (≈7× tfjs-wasm here);
-   * `tfjs`, the same graph on the pipeline's tfjs `backend`.
+   * The executor of the teacher's inference graph: `onnx`, ONNX Runtime; `tfjs`, the same graph
+   * on the pipeline's tfjs `backend`.
    */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /** Intra-op threads of the teacher's session (default: one per core). */
