@@ -221,22 +221,27 @@ function storedWeights(
   };
   const w: Weights = { get, has };
   if (dtype !== "q8") return w;
+  /** The int8 weight and its scales, stored once per Linear (a head may be built twice). */
+  const int8 = new Map<string, { wq: string; ws: string }>();
   /** INT8 `x·Wᵀ + b`: x → uint8 (per-tensor scale, zero point), W int8 `[in, out]`. */
   w.linear = (x, prefix) => {
     const quantized = prefix.startsWith("encoder.") ||
       prefix.startsWith("cls.predictions.transform.");
     if (!quantized) return t.linear(x, get(`${prefix}.weight`), get(`${prefix}.bias`));
     const name = `${prefix}.weight`;
-    const { data, shape: [rows, cols] } = read(name); // [out, in]
-    const { q: byRow, scale } = quantizeRows(data, rows, cols);
-    const q = transpose2d(byRow, rows, cols); // stored transposed, [in, out]
-    const wq = g.initializer(
-      `${name}.T.int8`,
-      DataType.INT8,
-      [cols, rows],
-      new Uint8Array(q.buffer),
-    );
-    const ws = g.initializer(`${name}.scale`, DataType.FLOAT, [rows], littleEndianBytes(scale));
+    const rows = read(name).shape[0]; // [out, in]
+    let stored = int8.get(name);
+    if (!stored) {
+      const { data, shape: [, cols] } = read(name);
+      const { q: byRow, scale } = quantizeRows(data, rows, cols);
+      const q = transpose2d(byRow, rows, cols); // stored transposed, [in, out]
+      stored = {
+        wq: g.initializer(`${name}.T.int8`, DataType.INT8, [cols, rows], new Uint8Array(q.buffer)),
+        ws: g.initializer(`${name}.scale`, DataType.FLOAT, [rows], littleEndianBytes(scale)),
+      };
+      int8.set(name, stored);
+    }
+    const { wq, ws } = stored;
     const [xq, xs, xzp] = g.nodeMulti("DynamicQuantizeLinear", [x.name], 3);
     const yi = g.node("MatMulInteger", [xq, wq, xzp]);
     const y = g.node("Mul", [
