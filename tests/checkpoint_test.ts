@@ -1,20 +1,20 @@
 /**
- * loadBert / saveBert: bit-exact F32 round trips, F16/BF16 precision, legacy Hugging Face
- * layouts built by hand (`bert.` prefix, `LayerNorm.gamma/beta`, an int64 `position_ids`
- * buffer, `cls.predictions.decoder.*`), missing heads that get initialised, the HF names and
- * config written, and every InputError a user can meet.
+ * loadBert / saveBert on the host model: bit-exact F32 round trips (parameters, and the outputs of
+ * the model's inference graph on ONNX Runtime, which also catch a config or head that does not
+ * survive), F16/BF16 precision, legacy Hugging Face layouts built by hand (`bert.` prefix,
+ * `LayerNorm.gamma/beta`, an int64 `position_ids` buffer, `cls.predictions.decoder.*`), missing
+ * heads that get initialised, the HF names and config written, and every InputError a user can
+ * meet.
  */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert, type BertHeads, parameterShapes } from "../pipeline/model/bert.ts";
+import { openInference } from "../pipeline/engines/inference.ts";
 import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
 import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
 import { readSafetensors, writeSafetensors } from "../pipeline/model/safetensors.ts";
 import { assertInputError, randomArray, relErr, withTempDir } from "./_util.ts";
-
-await setBackend("cpu");
 
 const LABELS = { "0": "neg", "1": "neu", "2": "pos" };
 const BASE: Partial<BertConfig> = {
@@ -34,45 +34,35 @@ const NO_HEADS: BertHeads = { classifier: false, mlm: false };
 /** Every parameter random (LayerNorm weights 1 ± 0.2, the rest ±0.3) so each one matters. */
 function randomModel(partial: Partial<BertConfig>, heads: BertHeads, seed = 1): Bert {
   const config = makeConfig(partial);
-  const tensors = new Map<string, tf.Tensor>();
+  const tensors = new Map<string, { data: Float32Array; shape: number[] }>();
   let i = 0;
   for (const [name, shape] of parameterShapes(config, heads)) {
     const u = randomArray(shape.reduce((a, b) => a * b, 1), seed * 1000 + ++i);
     const v = name.includes("LayerNorm.weight") ? u.map((x) => 1 + 0.2 * x) : u.map((x) => 0.3 * x);
-    tensors.set(name, tf.tensor(v, shape));
+    tensors.set(name, { data: v, shape });
   }
   return new Bert(config, heads, tensors);
 }
 
-/** Every forward output (eval mode, MLM logits when there is a head) on a padded batch. */
-function outputsOf(model: Bert): Map<string, Float32Array> {
-  const m = new Map<string, Float32Array>();
-  tf.tidy(() => {
-    const inputIds = tf.tensor2d(
-      [[2, 17, 5, 41, 3, 9, 3], [2, 8, 59, 3, 0, 0, 0]],
-      undefined,
-      "int32",
-    );
-    const attentionMask = tf.tensor2d(
-      [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]],
-      undefined,
-      "int32",
-    );
-    const tokenTypeIds = tf.tensor2d(
-      [[0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0]],
-      undefined,
-      "int32",
-    );
-    const out = model.forward({ inputIds, attentionMask, tokenTypeIds }, { mlm: true });
-    out.hiddenStates.forEach((t, i) => m.set(`hidden_states.${i}`, t.dataSync() as Float32Array));
-    out.attentionScores.forEach((t, i) =>
-      m.set(`attention_scores.${i}`, t.dataSync() as Float32Array)
-    );
-    m.set("pooled", out.pooled.dataSync() as Float32Array);
-    if (out.logits) m.set("logits", out.logits.dataSync() as Float32Array);
-    if (out.mlmLogits) m.set("mlm_logits", out.mlmLogits.dataSync() as Float32Array);
-  });
-  return m;
+/**
+ * Every output of the model's inference graph (`outputs: "all"`: hidden states, attention scores,
+ * the head's logits, MLM logits when there is a head) on a padded batch, on ONNX Runtime with one
+ * thread (deterministic: the same weights and config give the same bits).
+ */
+async function outputsOf(model: Bert): Promise<Map<string, Float32Array>> {
+  const engine = await openInference(model, { outputs: "all", threads: 1 });
+  try {
+    const out = await engine.run({
+      inputIds: Int32Array.of(2, 17, 5, 41, 3, 9, 3, 2, 8, 59, 3, 0, 0, 0),
+      attentionMask: Int32Array.of(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0),
+      tokenTypeIds: Int32Array.of(0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0),
+      batch: 2,
+      seq: 7,
+    });
+    return new Map(Object.keys(out).sort().map((k) => [k, out[k].data]));
+  } finally {
+    await engine.close();
+  }
 }
 
 /** Exact equality of float32 arrays, bit for bit. */
@@ -97,7 +87,7 @@ function assertSameOutputs(
 }
 
 function paramsOf(model: Bert): Map<string, Float32Array> {
-  return new Map([...model.params].map(([n, v]) => [n, v.dataSync() as Float32Array]));
+  return new Map([...model.params].map(([n, v]) => [n, v.data]));
 }
 
 /** The JSON header of a safetensors file, parsed by hand. */
@@ -218,7 +208,7 @@ for (const v of VARIANTS) {
   Deno.test(`F32 round trip is bit-identical, HF names and config (${name})`, () =>
     withTempDir(async (dir) => {
       const model = randomModel({ ...BASE, ...(v.labels ? { id2label: LABELS } : {}) }, v.heads);
-      const want = outputsOf(model);
+      const want = await outputsOf(model);
       await saveBert(model, dir);
 
       // config.json: architectures, labels, dtype.
@@ -270,7 +260,7 @@ for (const v of VARIANTS) {
       const st = await readSafetensors(join(dir, "model.safetensors"));
       assertBitEqual(
         st.tensors.get(`${p}encoder.layer.0.intermediate.dense.weight`)!.data,
-        model.p("encoder.layer.0.intermediate.dense.weight").dataSync() as Float32Array,
+        model.p("encoder.layer.0.intermediate.dense.weight").data,
         "stored intermediate.dense.weight",
       );
 
@@ -281,7 +271,7 @@ for (const v of VARIANTS) {
       const pw = paramsOf(model), pg = paramsOf(loaded);
       assert.deepEqual([...pg.keys()].sort(), [...pw.keys()].sort());
       for (const [n, data] of pw) assertBitEqual(pg.get(n)!, data, `param ${n}`);
-      assertSameOutputs(outputsOf(loaded), want, "F32 round trip");
+      assertSameOutputs(await outputsOf(loaded), want, "F32 round trip");
       model.dispose();
       loaded.dispose();
     }));
@@ -290,7 +280,7 @@ for (const v of VARIANTS) {
 Deno.test("F16 and BF16 round trips hold the nearest half-precision values", () =>
   withTempDir(async (dir) => {
     const model = randomModel({ ...BASE, id2label: LABELS }, ALL_HEADS);
-    const want = outputsOf(model);
+    const want = await outputsOf(model);
     const f16Native = roundF16(new Float32Array([1])) !== undefined;
     for (const dtype of ["F16", "BF16"] as const) {
       const d = join(dir, dtype);
@@ -306,7 +296,7 @@ Deno.test("F16 and BF16 round trips hold the nearest half-precision values", () 
       // Half-ulp bound relative to the value: 2^-11 (F16, normal range), 2^-8 (BF16).
       const relBound = dtype === "F16" ? 2 ** -11 : 2 ** -8;
       for (const [name, orig] of paramsOf(model)) {
-        const got = loaded.p(name).dataSync() as Float32Array;
+        const got = loaded.p(name).data;
         const exact = dtype === "F16" ? roundF16(orig) : roundBf16(orig);
         if (exact) assertBitEqual(got, exact, `${dtype} ${name}`);
         for (let i = 0; i < orig.length; i++) {
@@ -316,12 +306,12 @@ Deno.test("F16 and BF16 round trips hold the nearest half-precision values", () 
         }
       }
       // The model still computes about the same thing.
-      const got = outputsOf(loaded);
+      const got = await outputsOf(loaded);
       // Per element, floor 0.3: half-precision weights move every output (of order 0.2–3) by an
       // absolute amount that scales with the model's values, not with each entry.
       // Measured worst: F16 7.2e-3, BF16 5.1e-2 (mlm_logits).
       const tol = dtype === "F16" ? 1e-2 : 8e-2;
-      for (const k of ["hidden_states.2", "pooled", "logits", "mlm_logits"]) {
+      for (const k of ["hidden_state_2", "logits", "mlm_logits"]) {
         const e = relErr(got.get(k)!, want.get(k)!, { floor: 0.3 });
         assert.ok(e <= tol, `${dtype} ${k}: relative error ${e} > ${tol}`);
       }
@@ -337,7 +327,7 @@ Deno.test("F16 and BF16 round trips hold the nearest half-precision values", () 
 Deno.test("legacy layouts load to identical outputs", async (t) => {
   await withTempDir(async (dir) => {
     const model = randomModel({ ...BASE, id2label: LABELS }, ALL_HEADS);
-    const want = outputsOf(model);
+    const want = await outputsOf(model);
     await saveBert(model, join(dir, "ref"));
     const configText = await Deno.readTextFile(join(dir, "ref", "config.json"));
     const params = paramsOf(model);
@@ -349,9 +339,9 @@ Deno.test("legacy layouts load to identical outputs", async (t) => {
       assert.equal(loaded.newlyInitialized, undefined);
       assert.deepEqual([...(loaded.unusedTensors ?? [])].sort(), unused.sort());
       for (const [n, data] of params) {
-        assertBitEqual(loaded.p(n).dataSync() as Float32Array, data, n);
+        assertBitEqual(loaded.p(n).data, data, n);
       }
-      assertSameOutputs(outputsOf(loaded), want, d);
+      assertSameOutputs(await outputsOf(loaded), want, d);
       loaded.dispose();
     };
 
@@ -437,7 +427,7 @@ Deno.test("legacy layouts load to identical outputs", async (t) => {
 Deno.test("a BertModel checkpoint without pooler loads; the pooler is newly initialised", () =>
   withTempDir(async (dir) => {
     const model = randomModel(BASE, NO_HEADS);
-    const want = outputsOf(model);
+    const want = await outputsOf(model);
     await saveBert(model, dir);
     await editWeights(dir, (t) => {
       assert.ok(t.delete("pooler.dense.weight") && t.delete("pooler.dense.bias"));
@@ -446,7 +436,8 @@ Deno.test("a BertModel checkpoint without pooler loads; the pooler is newly init
     assert.deepEqual(loaded.heads, NO_HEADS);
     assert.deepEqual(loaded.newlyInitialized?.sort(), ["pooler.dense.bias", "pooler.dense.weight"]);
     assert.deepEqual(loaded.p("pooler.dense.weight").shape, [32, 32]);
-    assertSameOutputs(outputsOf(loaded), want, "no pooler", (k) => k !== "pooled");
+    // no output reads the pooler without a classifier
+    assertSameOutputs(await outputsOf(loaded), want, "no pooler");
     model.dispose();
     loaded.dispose();
   }));
@@ -454,7 +445,7 @@ Deno.test("a BertModel checkpoint without pooler loads; the pooler is newly init
 Deno.test("a classifier asked for on an encoder-only checkpoint is initialised", () =>
   withTempDir(async (dir) => {
     const model = randomModel(BASE, NO_HEADS);
-    const want = outputsOf(model);
+    const want = await outputsOf(model);
     await saveBert(model, join(dir, "enc"));
 
     // Without labels there is nothing to size the classifier with.
@@ -473,7 +464,7 @@ Deno.test("a classifier asked for on an encoder-only checkpoint is initialised",
     assert.deepEqual(loaded.config.id2label, LABELS);
     assert.deepEqual(loaded.config.label2id, { neg: 0, neu: 1, pos: 2 });
     assert.deepEqual(loaded.p("classifier.weight").shape, [3, 32]);
-    const got = outputsOf(loaded);
+    const got = await outputsOf(loaded);
     assert.equal(got.get("logits")!.length, 2 * 3);
     assert.ok(got.get("logits")!.every(Number.isFinite));
     assertSameOutputs(got, want, "encoder + new classifier", (k) => k !== "logits");
@@ -488,7 +479,7 @@ Deno.test("a classifier asked for on an encoder-only checkpoint is initialised",
     assert.ok(header["bert.encoder.layer.0.attention.self.query.weight"]);
     const again = await loadBert(join(dir, "cls"));
     assert.equal(again.newlyInitialized, undefined);
-    assertSameOutputs(outputsOf(again), got, "reloaded classifier");
+    assertSameOutputs(await outputsOf(again), got, "reloaded classifier");
     model.dispose();
     loaded.dispose();
     again.dispose();
@@ -661,7 +652,6 @@ Deno.test("loadBert errors name the file and the tensor, with expected vs got", 
 });
 
 Deno.test("a classifier in the weights but no labels in config.json gets LABEL_i names", async () => {
-  await setBackend("cpu");
   await withTempDir(async (dir) => {
     const bert = Bert.create({ ...BASE, id2label: LABELS }, { classifier: true, mlm: false }, 7);
     await saveBert(bert, dir);
@@ -674,10 +664,7 @@ Deno.test("a classifier in the weights but no labels in config.json gets LABEL_i
     assert.equal(loaded.heads.classifier, true);
     assert.deepEqual(loaded.config.id2label, { "0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2" });
     assert.deepEqual(loaded.config.label2id, { LABEL_0: 0, LABEL_1: 1, LABEL_2: 2 });
-    assert.deepEqual(
-      Array.from(loaded.p("classifier.weight").dataSync()),
-      Array.from(bert.p("classifier.weight").dataSync()),
-    );
+    assert.deepEqual(loaded.p("classifier.weight").data, bert.p("classifier.weight").data);
     // and saveBert writes both label maps
     await saveBert(bert, dir);
     const written = JSON.parse(await Deno.readTextFile(cfgPath));

@@ -1,12 +1,11 @@
 /**
  * The tokenizer against Hugging Face's Rust `tokenizers` (what `BertTokenizerFast` runs): every
  * code point through the normalizer and pre-tokenizer, a seeded corpus of varied inputs end to
- * end, plus hand-checked encodings, truncation, padding, tensors and every load error.
+ * end, plus hand-checked encodings, truncation, padding, model inputs and every load error.
  */
 
 import assert from "node:assert/strict";
 import { rng as prng } from "./_util.ts";
-import * as tf from "@tensorflow/tfjs";
 import { bertNormalizer, bertPreTokenizer, Tokenizer as RustTokenizer } from "tokenizers";
 import { join } from "node:path";
 import { InputError } from "../pipeline/errors.ts";
@@ -17,7 +16,7 @@ import {
 } from "../pipeline/model/tokenizer/normalize.ts";
 import { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";
 import type { Encoding } from "../pipeline/model/tokenizer/encoding.ts";
-import { encodeBatch } from "../pipeline/model/tokenizer/tensors.ts";
+import { encodeBatch } from "../pipeline/model/tokenizer/inputs.ts";
 import { loadTokenizer, parseVocabTxt, saveTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import {
   buildTokenizerJson,
@@ -717,28 +716,37 @@ Deno.test("padding: max_length and longest, right side, mask and type 0", () => 
   assert.equal(tok.encodeBatchArrays([]).batch, 0);
 });
 
-Deno.test("encodeBatch returns int32 tensors of shape [batch, seq]", async () => {
-  await tf.setBackend("cpu");
+Deno.test("encodeBatch returns the model inputs: row-major int32 [batch, seq] arrays", () => {
   const texts = ["hello world", "hi", "a much longer sentence than the others"];
   const arrays = tok.encodeBatchArrays(texts, undefined, { maxLength: 8, padding: "max_length" });
   const t = encodeBatch(tok, texts, undefined, { maxLength: 8, padding: "max_length" });
-  try {
-    for (
-      const [tensor, data] of [
-        [t.inputIds, arrays.ids],
-        [t.attentionMask, arrays.mask],
-        [t.tokenTypeIds, arrays.types],
-      ] as const
-    ) {
-      assert.deepEqual(tensor.shape, [3, 8]);
-      assert.equal(tensor.dtype, "int32");
-      assert.deepEqual([...tensor.dataSync()], [...data]);
-    }
-    assert.deepEqual(t.inputIds.arraySync()[1], [101, tok.vocab.get("hi"), 102, 0, 0, 0, 0, 0]);
-    assert.equal(t.inputIds.arraySync()[2].at(-1), 102);
-  } finally {
-    tf.dispose([t.inputIds, t.attentionMask, t.tokenTypeIds]);
+  assert.deepEqual(Object.keys(t).sort(), [
+    "attentionMask",
+    "batch",
+    "inputIds",
+    "seq",
+    "tokenTypeIds",
+  ]);
+  assert.equal(t.batch, 3);
+  assert.equal(t.seq, 8);
+  for (
+    const [got, data] of [
+      [t.inputIds, arrays.ids],
+      [t.attentionMask, arrays.mask],
+      [t.tokenTypeIds, arrays.types],
+    ] as const
+  ) {
+    assert.ok(got instanceof Int32Array);
+    assert.deepEqual([...got], [...data]);
   }
+  const row = (b: number) => [...t.inputIds.subarray(b * 8, (b + 1) * 8)];
+  assert.deepEqual(row(1), [101, tok.vocab.get("hi"), 102, 0, 0, 0, 0, 0]);
+  assert.deepEqual([...t.attentionMask.subarray(8, 16)], [1, 1, 1, 0, 0, 0, 0, 0]);
+  assert.equal(row(2).at(-1), 102); // truncated to 8, [SEP] kept
+  // pairs: segment B has token type 1
+  const p = encodeBatch(tok, ["hi"], ["hello world"]);
+  assert.deepEqual([...p.tokenTypeIds], [0, 0, 0, 1, 1, 1]);
+  assert.equal(p.seq, 6);
 });
 
 Deno.test("do_lower_case false keeps case and accents", async () => {
