@@ -16,7 +16,12 @@
 import { join } from "node:path";
 import type { HostArray, HostBatch } from "../data/batch.ts";
 import type { EngineRef } from "../engines/mod.ts";
-import { type Inference, type InferenceOptions, openInference } from "../engines/inference.ts";
+import {
+  batchInputs,
+  type Inference,
+  type InferenceOptions,
+  openInference,
+} from "../engines/inference.ts";
 import { InputError } from "../errors.ts";
 import type { Bert } from "../model/bert.ts";
 import { headLogits, headOutputNames } from "../onnx/export.ts";
@@ -77,7 +82,6 @@ export async function runTeacher(
   batch: HostBatch,
   wants: TeacherWants,
 ): Promise<TeacherOutputs> {
-  const [B, S] = batch.inputIds.shape;
   const values = wants.values ?? [];
   const names = [
     ...(wants.logits ? headOutputNames(teacher) : []),
@@ -85,13 +89,7 @@ export async function runTeacher(
     ...wants.scores.map((l) => `attention_scores_${l}`),
     ...values.map((l) => `attention_values_${l}`),
   ];
-  const res = await inference.run({
-    inputIds: batch.inputIds.data as Int32Array,
-    attentionMask: batch.attentionMask.data as Int32Array,
-    tokenTypeIds: batch.tokenTypeIds.data as Int32Array,
-    batch: B,
-    seq: S,
-  }, names);
+  const res = await inference.run(batchInputs(batch), names);
   const host = (name: string): HostArray => ({ data: res[name].data, shape: res[name].dims });
   const out: TeacherOutputs = { hiddenStates: [], attentionScores: [], values: [] };
   for (const i of wants.hidden) out.hiddenStates![i] = host(`hidden_state_${i}`);

@@ -30,7 +30,7 @@ import {
   type PairedComparison,
 } from "../report/metrics.ts";
 import type { EngineRef } from "../engines/mod.ts";
-import { openInference } from "../engines/inference.ts";
+import { batchInputs, openInference } from "../engines/inference.ts";
 import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
 import {
   barChartSvg,
@@ -141,17 +141,8 @@ export async function measureModel(
   });
   const names = headOutputNames(bert);
   /** The head's logits of a batch of rows (QA: start and end interleaved, `[B, S, 2]`). */
-  const logitsOf = async (b: HostBatch): Promise<Float32Array> => {
-    const [batch, seq] = b.inputIds.shape;
-    const res = await inference.run({
-      inputIds: b.inputIds.data as Int32Array,
-      attentionMask: b.attentionMask.data as Int32Array,
-      tokenTypeIds: b.tokenTypeIds.data as Int32Array,
-      batch,
-      seq,
-    }, names);
-    return headLogits(bert, res).data;
-  };
+  const logitsOf = async (b: HostBatch): Promise<Float32Array> =>
+    headLogits(bert, await inference.run(batchInputs(b), names)).data;
   try {
     const n = rows.lengths.length;
     const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
