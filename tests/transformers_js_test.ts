@@ -3,13 +3,18 @@
  * (`@huggingface/transformers`, local files only) as a user would: `text-classification` gives
  * tinystill's labels and probabilities, inputs longer than the trained length included (truncated
  * to `model_max_length`, not a crash), and `feature-extraction` gives the encoder's last hidden
- * state, not the logits.
+ * state, not the logits; token classification and question answering decode tinystill's logits as
+ * tinystill does.
+ *
+ * "tinystill's" outputs are its model's inference graph run by tfjs (wasm), an executor other than
+ * the ONNX Runtime transformers.js runs the exported file on: these tests check the folder and how
+ * transformers.js reads it (inputs, output names, labels, truncation, span decoding). That graph's
+ * numbers are checked against float64 PyTorch in `onnx_test.ts` and `onnx_heads_test.ts`.
  */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { AutoTokenizer, env, pipeline } from "@huggingface/transformers";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
 import {
   bestSpan,
@@ -18,26 +23,33 @@ import {
   spanText,
 } from "../pipeline/model/align.ts";
 import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
-import { OnnxEngine } from "../pipeline/onnx/engine.ts";
+import { type Inference, openInference } from "../pipeline/engines/inference.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import type { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { assertInputError, maxAbsErr, withTempDir } from "./_util.ts";
 
-await setBackend("cpu");
-
 const TRAINED_LENGTH = 24;
 
-/** tinystill's own answer: class probabilities and the last hidden state of one text. */
-function reference(bert: Bert, ids: number[]) {
-  return tf.tidy(() => {
-    const inputIds = tf.tensor2d([ids], [1, ids.length], "int32");
-    const o = bert.forward({ inputIds }, { attentionScores: false, hiddenStates: false });
-    return {
-      probs: Array.from(tf.softmax(o.logits!).dataSync()),
-      hidden: Float32Array.from(o.hiddenStates.at(-1)!.dataSync()),
-    };
+/** tinystill's model on tfjs (wasm): its inference graph, run by the other executor. */
+function tinystill(bert: Bert): Promise<Inference> {
+  return openInference(bert, { engine: { kind: "tfjs", backend: "wasm" } });
+}
+
+/** Run one unpadded row (ids, token types) through `engine`. */
+function runRow(engine: Inference, ids: number[], types?: number[]) {
+  return engine.run({
+    inputIds: Int32Array.from(ids),
+    tokenTypeIds: types ? Int32Array.from(types) : undefined,
+    batch: 1,
+    seq: ids.length,
   });
+}
+
+/** tinystill's own answer: class probabilities and the last hidden state of one text. */
+async function reference(engine: Inference, ids: number[]) {
+  const out = await runRow(engine, ids);
+  return { probs: softmax(out.logits.data), hidden: out.last_hidden_state.data };
 }
 
 Deno.test("transformers.js loads an exported student: text-classification (long inputs too) and feature-extraction", async () => {
@@ -85,6 +97,7 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
       assert.deepEqual(ids.slice(0, -1), mine.slice(0, -1));
       return ids;
     };
+    const ref = await tinystill(bert);
     const seen = new Set<string>();
     const texts = [
       "cheap meds, click here now",
@@ -94,7 +107,7 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
     ];
     for (const text of texts) {
       const ids = tjsIds(text);
-      const { probs } = reference(bert, ids);
+      const { probs } = await reference(ref, ids);
       seen.add(probs.map((p) => p.toFixed(3)).join());
       const got = await classify(text, { top_k: null }) as { label: string; score: number }[];
       assert.equal(got.length, 3);
@@ -113,7 +126,7 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
     const extract = await pipeline("feature-extraction", "student", { local_files_only: true });
     for (const text of [texts[0], texts[2]]) {
       const ids = tjsIds(text);
-      const { hidden } = reference(bert, ids);
+      const { hidden } = await reference(ref, ids);
       const out = await extract(text);
       assert.deepEqual(out.dims, [1, ids.length, 32], "last_hidden_state [1, tokens, hidden]");
       const err = maxAbsErr(out.data as Float32Array, hidden);
@@ -125,23 +138,21 @@ Deno.test("transformers.js loads an exported student: text-classification (long 
       local_files_only: true,
       dtype: "q8",
     });
-    const engine = await OnnxEngine.load(join(dir, "student", "onnx", "model_quantized.onnx"));
+    const engine = await openInference(join(dir, "student", "onnx", "model_quantized.onnx"));
     try {
       for (const text of texts) {
         const ids = tjsIds(text);
-        const out = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: ids.length });
-        const z = Array.from(out.logits.data), m = Math.max(...z);
-        const e = z.map((v) => Math.exp(v - m)), sum = e.reduce((a, b) => a + b, 0);
+        const p = softmax((await runRow(engine, ids)).logits.data);
         const got = await q8(text, { top_k: null }) as { label: string; score: number }[];
         for (const { label, score } of got) {
           const i = Object.values(conf.id2label).indexOf(label);
-          assert.ok(Math.abs(score - e[i] / sum) <= 1e-5, `q8 ${label}: ${score} vs ${e[i] / sum}`);
+          assert.ok(Math.abs(score - p[i]) <= 1e-5, `q8 ${label}: ${score} vs ${p[i]}`);
         }
       }
     } finally {
       await engine.close();
+      await ref.close();
     }
-    bert.dispose();
   });
 });
 
@@ -162,7 +173,7 @@ async function q8AgainstFp32(
     seed,
   );
   const fp32 = exportOnnx(bert), q8 = exportOnnx(bert, { dtype: "q8" });
-  const a = await OnnxEngine.load(fp32), b = await OnnxEngine.load(q8);
+  const a = await openInference(fp32), b = await openInference(q8);
   try {
     const ids = new Int32Array(B * S).map((_, i) => id(i));
     const outputs = ["logits", "last_hidden_state"];
@@ -172,7 +183,6 @@ async function q8AgainstFp32(
   } finally {
     await a.close();
     await b.close();
-    bert.dispose();
   }
 }
 
@@ -333,18 +343,22 @@ Deno.test("transformers.js loads a token-classification student: per-token label
     // A random classifier gives most tokens the same label: each label's logit is standardised
     // over these texts' tokens (its weight row / std, bias −mean / std), so the labels vary and
     // the bias is not zero.
-    tf.tidy(() => {
+    const C = Object.keys(NER_TAGS).length, H = 32;
+    const before = await tinystill(bert);
+    try {
       const ids = texts.flatMap((t) => tok.encode(t).inputIds);
-      const z = bert.forward({ inputIds: tf.tensor2d([ids], [1, ids.length], "int32") }, {
-        attentionScores: false,
-        hiddenStates: false,
-      }).tokenLogits!;
-      const { mean, variance } = tf.moments(z, [0, 1]);
-      const std = tf.sqrt(variance);
-      const w = bert.p("classifier.weight");
-      w.assign(tf.div(w, std.reshape([-1, 1])));
-      bert.p("classifier.bias").assign(tf.div(tf.sub(bert.p("classifier.bias"), mean), std));
-    });
+      const z = (await runRow(before, ids)).logits.data; // [1, tokens, C]
+      const w = bert.p("classifier.weight").data, b = bert.p("classifier.bias").data;
+      for (let c = 0; c < C; c++) {
+        const col = ids.map((_, j) => z[j * C + c]);
+        const mean = col.reduce((a, v) => a + v, 0) / col.length;
+        const std = Math.sqrt(col.reduce((a, v) => a + (v - mean) ** 2, 0) / col.length);
+        for (let h = 0; h < H; h++) w[c * H + h] /= std;
+        b[c] = (b[c] - mean) / std;
+      }
+    } finally {
+      await before.close();
+    }
     await saveOnnxFolder(bert, join(dir, "ner"), { tokenizer: tok, maxLength: TRAINED_LENGTH });
     const conf = JSON.parse(await Deno.readTextFile(join(dir, "ner", "config.json")));
     assert.deepEqual(conf.architectures, ["BertForTokenClassification"]);
@@ -353,16 +367,13 @@ Deno.test("transformers.js loads a token-classification student: per-token label
     env.allowRemoteModels = false;
     env.localModelPath = dir;
     const ner = await pipeline("token-classification", "ner", { local_files_only: true });
-    const ref = texts.map((text) => {
+    const mine = await tinystill(bert);
+    const ref: { ids: number[]; logits: Float32Array }[] = [];
+    for (const text of texts) {
       const ids = tok.encode(text).inputIds;
-      const logits = tf.tidy(() =>
-        bert.forward({ inputIds: tf.tensor2d([ids], [1, ids.length], "int32") }, {
-          attentionScores: false,
-          hiddenStates: false,
-        }).tokenLogits!.dataSync()
-      );
-      return { ids, logits };
-    });
+      ref.push({ ids, logits: (await runRow(mine, ids)).logits.data });
+    }
+    await mine.close();
     const labels = new Set<string>();
     for (const [t, text] of texts.entries()) {
       const { ids, logits } = ref[t];
@@ -390,11 +401,11 @@ Deno.test("transformers.js loads a token-classification student: per-token label
       local_files_only: true,
       dtype: "q8",
     });
-    const engine = await OnnxEngine.load(join(dir, "ner", "onnx", "model_quantized.onnx"));
+    const engine = await openInference(join(dir, "ner", "onnx", "model_quantized.onnx"));
     try {
       for (const [t, text] of texts.entries()) {
         const { ids } = ref[t];
-        const out = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: ids.length });
+        const out = await runRow(engine, ids);
         assert.deepEqual(out.logits.dims, [1, ids.length, 5]);
         assertEntities(
           await q8(text, { ignore_labels: [] }) as TokenEntity[],
@@ -405,7 +416,6 @@ Deno.test("transformers.js loads a token-classification student: per-token label
     } finally {
       await engine.close();
     }
-    bert.dispose();
   });
 });
 
@@ -475,21 +485,18 @@ Deno.test("transformers.js loads a question-answering student: its answer and sc
       ["what is the capital", "the capital of france is paris and it is a large city"],
       ["where did they go", "after lunch they went to the river near the old house"],
     ];
-    const refs = pairs.map(([question, context]) => {
+    const mine = await tinystill(bert);
+    const refs: { enc: SpanEncoding; context: string; start: Float32Array; end: Float32Array }[] =
+      [];
+    for (const [question, context] of pairs) {
       const enc = encodeQuestionContext(tok, question, context, undefined, 40);
       const t = tjsTok(question, { text_pair: context });
       assert.deepEqual((t.input_ids.tolist() as bigint[][])[0].map(Number), enc.ids);
       assert.deepEqual((t.token_type_ids!.tolist() as bigint[][])[0].map(Number), enc.types);
-      const span = tf.tidy(() =>
-        bert.forward({
-          inputIds: tf.tensor2d([enc.ids], [1, enc.ids.length], "int32"),
-          tokenTypeIds: tf.tensor2d([enc.types], [1, enc.ids.length], "int32"),
-        }, { attentionScores: false, hiddenStates: false }).spanLogits!.dataSync()
-      );
-      const start = Array.from({ length: enc.ids.length }, (_, i) => span[2 * i]);
-      const end = Array.from({ length: enc.ids.length }, (_, i) => span[2 * i + 1]);
-      return { enc, context, start, end };
-    });
+      const out = await runRow(mine, enc.ids, enc.types);
+      refs.push({ enc, context, start: out.start_logits.data, end: out.end_logits.data });
+    }
+    await mine.close();
     const seen = new Set<string>();
     for (const [k, [question, context]] of pairs.entries()) {
       const { enc, start, end } = refs[k];
@@ -509,16 +516,11 @@ Deno.test("transformers.js loads a question-answering student: its answer and sc
 
     // dtype q8 loads onnx/model_quantized.onnx: ONNX Runtime's logits on that file
     const q8 = await pipeline("question-answering", "qa", { local_files_only: true, dtype: "q8" });
-    const engine = await OnnxEngine.load(join(dir, "qa", "onnx", "model_quantized.onnx"));
+    const engine = await openInference(join(dir, "qa", "onnx", "model_quantized.onnx"));
     try {
       for (const [k, [question, context]] of pairs.entries()) {
         const { enc } = refs[k];
-        const out = await engine.run({
-          inputIds: Int32Array.from(enc.ids),
-          tokenTypeIds: Int32Array.from(enc.types),
-          batch: 1,
-          seq: enc.ids.length,
-        });
+        const out = await runRow(engine, enc.ids, enc.types);
         assert.deepEqual(out.start_logits.dims, [1, enc.ids.length]);
         const want = expectedAnswers(enc, context, out.start_logits.data, out.end_logits.data, 3);
         assertAnswers(await q8(question, context, { top_k: 3 }) as QaAnswer[], want, `q8 ${k}`);
@@ -526,6 +528,5 @@ Deno.test("transformers.js loads a question-answering student: its answer and sc
     } finally {
       await engine.close();
     }
-    bert.dispose();
   });
 });
