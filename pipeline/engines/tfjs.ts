@@ -175,7 +175,9 @@ export class TfjsSession implements GraphSession {
     const missing = new Map<string, number>();
     for (const n of g.nodes) {
       const key = n.domain ? `${n.domain}.${n.op}` : n.op;
-      if (n.domain || !OPS[n.op]) missing.set(key, (missing.get(key) ?? 0) + 1);
+      if ((n.domain && n.domain !== "ai.onnx") || !OPS[n.op]) {
+        missing.set(key, (missing.get(key) ?? 0) + 1);
+      }
     }
     if (missing.size > 0) {
       const list = [...missing].map(([op, k]) => `${op} (${k}×)`).join(", ");
@@ -460,6 +462,10 @@ export class TfjsSession implements GraphSession {
           outs = step.kernel(ins);
         } catch (e) {
           disposeLive(vals, this.#isConst);
+          // host values of a first run with these shapes are not cached: free their copies
+          if (!warm) {
+            for (const s of plan.hostSlots) (vals[s] as HostValue | undefined)?.release();
+          }
           const msg = e instanceof Error ? e.message : String(e);
           const shapes = ins.map((
             v,

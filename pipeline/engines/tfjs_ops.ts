@@ -471,16 +471,17 @@ function variadic(
   };
 }
 
-/** `a / b` on ints truncates toward zero (C semantics), as ONNX Runtime's Div. */
+/** `a / b`; on ints truncated toward zero (C semantics, as ONNX Runtime), exactly. */
 function divide(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   if (a.dtype !== "int32") return tf.div(a, b);
-  return tf.tidy(() => tf.cast(tf.div(tf.cast(a, "float32"), tf.cast(b, "float32")), "int32"));
-}
-
-/** Which of a MatMul's operands are read transposed (their last two axes swapped). */
-export interface MatMulFlags {
-  transA: boolean;
-  transB: boolean;
+  return tf.tidy(() => {
+    // floor division, plus one where the remainder is non-zero and the signs differ
+    const zero = tf.scalar(0, "int32");
+    const q = tf.floorDiv(a, b);
+    const inexact = tf.notEqual(tf.sub(a, tf.mul(q, b)), zero);
+    const signsDiffer = tf.notEqual(tf.less(a, zero), tf.less(b, zero));
+    return tf.add(q, tf.cast(tf.logicalAnd(inexact, signsDiffer), "int32"));
+  });
 }
 
 /**
@@ -543,16 +544,23 @@ const IDENTITY: OpDef = {
   host: ([x]) => [x as HostValue],
 };
 
-function reshapeLike(dimsOfNode: (x: Val, ins: (Val | undefined)[]) => number[]): OpDef {
+/** Reshape, Squeeze, Unsqueeze: the data as it is under new dims (on the host when small). */
+function reshapeLike(
+  dimsOfNode: (x: Val, ins: (Val | undefined)[], attrs: Record<string, AttrValue>) => number[],
+  known: string[] = [],
+): OpDef {
   return {
     types: sameAs0,
-    compile: ({ node }) => (ins) => {
-      const x = dev(need(ins[0], node, 0));
-      return [tf.reshape(x, dimsOfNode(x, ins))];
+    compile: ({ node }) => {
+      checkAttrs(node, known);
+      return (ins) => {
+        const x = dev(need(ins[0], node, 0));
+        return [tf.reshape(x, dimsOfNode(x, ins, node.attrs))];
+      };
     },
-    host: (ins) => {
+    host: (ins, attrs) => {
       const x = ins[0] as HostValue;
-      return [new HostValue(x.type, dimsOfNode(x, ins), x.data)];
+      return [new HostValue(x.type, dimsOfNode(x, ins, attrs), x.data)];
     },
   };
 }
@@ -725,10 +733,10 @@ export const OPS: Record<string, OpDef> = {
   },
 
   // data movement
-  Reshape: {
-    ...reshapeLike((x, ins) => reshapeDims(dimsOf(x), numbers(ins[1]!), 0)),
-    types: sameAs0,
-  },
+  Reshape: reshapeLike(
+    (x, ins, attrs) => reshapeDims(dimsOf(x), numbers(ins[1]!), attrInt(attrs, "allowzero", 0)),
+    ["allowzero"],
+  ),
   Squeeze: reshapeLike((x, ins) => squeezeDims(dimsOf(x), ins[1] ? numbers(ins[1]) : undefined)),
   Unsqueeze: reshapeLike((x, ins) => unsqueezeDims(dimsOf(x), numbers(ins[1]!))),
   Flatten: {
