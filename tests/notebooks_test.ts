@@ -1,9 +1,12 @@
 /**
- * The notebooks: committed without outputs, each declaring what it must show; and the headless
- * runner (`deno task notebooks`) fails when a cell raises, an expected output is missing or the
- * kernel dies; the live loss chart redraws one display. The runner needs Debian's python3-nbclient
- * and the Deno kernel (`deno jupyter --install`); without them the runner test skips with a
- * message, except under CI (CI=true), where the file fails.
+ * The notebooks: committed with their outputs (every expected one present, execution counts in
+ * order, no absolute paths), each declaring what it must show; and the headless runner
+ * (`deno task notebooks`) fails when a cell raises, an expected output is missing or the kernel
+ * dies, writes the notebooks back with their outputs, and with `--check` fails when a committed
+ * output that does not depend on timing differs from a fresh one; the live loss chart redraws one
+ * display. The runner needs Debian's python3-nbclient and the Deno kernel
+ * (`deno jupyter --install`); without them the runner tests skip with a message, except under CI
+ * (CI=true), where the file fails.
  */
 
 import assert from "node:assert/strict";
@@ -16,15 +19,26 @@ const NOTEBOOKS = [...Deno.readDirSync("notebooks")].map((e) => e.name).filter((
   n.endsWith(".ipynb")
 ).sort();
 
+interface Output {
+  output_type: string;
+  name?: string;
+  text?: string | string[];
+  data?: Record<string, string | string[]>;
+}
+
+/** Output text as one string (nbformat stores multi-line text as a list of lines). */
+const joined = (t: string | string[] | undefined) => ([] as string[]).concat(t ?? "").join("");
+
 interface Cell {
   cell_type: string;
+  id: string;
   source: string | string[];
-  metadata: { tinystill?: { expect?: string[] } };
-  outputs?: unknown[];
+  metadata: { tinystill?: { expect?: string[]; timing?: boolean | string[] } };
+  outputs?: Output[];
   execution_count?: number | null;
 }
 
-Deno.test("notebooks: one per stage plus the quickstart, committed without outputs", async () => {
+Deno.test("notebooks: one per stage plus the quickstart, committed with their outputs", async () => {
   assert.deepEqual(NOTEBOOKS, [
     "00_quickstart.ipynb",
     "01_tokenize.ipynb",
@@ -34,14 +48,36 @@ Deno.test("notebooks: one per stage plus the quickstart, committed without outpu
     "05_finetune.ipynb",
     "06_evaluate.ipynb",
   ]);
+  const repo = Deno.cwd();
   for (const name of NOTEBOOKS) {
     const nb = JSON.parse(await Deno.readTextFile(join("notebooks", name)));
     assert.equal(nb.metadata.kernelspec.name, "deno", name);
     const code = (nb.cells as Cell[]).filter((c) => c.cell_type === "code");
-    for (const c of code) {
-      assert.deepEqual(c.outputs, [], `${name}: outputs must be stripped before committing`);
-      assert.equal(c.execution_count, null, `${name}: execution counts must be stripped`);
-    }
+    code.forEach((c, i) => {
+      const where = `${name}: cell ${c.id}`;
+      // one kernel, every cell once, in order (`deno task notebooks` writes them so)
+      assert.equal(c.execution_count, i + 1, `${where}: execution count (run deno task notebooks)`);
+      const outputs = c.outputs ?? [];
+      assert.ok(!outputs.some((o) => o.output_type === "error"), `${where}: an error output`);
+      for (const want of c.metadata.tinystill?.expect ?? []) {
+        assert.ok(
+          outputs.some((o) =>
+            want === "stream" ? o.output_type === "stream" : want in (o.data ?? {})
+          ),
+          `${where}: its expected ${want} output is not committed (run deno task notebooks)`,
+        );
+      }
+      const timing = c.metadata.tinystill?.timing;
+      assert.ok(
+        timing === undefined || typeof timing === "boolean" ||
+          (Array.isArray(timing) && timing.every((t) => typeof t === "string")),
+        `${where}: tinystill.timing must be true or a list of 'stream'/MIME types`,
+      );
+      const text = JSON.stringify(outputs);
+      for (const path of [repo, "/tmp/", ".notebook-runs-"]) {
+        assert.ok(!text.includes(path), `${where}: an output names ${path}`);
+      }
+    });
     const expects = code.flatMap((c) => c.metadata.tinystill?.expect ?? []);
     assert.ok(
       expects.some((e) => ["image/svg+xml", "text/html", "text/markdown"].includes(e)),
@@ -132,12 +168,14 @@ if (missing) {
   console.warn(`${msg}; skipped`);
 }
 
-function notebook(cells: { source: string; expect?: string[] }[]): string {
+function notebook(
+  cells: { source: string; expect?: string[]; timing?: boolean | string[] }[],
+): string {
   return JSON.stringify({
     cells: cells.map((c, i) => ({
       cell_type: "code",
       id: `c${i}`,
-      metadata: c.expect ? { tinystill: { expect: c.expect } } : {},
+      metadata: c.expect || c.timing ? { tinystill: { expect: c.expect, timing: c.timing } } : {},
       source: c.source,
       outputs: [],
       execution_count: null,
@@ -148,11 +186,25 @@ function notebook(cells: { source: string; expect?: string[] }[]): string {
   });
 }
 
-async function runNotebook(dir: string, name: string, text: string, extra: string[] = []) {
+/** Run one notebook (executed copy into `dir/out`; with `inPlace`, written back or --checked). */
+async function runNotebook(
+  dir: string,
+  name: string,
+  text: string,
+  extra: string[] = [],
+  inPlace = false,
+) {
   const path = join(dir, name);
   await Deno.writeTextFile(path, text);
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "notebooks/run.ts", path, "--out", join(dir, "out"), ...extra],
+    args: [
+      "run",
+      "-A",
+      "notebooks/run.ts",
+      path,
+      ...(inPlace ? [] : ["--out", join(dir, "out")]),
+      ...extra,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -272,6 +324,61 @@ Deno.test({
       const executed = JSON.parse(await Deno.readTextFile(join(dir, "out", "late.ipynb")));
       assert.match(JSON.stringify(executed.cells[0].outputs), /printed late/);
       assert.doesNotMatch(JSON.stringify(executed.cells[1].outputs), /printed late/);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "notebook runner: writes outputs into the notebook; --check passes on them, timing outputs aside, and fails on an edited one",
+  ignore: !available,
+  async fn() {
+    await withTempDir(async (dir) => {
+      const text = notebook([
+        // the runner's pipeline directory is written as ../runs (paths relative to notebooks/)
+        {
+          source: 'console.log(Deno.env.get("TINYSTILL_NOTEBOOK_RUNS") + "/x")',
+          expect: ["stream"],
+        },
+        { source: "Math.random()", timing: true },
+        { source: 'console.log(Math.random());\n"fixed"', timing: ["stream"] },
+        { source: "6 * 7" },
+      ]);
+      const written = await runNotebook(dir, "nb.ipynb", text, [], true);
+      assert.equal(written.code, 0, written.text);
+      assert.match(written.text, /ok +\S*nb\.ipynb \(4 cells, .*, written\)/);
+      const nb = JSON.parse(await Deno.readTextFile(written.path));
+      const cells = nb.cells as Cell[];
+      assert.deepEqual(cells.map((c) => c.execution_count), [1, 2, 3, 4]);
+      assert.equal(
+        cells[0].outputs?.map((o) => joined(o.text)).join(""),
+        "../runs/x\n",
+      );
+      const plain = (c: Cell) =>
+        c.outputs!.filter((o) => o.data).map((o) => joined(o.data!["text/plain"]));
+      assert.deepEqual(plain(cells[3]), ["42"]);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["nb.ipynb"]); // no temp file left
+
+      // a fresh run differs in the timing cell and in the printed number only: as committed
+      const committed = await Deno.readTextFile(written.path);
+      const checked = await runNotebook(dir, "nb.ipynb", committed, ["--check"], true);
+      assert.equal(checked.code, 0, checked.text);
+      assert.match(checked.text, /nb\.ipynb \(4 cells, .*, outputs as committed\)/);
+
+      // an output edited by hand (and a timing one, which is not compared) fails, naming the cell
+      cells[3].outputs![0].data!["text/plain"] = ["43"];
+      cells[1].outputs![0].data!["text/plain"] = ["0.5"];
+      const edited = JSON.stringify(nb);
+      const stale = await runNotebook(dir, "nb.ipynb", edited, ["--check"], true);
+      assert.equal(stale.code, 1, stale.text);
+      assert.match(stale.text, /nb\.ipynb: code cell 4 \(id c3\): its outputs differ/);
+      assert.match(stale.text, /-.*"43"[\s\S]*\+.*"42"/);
+      assert.doesNotMatch(stale.text, /code cell [123] /);
+      assert.match(
+        stale.text,
+        /1 cell\(s\) show outputs that the committed code no longer computes/,
+      );
+      assert.equal(await Deno.readTextFile(stale.path), edited, "--check writes nothing");
     });
   },
 });

@@ -15,9 +15,9 @@ import {
   loadTokenizer,
   type LossPoint,
   lossSeries,
+  openInference,
   PartReader,
   type StageReport,
-  tf,
 } from "../../mod.ts";
 
 const DISPLAY = Symbol.for("Jupyter.display");
@@ -55,10 +55,45 @@ export function markdown(md: string): Displayable {
   return displayable({ "text/markdown": md, "text/plain": md });
 }
 
-/** Several SVGs side by side (one HTML output). */
-export function sideBySide(svgs: string[]): Displayable {
-  const cells = svgs.map((s) => `<div style="flex:1;min-width:300px">${s}</div>`).join("");
-  return html(`<div style="display:flex;gap:12px;flex-wrap:wrap">${cells}</div>`, "[svg charts]");
+/**
+ * Several SVG charts side by side, `columns` to a row, as one SVG image (each chart nested at its
+ * place). One image output renders wherever a notebook's SVG outputs do (on a code host too, where
+ * an HTML output with inline SVG may be sanitized away).
+ * @throws Error when a chart is not an `<svg>` with a width and a height.
+ */
+export function sideBySide(
+  svgs: string[],
+  opts: { columns?: number; gap?: number; alt?: string } = {},
+): Displayable {
+  const columns = opts.columns ?? 2, gap = opts.gap ?? 12;
+  const charts = svgs.map((s) => {
+    const open = /<svg\b[^>]*>/.exec(s);
+    const size = (attr: string) =>
+      Number(new RegExp(`\\s${attr}="([\\d.]+)"`).exec(open?.[0] ?? "")?.[1]);
+    const w = size("width"), h = size("height");
+    if (!open || !(w > 0 && h > 0)) {
+      throw new Error("sideBySide: a chart is not an <svg> with a size");
+    }
+    return { body: s.slice(open.index + 4).trimEnd(), w, h };
+  });
+  const parts: string[] = [];
+  let y = 0, width = 0;
+  for (let r = 0; r < charts.length; r += columns) {
+    const row = charts.slice(r, r + columns);
+    let x = 0;
+    for (const c of row) {
+      parts.push(`<svg x="${x}" y="${y}"${c.body}`);
+      x += c.w + gap;
+    }
+    width = Math.max(width, x - gap);
+    y += Math.max(...row.map((c) => c.h)) + gap;
+  }
+  const height = Math.max(0, y - gap);
+  return svg(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+      `viewBox="0 0 ${width} ${height}">\n${parts.join("\n")}\n</svg>\n`,
+    opts.alt ?? `${svgs.length} charts`,
+  );
 }
 
 /** An HTML table from rows of cells (the first row is the header). */
@@ -224,7 +259,11 @@ export async function lossCurveSvg(stageDir: string, title: string): Promise<str
   });
 }
 
-/** Attention probabilities of every layer and head of a model on one text. */
+/**
+ * Attention probabilities of every layer and head of a model on one text (`maps[layer][head]`,
+ * query rows by key columns): the softmax of the pre-softmax scores the model's inference graph
+ * outputs, run on ONNX Runtime.
+ */
 export async function attentionMaps(
   modelDir: string,
   text: string,
@@ -232,16 +271,28 @@ export async function attentionMaps(
 ): Promise<{ tokens: string[]; maps: number[][][][] }> {
   const tok = tokenizer ?? await loadTokenizer(modelDir);
   const model = await loadBert(modelDir);
+  const engine = await openInference(model, { outputs: "all", mlm: false, threads: 1 });
   try {
     const enc = encodeBatch(tok, [text], undefined, { maxLength: 32 });
-    const tokens = Array.from(enc.inputIds.dataSync(), (id) => tok.idToToken[id]);
-    const maps = tf.tidy(() => {
-      const out = model.forward(enc, { attentionScores: true, hiddenStates: false });
-      return out.attentionScores.map((s) => (tf.softmax(s).arraySync() as number[][][][])[0]);
-    });
-    tf.dispose(Object.values(enc));
+    const tokens = Array.from(enc.inputIds, (id) => tok.idToToken[id]);
+    const out = await engine.run(enc);
+    const maps: number[][][][] = [];
+    for (let l = 0; out[`attention_scores_${l}`]; l++) {
+      const { data, dims: [, heads, n, m] } = out[`attention_scores_${l}`];
+      maps.push(
+        Array.from(
+          { length: heads },
+          (_, h) =>
+            Array.from(
+              { length: n },
+              (_, i) => softmax(data.subarray((h * n + i) * m, (h * n + i + 1) * m)),
+            ),
+        ),
+      );
+    }
     return { tokens, maps };
   } finally {
+    await engine.close();
     model.dispose();
   }
 }
