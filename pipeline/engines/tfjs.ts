@@ -74,8 +74,10 @@ export interface RunProfile {
 }
 
 /**
- * The tfjs executor on `backend` (default `wasm`; `auto` picks as {@link setBackend} does). tfjs
- * keeps one backend per process: opening a session selects this executor's backend.
+ * The tfjs executor on `backend` (default `wasm`; `auto` picks as {@link setBackend} does; an
+ * unknown or unavailable name fails when a session is opened). tfjs keeps one backend per
+ * process: opening a session, and running one, selects this executor's backend. `threads` is
+ * ignored (tfjs-wasm runs one thread under Deno; see `pipeline/tfjs/backend.ts`).
  */
 export function tfjsExecutor(backend: BackendName | string = "wasm"): Executor {
   return {
