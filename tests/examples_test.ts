@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 
-Deno.test("examples/quickstart.ts runs: save, load, encode, forward, one AdamW step", async () => {
+Deno.test("examples/quickstart.ts runs: save, load, encode, inference graph, one training step", async () => {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "examples/quickstart.ts"],
     stdout: "piped",
@@ -14,6 +14,9 @@ Deno.test("examples/quickstart.ts runs: save, load, encode, forward, one AdamW s
   assert.match(text, /logits: \[2,2\]/);
   const loss = Number(text.match(/loss (\d+\.\d+)/)![1]);
   assert.ok(Math.abs(loss - Math.log(2)) < 0.1, `fresh 2-class loss ≈ ln 2, got ${loss}`);
+  // Adam's first step moves a weight by lr·ĝ/(|ĝ| + eps) (+ lr·wd·|w|): at most ≈ lr = 5e-5
+  const moved = Number(text.match(/moved by up to (\S+)/)![1]);
+  assert.ok(moved > 4e-5 && moved < 5.1e-5, `largest step ${moved}`);
 });
 
 Deno.test("the README's pipeline file is valid", async () => {
