@@ -105,11 +105,11 @@ export async function openInference(
   } else {
     const graph = exportGraph(model, opts);
     const executor = await openExecutor(opts.engine);
-    engine = executor.name;
     session = await executor.open(graph, encodeGraph(graph, "tinystill_bert"), {
       threads: opts.threads,
       what: "the inference graph",
     });
+    engine = executor.name; // after opening: the backend `auto` resolved to
   }
   return {
     engine,

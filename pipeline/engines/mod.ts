@@ -19,7 +19,7 @@ export async function openExecutor(ref?: EngineRef): Promise<Executor> {
   if (!ref || ref.kind === "onnxruntime") return ortExecutor;
   if (ref.kind === "tfjs") {
     const { tfjsExecutor } = await import("./tfjs.ts");
-    return await tfjsExecutor(ref.backend);
+    return tfjsExecutor(ref.backend);
   }
   throw new Error(`unknown engine ${JSON.stringify(ref)}`);
 }

@@ -80,11 +80,16 @@ export interface RunProfile {
  * ignored (tfjs-wasm runs one thread under Deno; see `pipeline/tfjs/backend.ts`).
  */
 export function tfjsExecutor(backend: BackendName | string = "wasm"): Executor {
+  let used: string | undefined;
   return {
-    name: `tfjs/${backend}`,
+    /** `tfjs/<backend>`: the backend in use once a session is open (`auto` resolved). */
+    get name() {
+      return `tfjs/${used ?? backend}`;
+    },
     async open(graph: Graph, _model: Uint8Array, opts: OpenOptions = {}): Promise<GraphSession> {
-      const used = await setBackend(backend as BackendName);
-      return new TfjsSession(graph, used, opts as TfjsOpenOptions);
+      const b = await setBackend(backend as BackendName);
+      used = b;
+      return new TfjsSession(graph, b, opts as TfjsOpenOptions);
     },
   };
 }
