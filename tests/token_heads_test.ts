@@ -2,13 +2,14 @@
  * Token classification and extractive QA, below the stages: word tags on first pieces and answer
  * spans as token positions (hand-checked on the real bert-base-uncased vocabulary), the heads'
  * logits against a computation from the encoder's last hidden state, the training losses and the
- * prediction-layer distillation rows against losses computed by hand in float64, and the
- * checkpoint layout transformers expects (no pooler, the right architecture).
+ * prediction-layer distillation rows against losses computed by hand in float64 — on ONNX Runtime
+ * and tfjs (wasm) — and the checkpoint layout transformers expects (no pooler, the right
+ * architecture). The same heads, objectives and terms against PyTorch: `torch_reference_test.ts`
+ * and `parity_test.ts`.
  */
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
@@ -20,11 +21,13 @@ import {
   IGNORE_INDEX,
   spanText,
 } from "../pipeline/model/align.ts";
-import { getObjective } from "../pipeline/train/objectives.ts";
 import { lossBreakdown } from "../pipeline/distill/objective.ts";
+import { openInference } from "../pipeline/engines/inference.ts";
+import type { EngineRef } from "../pipeline/engines/mod.ts";
+import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import type { HostBatch } from "../pipeline/data/batch.ts";
 import { relErr, withTempDir } from "./_util.ts";
 
-await setBackend("cpu");
 const tok = await loadTokenizer(resolve("fixtures/bert-base-uncased"));
 const id = (t: string) => tok.vocab.get(t)!;
 
@@ -122,17 +125,84 @@ const CONFIG = {
   num_attention_heads: 2,
   intermediate_size: 24,
   max_position_embeddings: 16,
+  hidden_dropout_prob: 0,
+  attention_probs_dropout_prob: 0,
   id2label: { "0": "O", "1": "B-PER", "2": "I-PER" },
 };
 
-function batchOf(ids: number[][]) {
-  const S = Math.max(...ids.map((r) => r.length));
+const EXECUTORS: { label: string; ref: EngineRef }[] = [
+  { label: "onnxruntime", ref: { kind: "onnxruntime" } },
+  { label: "tfjs/wasm", ref: { kind: "tfjs", backend: "wasm" } },
+];
+
+/** Rows padded to the longest (id 0, mask 0), one segment. */
+function batchOf(ids: number[][]): HostBatch {
+  const B = ids.length, S = Math.max(...ids.map((r) => r.length));
   const pad = (r: number[], v: number) => [...r, ...Array(S - r.length).fill(v)];
   return {
-    inputIds: tf.tensor2d(ids.map((r) => pad(r, 0)), undefined, "int32"),
-    attentionMask: tf.tensor2d(ids.map((r) => pad(r.map(() => 1), 0)), undefined, "int32"),
-    tokenTypeIds: tf.zeros([ids.length, S], "int32") as tf.Tensor2D,
+    inputIds: { data: Int32Array.from(ids.flatMap((r) => pad(r, 0))), shape: [B, S] },
+    attentionMask: {
+      data: Int32Array.from(ids.flatMap((r) => pad(r.map(() => 1), 0))),
+      shape: [B, S],
+    },
+    tokenTypeIds: { data: new Int32Array(B * S), shape: [B, S] },
   };
+}
+
+/** The inference graph's outputs on `batch` (every hidden state; the head logits). */
+async function forward(bert: Bert, batch: HostBatch, engine: EngineRef) {
+  const [B, S] = batch.inputIds.shape;
+  const inf = await openInference(bert, { outputs: "all", engine, threads: 1 });
+  try {
+    return await inf.run({
+      inputIds: batch.inputIds.data as Int32Array,
+      attentionMask: batch.attentionMask.data as Int32Array,
+      batch: B,
+      seq: S,
+    });
+  } finally {
+    await inf.close();
+  }
+}
+
+/** `[B, S, H]` as nested rows. */
+function nest(data: Float32Array, B: number, S: number, H: number): number[][][] {
+  return Array.from(
+    { length: B },
+    (_, b) =>
+      Array.from(
+        { length: S },
+        (_, s) => Array.from(data.subarray((b * S + s) * H, (b * S + s + 1) * H)),
+      ),
+  );
+}
+
+/** `x·Wᵀ + b` of a Linear by hand (float64). */
+function linear(bert: Bert, prefix: string, x: number[]): number[] {
+  const w = bert.p(`${prefix}.weight`), b = bert.p(`${prefix}.bias`).data;
+  const [out, inp] = w.shape;
+  return Array.from({ length: out }, (_, o) => {
+    let acc = b[o];
+    for (let k = 0; k < inp; k++) acc += x[k] * w.data[o * inp + k];
+    return acc;
+  });
+}
+
+/** The objective's loss on `batch` (dropout off), from the trainer's gradient graph. */
+async function objectiveLoss(bert: Bert, objective: string, batch: HostBatch, engine: EngineRef) {
+  const trainer = await OnnxTrainer.create(bert, {
+    objective,
+    lr: () => 0,
+    weightDecay: 0,
+    dropout: false,
+    threads: 1,
+    engine,
+  });
+  try {
+    return (await trainer.gradients(batch)).loss;
+  } finally {
+    await trainer.close();
+  }
 }
 
 const logSoftmax = (row: number[]) => {
@@ -141,65 +211,64 @@ const logSoftmax = (row: number[]) => {
   return row.map((x) => x - z);
 };
 
-Deno.test("token head: logits = classifier on every last hidden state; the loss is CE over labelled tokens", () => {
+Deno.test("token head: logits = classifier on every last hidden state; the loss is CE over labelled tokens", async () => {
   const bert = Bert.create(CONFIG, { tokenClassifier: true }, 3);
   const ids = [[2, 7, 9, 11, 3], [2, 5, 3]];
   const labels = [[-100, 1, 2, -100, -100], [-100, 0, -100, -100, -100]];
   const b = batchOf(ids);
-  const out = bert.forward(b);
-  assert.equal(out.logits, undefined);
-  assert.deepEqual(out.tokenLogits!.shape, [2, 5, 3]);
-  // from the last hidden state by hand
-  const h = out.hiddenStates.at(-1)!.arraySync() as number[][][];
-  const W = bert.p("classifier.weight").arraySync() as number[][];
-  const bias = bert.p("classifier.bias").arraySync() as number[];
-  const ref = h.map((seq) =>
-    seq.map((v) => W.map((w, c) => bias[c] + w.reduce((s, x, k) => s + x * v[k], 0)))
-  );
-  assert.ok(relErr(out.tokenLogits!.dataSync(), ref.flat(2)) < 1e-5);
-  // CE over the 3 labelled positions only
-  let sum = 0, n = 0;
-  labels.forEach((row, i) =>
-    row.forEach((t, j) => {
-      if (t !== -100) {
-        sum -= logSoftmax(ref[i][j])[t];
-        n++;
-      }
-    })
-  );
-  const loss = getObjective("token_classification")(bert, {
-    ...b,
-    tokenLabels: tf.tensor2d(labels, undefined, "int32"),
-  }, { training: false });
-  assert.ok(relErr(loss.dataSync(), [sum / n]) < 1e-5, `${loss.dataSync()[0]} vs ${sum / n}`);
+  for (const exec of EXECUTORS) {
+    const out = await forward(bert, b, exec.ref);
+    assert.deepEqual(out.logits.dims, [2, 5, 3]);
+    // from the last hidden state by hand
+    const h = nest(out.last_hidden_state.data, 2, 5, 16);
+    const ref = h.map((seq) => seq.map((v) => linear(bert, "classifier", v)));
+    assert.ok(relErr(out.logits.data, ref.flat(2)) < 1e-5, exec.label);
+    // CE over the 3 labelled positions only
+    let sum = 0, n = 0;
+    labels.forEach((row, i) =>
+      row.forEach((t, j) => {
+        if (t !== -100) {
+          sum -= logSoftmax(ref[i][j])[t];
+          n++;
+        }
+      })
+    );
+    const loss = await objectiveLoss(bert, "token_classification", {
+      ...b,
+      tokenLabels: { data: Int32Array.from(labels.flat()), shape: [2, 5] },
+    }, exec.ref);
+    assert.ok(relErr([loss], [sum / n]) < 1e-5, `${exec.label}: ${loss} vs ${sum / n}`);
+  }
 });
 
-Deno.test("QA head: span logits from qa_outputs; the loss is (CE start + CE end)/2 with padding excluded", () => {
+Deno.test("QA head: span logits from qa_outputs; the loss is (CE start + CE end)/2 with padding excluded", async () => {
   const bert = Bert.create({ ...CONFIG, id2label: undefined }, { qa: true }, 4);
   assert.equal(bert.heads.classifier, false);
   const ids = [[2, 7, 9, 11, 3], [2, 5, 3]];
   const b = batchOf(ids);
-  const out = bert.forward(b);
-  const h = out.hiddenStates.at(-1)!.arraySync() as number[][][];
-  const W = bert.p("qa_outputs.weight").arraySync() as number[][];
-  const ref = h.map((seq) => seq.map((v) => W.map((w) => w.reduce((s, x, k) => s + x * v[k], 0))));
-  assert.ok(relErr(out.spanLogits!.dataSync(), ref.flat(2)) < 1e-5);
   const starts = [1, 1], ends = [3, 2];
-  let sum = 0;
-  ids.forEach((row, i) => {
-    const len = row.length;
-    const s = ref[i].slice(0, len).map((v) => v[0]), e = ref[i].slice(0, len).map((v) => v[1]);
-    sum += -logSoftmax(s)[starts[i]] - logSoftmax(e)[ends[i]];
-  });
-  const loss = getObjective("span")(bert, {
-    ...b,
-    startPositions: tf.tensor1d(starts, "int32"),
-    endPositions: tf.tensor1d(ends, "int32"),
-  }, { training: false });
-  assert.ok(relErr(loss.dataSync(), [sum / 4]) < 1e-5, `${loss.dataSync()[0]} vs ${sum / 4}`);
+  for (const exec of EXECUTORS) {
+    const out = await forward(bert, b, exec.ref);
+    const h = nest(out.last_hidden_state.data, 2, 5, 16);
+    const ref = h.map((seq) => seq.map((v) => linear(bert, "qa_outputs", v)));
+    assert.ok(relErr(out.start_logits.data, ref.flat().map((v) => v[0])) < 1e-5, exec.label);
+    assert.ok(relErr(out.end_logits.data, ref.flat().map((v) => v[1])) < 1e-5, exec.label);
+    let sum = 0;
+    ids.forEach((row, i) => {
+      const len = row.length;
+      const s = ref[i].slice(0, len).map((v) => v[0]), e = ref[i].slice(0, len).map((v) => v[1]);
+      sum += -logSoftmax(s)[starts[i]] - logSoftmax(e)[ends[i]];
+    });
+    const loss = await objectiveLoss(bert, "span", {
+      ...b,
+      startPositions: { data: Int32Array.from(starts), shape: [2] },
+      endPositions: { data: Int32Array.from(ends), shape: [2] },
+    }, exec.ref);
+    assert.ok(relErr([loss], [sum / 4]) < 1e-5, `${exec.label}: ${loss} vs ${sum / 4}`);
+  }
 });
 
-Deno.test("distillation: soft_ce compares every real token (token heads) and start/end over positions (QA)", () => {
+Deno.test("distillation: soft_ce compares every real token (token heads) and start/end over positions (QA)", async () => {
   const ids = [[2, 7, 9, 11, 3], [2, 5, 3]];
   const b = batchOf(ids);
   const soft = (s: number[], t: number[], T: number) => {
@@ -210,38 +279,57 @@ Deno.test("distillation: soft_ce compares every real token (token heads) and sta
   for (const heads of [{ tokenClassifier: true }, { qa: true }]) {
     const cfg = heads.qa ? { ...CONFIG, id2label: undefined } : CONFIG;
     const student = Bert.create(cfg, heads, 5), teacher = Bert.create(cfg, heads, 6);
-    const s = student.forward(b), t = teacher.forward(b);
-    const sl = (s.tokenLogits ?? s.spanLogits)!.arraySync() as number[][][];
-    const tl = (t.tokenLogits ?? t.spanLogits)!.arraySync() as number[][][];
-    // the cache pads with NaN past each row's length: the loss must never read it
-    const cached = tl.map((seq, i) =>
-      seq.map((v, j) => (j < ids[i].length ? v : v.map(() => NaN)))
-    );
-    const T = 2;
-    let ref = 0, n = 0;
-    ids.forEach((row, i) => {
-      const len = row.length;
-      if (heads.qa) {
-        for (const k of [0, 1]) {
-          const sRow = sl[i].slice(0, len).map((v) => v[k]);
-          const tRow = tl[i].slice(0, len).map((v) => v[k]);
-          ref += soft(sRow, tRow, T);
-          n++;
+    const K = heads.qa ? 2 : 3;
+    for (const exec of EXECUTORS) {
+      /** Head logits `[B, S, K]` (QA: start and end interleaved). */
+      const logits = async (m: Bert) => {
+        const o = await forward(m, b, exec.ref);
+        if (!heads.qa) return nest(o.logits.data, 2, 5, K);
+        const st = o.start_logits.data, en = o.end_logits.data;
+        return nest(
+          Float32Array.from({ length: 20 }, (_, i) => (i % 2 ? en : st)[i >> 1]),
+          2,
+          5,
+          2,
+        );
+      };
+      const sl = await logits(student), tl = await logits(teacher);
+      // the cache pads with NaN past each row's length: the loss must never read it
+      const cached = tl.map((seq, i) =>
+        seq.map((v, j) => (j < ids[i].length ? v : v.map(() => NaN)))
+      );
+      const T = 2;
+      let ref = 0, n = 0;
+      ids.forEach((row, i) => {
+        const len = row.length;
+        if (heads.qa) {
+          for (const k of [0, 1]) {
+            const sRow = sl[i].slice(0, len).map((v) => v[k]);
+            const tRow = tl[i].slice(0, len).map((v) => v[k]);
+            ref += soft(sRow, tRow, T);
+            n++;
+          }
+        } else {
+          for (let j = 0; j < len; j++, n++) ref += soft(sl[i][j], tl[i][j], T);
         }
-      } else {
-        for (let j = 0; j < len; j++, n++) ref += soft(sl[i][j], tl[i][j], T);
-      }
-    });
-    const got = lossBreakdown(student, { ...b, t_logits: tf.tensor3d(cached) }, {
-      terms: [{ name: "soft_ce", weight: 1, temperature: T }],
-      layerMap: [0, 1, 2],
-      embeddings: true,
-      projection: "shared",
-    }).soft_ce;
-    // token rows: TinyBERT's mean over rows × classes (3 tags); QA: the mean cross-entropy of
-    // the 2B start/end distributions
-    const want = heads.qa ? ref / n : ref / n / 3;
-    assert.ok(relErr([got], [want]) < 1e-4, `${JSON.stringify(heads)}: ${got} vs ${want}`);
+      });
+      const got = (await lossBreakdown(student, {
+        ...b,
+        t_logits: { data: Float32Array.from(cached.flat(2)), shape: [2, 5, K] },
+      }, {
+        terms: [{ name: "soft_ce", weight: 1, temperature: T }],
+        layerMap: [0, 1, 2],
+        embeddings: true,
+        projection: "shared",
+      }, exec.ref)).soft_ce;
+      // token rows: TinyBERT's mean over rows × classes (3 tags); QA: the mean cross-entropy of
+      // the 2B start/end distributions
+      const want = heads.qa ? ref / n : ref / n / 3;
+      assert.ok(
+        relErr([got], [want]) < 1e-4,
+        `${exec.label} ${JSON.stringify(heads)}: ${got} vs ${want}`,
+      );
+    }
   }
 });
 
@@ -269,10 +357,15 @@ Deno.test("checkpoints: token and QA models are saved as transformers writes the
       const back = await loadBert(out);
       assert.equal(!!back.heads.tokenClassifier, "tokenClassifier" in heads);
       assert.equal(!!back.heads.qa, "qa" in heads);
+      // every parameter the head reads comes back as saved
+      for (const [name, p] of back.params) {
+        if (!name.startsWith("pooler.")) assert.deepEqual(p.data, bert.p(name).data, name);
+      }
       const b = batchOf([[2, 7, 9, 3]]);
-      const a = bert.forward(b), c = back.forward(b);
-      const la = (a.tokenLogits ?? a.spanLogits)!, lc = (c.tokenLogits ?? c.spanLogits)!;
-      assert.ok(relErr(lc.dataSync(), la.dataSync()) < 1e-6);
+      const names2 = "qa" in heads ? ["start_logits", "end_logits"] : ["logits"];
+      const a = await forward(bert, b, EXECUTORS[0].ref),
+        c = await forward(back, b, EXECUTORS[0].ref);
+      for (const n of names2) assert.deepEqual(c[n].data, a[n].data, n);
     }
   });
 });
