@@ -452,7 +452,7 @@ for (const [label, cfg, heads] of MODELS) {
         await small.close();
       }
 
-      // fp16 weights: within FP16_TOL of torch on every output but the scores; half the file
+      // fp16 weights: the head outputs and last hidden state within FP16_TOL of torch; half the file
       const fp16 = exportOnnx(bert, { dtype: "fp16" });
       const f16 = await openInference(fp16, { threads: 1 });
       try {
