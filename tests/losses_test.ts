@@ -196,11 +196,24 @@ async function runTerm(
 
 /** Assert term `name` on `spec` gives `expected` on every executor (0: |value| < 1e-6). */
 async function expectTerm(name: string, spec: Spec, expected: number, tol = TOL): Promise<void> {
-  for (const r of await runTerm(name, spec)) {
+  onEvery(await runTerm(name, spec), (r) => {
     const where = `${name} [${r.label}]`;
     if (expected !== 0) assertClose([r.loss], [expected], tol, where);
     else assert.ok(Math.abs(r.loss) < 1e-6, `${where}: ${r.loss} is not 0`);
+  });
+}
+
+/** Run `check` on every executor's result; throw one error naming every executor that failed. */
+function onEvery<T extends { label: string }>(results: T[], check: (r: T) => void): void {
+  const failed: string[] = [];
+  for (const r of results) {
+    try {
+      check(r);
+    } catch (e) {
+      failed.push(e instanceof Error ? e.message : String(e));
+    }
   }
+  if (failed.length) throw new Error(`${failed.length} executor(s) failed:\n${failed.join("\n")}`);
 }
 
 /**
@@ -229,7 +242,7 @@ async function expectTermAndGradients(
     }
     fd.set(key, grad);
   }
-  for (const r of await runTerm(name, spec)) {
+  onEvery(await runTerm(name, spec), (r) => {
     assertClose([r.loss], [expected], TOL, `${name} [${r.label}]`);
     for (const [key, want] of fd) {
       const got = r.grads.get(key);
@@ -244,7 +257,7 @@ async function expectTermAndGradients(
         floor: 1e-2 * largest,
       });
     }
-  }
+  });
 }
 
 /** `spec` with student input `key` replaced. */
