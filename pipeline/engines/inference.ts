@@ -14,6 +14,7 @@
 
 import type { Bert } from "../model/bert.ts";
 import type { HostBatch } from "../data/batch.ts";
+import { InputError } from "../errors.ts";
 import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../onnx/export.ts";
 import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
@@ -97,6 +98,9 @@ export async function openInference(
 ): Promise<Inference> {
   let session: GraphSession;
   let engine = "onnxruntime/cpu";
+  const maxPositions = typeof model === "string" || model instanceof Uint8Array
+    ? Infinity
+    : model.config.max_position_embeddings;
   if (typeof model === "string" || model instanceof Uint8Array) {
     if (opts.engine && opts.engine.kind !== "onnxruntime") {
       throw new Error("openInference: an ONNX file runs on ONNX Runtime only");
@@ -119,6 +123,14 @@ export async function openInference(
       const { batch, seq } = inputs;
       if (!(Number.isInteger(batch) && batch > 0 && Number.isInteger(seq) && seq > 0)) {
         throw new Error(`inference: batch and seq must be positive integers (${batch}, ${seq})`);
+      }
+      if (seq > maxPositions) {
+        throw new InputError("the sequence is longer than the model has positions for", {
+          field: "seq",
+          expected: `at most max_position_embeddings = ${maxPositions} tokens`,
+          got: `${seq} tokens`,
+          hint: "Truncate the inputs (tokenize's max_seq_length).",
+        });
       }
       const n = batch * seq;
       const feeds: Record<string, HostTensor> = {

@@ -1,6 +1,7 @@
 /**
  * ONNX export of a {@link Bert}: one self-contained `ModelProto` (ir_version 8, default-domain
- * opset 17) whose graph reproduces `Bert.forward` in inference mode, and the folder layout that
+ * opset 17) whose graph is the one BERT definition (`graph/bert.ts`) in inference mode — what
+ * every engine runs for inference too (`openInference`) — and the folder layout that
  * transformers.js loads (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
  * `onnx/model.onnx`, `onnx/model_fp16.onnx`, `onnx/model_quantized.onnx`).
  *
@@ -9,7 +10,7 @@
  * - `logits` `[batch, num_labels]` when the model has a sequence classifier (the pooler, then the
  *   classifier on the [CLS] state: `BertForSequenceClassification`);
  * - `logits` `[batch, sequence, num_labels]` when the classifier labels every token
- *   (`heads.tokenClassifier`, `BertForTokenClassification`: `Bert.forward`'s `tokenLogits`);
+ *   (`heads.tokenClassifier`, `BertForTokenClassification`);
  * - `start_logits` and `end_logits`, each `[batch, sequence]`, when the model has a QA head
  *   (`qa_outputs`, `BertForQuestionAnswering`: `spanLogits[..., 0]` and `[..., 1]`);
  * - token-classification and QA models have no pooler, in the graph as in their checkpoints;
@@ -19,13 +20,10 @@
  * - `last_hidden_state` `[batch, sequence, hidden]` (the encoder output, always);
  * - with `outputs: "all"` (whatever the heads), also `hidden_state_{i}` (i = 0..L, 0 = embedding
  *   output) and the pre-softmax `attention_scores_{l}` `[batch, heads, sequence, sequence]`
- *   (l = 0..L−1), which include the additive mask `(1 − mask)·(−10000)` exactly as
- *   `Bert.forward` returns them.
+ *   (l = 0..L−1), which include the additive mask `(1 − mask)·(−10000)` (TinyBERT's targets).
  *
- * Weights: `Linear` weights used by `MatMul` are stored transposed (`[in, out]`, name suffix
- * `.T`), the per-token heads' (token classifier, `qa_outputs`) included; the pooler, the sequence
- * classifier and the tied MLM decoder use `Gemm` with `transB = 1` on the original `[out, in]`
- * tensors, so the word embedding is stored once. With `dtype: "fp16"` every float weight is
+ * Weights: every float `Linear` is a `Gemm` with `transB = 1` on the checkpoint's `[out, in]`
+ * tensor, so the tied word embedding is stored once. With `dtype: "fp16"` every float weight is
  * stored as float16 and `Cast` to float32 where it is used: the file is half the size, the
  * arithmetic stays float32 (ONNX Runtime folds the casts when it loads the model), and inputs and
  * outputs keep the same types as the fp32 export. With `dtype: "q8"` the encoder's Linear weights
@@ -66,8 +64,8 @@ export function headOutputNames(bert: Pick<Bert, "heads">): string[] {
 }
 
 /**
- * The head logits of an ONNX run (asked for with {@link headOutputNames}) in `Bert.forward`'s
- * layout: `logits` as they are (`[B, C]`, `[B, S, C]`); QA's `start_logits`/`end_logits`
+ * The head logits of an inference run (asked for with {@link headOutputNames}) in one layout:
+ * `logits` as they are (`[B, C]`, `[B, S, C]`); QA's `start_logits`/`end_logits`
  * `[B, S]` stacked into `[B, S, 2]` (`spanLogits`: start at index 0, end at 1).
  */
 export function headLogits(

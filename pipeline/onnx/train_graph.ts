@@ -1,23 +1,22 @@
 /**
- * The training graphs of the ONNX engine, built with tinystill's own differentiator
- * ({@link Tape}):
+ * The training graphs, built on the one BERT definition (`graph/bert.ts`) with tinystill's own
+ * differentiator ({@link Tape}); every engine runs them (ONNX Runtime from the encoded model, tfjs
+ * by interpreting the nodes):
  *
  * - {@link buildGradGraph}: BERT's forward pass in training mode (dropout as fed masks), one
  *   objective (`classification`, `regression`, `mlm`, `token_classification`, `span` or
- *   `distillation` with any of its loss terms) and the backward pass. Every head: the sequence
- *   classifier (pooler, dropout, classifier), the token classifier (dropout and the classifier on
- *   every token) and the QA head (`qa_outputs` on every token, no dropout); the prediction terms
- *   of distillation read the rows `predictionRows` defines for the student's head (every real
- *   token; the 2B start/end distributions over positions, padding at `MASK_VALUE`). A parameter
- *   the objective does not read (the pooler of a per-token model) is no input of the graph and
- *   gets no gradient, as on tfjs. Inputs: every parameter the loss reads (Hugging Face names and
- *   orientation, so weights map 1:1 to `Bert.params`), the batch, and one uint8 keep-mask per
- *   dropout site. Outputs: `loss`, `grad:<parameter>` and `grad_sq` (Σ of their squares).
+ *   `distillation`, a weighted sum of `graph/losses.ts` terms) and the backward pass. Every head:
+ *   the sequence classifier (pooler, dropout, classifier), the token classifier (dropout and the
+ *   classifier on every token) and the QA head (`qa_outputs` on every token, no dropout); the
+ *   prediction terms of distillation read the head's rows (every real token; the 2B start/end
+ *   distributions over positions, padding at `MASK_VALUE`). A parameter the objective does not
+ *   read (the pooler of a per-token model) is no input of the graph and gets no gradient.
+ *   Inputs: every parameter the loss reads (Hugging Face names and orientation, so weights map 1:1
+ *   to `Bert.params`), the batch, and one float32 mask per dropout site (0 or 1/(1 − rate), the
+ *   `dropoutKeep` stream). Outputs: `loss`, `grad:<parameter>` and `grad_sq` (Σ of squares).
+ * - {@link buildLossGraph}: the same without a backward; each term's value as `term:<name>`.
  *
- * The forward pass mirrors `Bert.forward` op for op (same order of additions, `QKᵀ/√d` as a
- * division, the same dropout sites in the same order) so that, fed the same masks, it computes
- * what the tfjs engine computes. Batch and sequence length are symbolic: one graph serves every
- * batch shape.
+ * Batch and sequence length are symbolic: one graph serves every batch shape.
  * @module
  */
 
@@ -124,11 +123,11 @@ export function gradGraphProblem(objective: string, heads: BertHeads): string | 
   return typeof head === "string" && head.startsWith("!") ? head.slice(1) : null;
 }
 
-/** One dropout site: the order matches `Bert.forward`'s dropout calls (seed offsets 1, 2, …). */
+/** One dropout site, in `bertForward`'s order (its 1-based index is the mask's seed offset). */
 export interface DropoutSite {
   /** Graph input name (`dropout_<k>`, float32: 0 or 1/(1 − rate)). */
   name: string;
-  /** 1-based call index (the seed offset of `Bert.forward`). */
+  /** 1-based site index (the seed offset of its mask, see `dropoutSeed`). */
   call: number;
   rate: number;
   /** Symbolic shape: `"B"`, `"S"`, `"B*S"` or numbers. */

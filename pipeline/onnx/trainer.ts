@@ -25,7 +25,7 @@ import {
   clipFactor,
 } from "../train/optim.ts";
 import { batchRows, type HostBatch, sliceBatch } from "../data/batch.ts";
-import { NonFiniteLossError } from "../errors.ts";
+import { InputError, NonFiniteLossError } from "../errors.ts";
 import { ReplicaWorker } from "../train/replica.ts";
 import { batchFeeds, buildGradGraph, type GradGraph } from "./train_graph.ts";
 import type { Dim } from "./autodiff.ts";
@@ -263,6 +263,14 @@ export class OnnxTrainer {
     const B = batchRows(b), S = b.inputIds.shape[1];
     const size = (dims: Dim[]) =>
       dims.map((d) => d === "B" ? B : d === "S" ? S : d === "B*S" ? B * S : d as number);
+    if (S > this.config.max_position_embeddings) {
+      throw new InputError("the batch is longer than the model has positions for", {
+        field: "inputIds",
+        expected: `at most max_position_embeddings = ${this.config.max_position_embeddings} tokens`,
+        got: `${S} tokens`,
+        hint: "Truncate the inputs (tokenize's max_seq_length).",
+      });
+    }
     const feeds = batchFeeds(graph.feeds, b, `objective '${this.opts.objective}'`);
     for (const site of graph.dropout) {
       const dims = size(site.dims);
