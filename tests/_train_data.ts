@@ -1,6 +1,6 @@
 /**
- * Shared by the training tests: tiny labelled data, a model config, a bitwise check, and running
- * `_train_child.ts` (killed and resumed) on either engine.
+ * Shared by the training tests: tiny labelled data, a model config, a bitwise check, running
+ * `_train_child.ts` (killed and resumed) on either engine, and the divergence check.
  */
 
 import assert from "node:assert/strict";
@@ -12,12 +12,12 @@ import {
   type Phase,
   train,
   TrainingDivergedError,
+  type TrainOptions,
 } from "../pipeline/train/loop.ts";
-import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import type { EngineName } from "../pipeline/train/engine.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
-import { rng } from "./_util.ts";
+import { seededRandom } from "../pipeline/random.ts";
 
 /** A 2-layer BERT small enough to train in milliseconds; dropout on (as in real training). */
 export const TRAIN_CONFIG = {
@@ -44,7 +44,7 @@ export const TRAIN_PHASE: Phase = {
 
 /** `n` token rows of length 3..12 whose label is whether token 7 occurs (learnable). */
 export function tinyRows(n: number, seed = 1): TokenRows {
-  const r = rng(seed);
+  const r = seededRandom(seed); // _util.ts's mulberry32 too, but that module loads tfjs
   const ids: Int32Array[] = [], types: Int32Array[] = [];
   const lengths = new Int32Array(n), labels = new Int32Array(n);
   for (let i = 0; i < n; i++) {
@@ -80,6 +80,85 @@ export function assertSameBytes(actual: Float32Array, expected: Float32Array, wh
   if (i >= 0) throw new Error(`${what}[${i}]: ${actual[i]}, expected ${expected[i]} (bit for bit)`);
 }
 
+/**
+ * The run of the resume tests (`_train_child.ts`, and the in-process cross-engine resume): a
+ * model of {@link TRAIN_CONFIG} (seed 3) trained for phase `a` (steps 1–5: batches of 8 in
+ * micro-batches of 4, warmup, decay, clipping) then phase `b` (steps 6–9: batches of 6, no
+ * warmup, decay or clipping), checkpoints every 2 steps (and at each phase end) in `dir`.
+ */
+export function resumeRun(
+  dir: string,
+  opts: { engine: EngineName; replicas?: number },
+): TrainOptions {
+  return {
+    model: Bert.create(TRAIN_CONFIG, {}, 3),
+    phases: [
+      {
+        name: "a",
+        objective: "classification",
+        steps: 5,
+        batchSize: 8,
+        microBatchSize: 4,
+        lr: 1e-3,
+        warmup: 0.2,
+        weightDecay: 0.01,
+        maxGradNorm: 1,
+      },
+      {
+        name: "b",
+        objective: "classification",
+        steps: 4,
+        batchSize: 6,
+        lr: 5e-4,
+        warmup: 0,
+        weightDecay: 0,
+        maxGradNorm: 0,
+      },
+    ],
+    source: tinySource(40),
+    stateDir: dir,
+    checkpointEvery: 2,
+    seed: 7,
+    replicas: opts.replicas ?? 1,
+    engine: opts.engine,
+    backend: "wasm",
+  };
+}
+
+/**
+ * Assert that a resumed run ended as the uninterrupted one: the same loss curve (the first step
+ * that differs is named) and every weight bit for bit (every tensor that differs is named).
+ */
+export function assertSameRun(
+  got: { weights: Map<string, { data: Float32Array }>; curve: CurvePoint[] },
+  want: { weights: Map<string, { data: Float32Array }>; curve: CurvePoint[] },
+  what: string,
+): void {
+  const step = want.curve.findIndex((p, i) => JSON.stringify(p) !== JSON.stringify(got.curve[i]));
+  const differ: string[] = [];
+  for (const [name, t] of want.weights) {
+    const mine = got.weights.get(name);
+    if (!mine) differ.push(`${name} (missing)`);
+    else {
+      try {
+        assertSameBytes(mine.data, t.data, name);
+      } catch (e) {
+        differ.push((e as Error).message);
+      }
+    }
+  }
+  assert.deepEqual([...got.weights.keys()], [...want.weights.keys()], `${what}: tensors`);
+  assert.ok(
+    step < 0 && got.curve.length === want.curve.length && differ.length === 0,
+    `${what}: ` +
+      (step >= 0
+        ? `the curve differs from step ${step + 1}: ${JSON.stringify(got.curve[step])}, ` +
+          `expected ${JSON.stringify(want.curve[step])}; `
+        : "") +
+      `${differ.length} tensor(s) differ: ${differ.join("; ")}`,
+  );
+}
+
 /** What one run of `_train_child.ts` printed and how it ended. */
 export interface ChildRun {
   out: string;
@@ -94,9 +173,9 @@ export interface ChildRun {
  */
 export async function runChild(
   dir: string,
-  opts: { replicas?: number; engine?: EngineName; killAfter?: number } = {},
+  opts: { replicas?: number; engine: EngineName; killAfter?: number },
 ): Promise<ChildRun> {
-  const { replicas = 1, engine = "tfjs", killAfter } = opts;
+  const { replicas = 1, engine, killAfter } = opts;
   const cmd = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -176,8 +255,8 @@ export async function killAndResume(
 
 /**
  * Regression on {@link tinySource}'s 0/1 labels; the last row of the 5th batch loaded gets the
- * target `poison`, so step 5's loss is `poison`-valued. With 2 tfjs replicas that row is in the
- * worker's shard (shard 0, the first rows, stays here).
+ * target `poison`, so step 5's loss is `poison`-valued. With 2 replicas that row is in the
+ * worker's shard (shard 0, the first rows, stays with the lead).
  */
 export function poisonedSource(poison: number): BatchSource {
   const base = tinySource(48);
@@ -203,11 +282,10 @@ export async function checkDivergence(
   poison: number,
   opts: { replicas: number; engine: "tfjs" | "onnx" },
 ): Promise<void> {
-  await setBackend("wasm");
   const model = Bert.create({ ...TRAIN_CONFIG, id2label: { "0": "score" } }, {}, 5);
   let afterStep4 = new Map<string, Float32Array>();
   const keepWeights = () => {
-    afterStep4 = new Map([...model.params].map(([n, v]) => [n, Float32Array.from(v.dataSync())]));
+    afterStep4 = new Map([...model.params].map(([n, v]) => [n, Float32Array.from(v.data)]));
   };
   const logs: string[] = [];
   const dir = await Deno.makeTempDir({ prefix: "tinystill_test_" });
@@ -231,6 +309,7 @@ export async function checkDivergence(
         seed: 1,
         replicas: opts.replicas,
         engine: opts.engine,
+        backend: "wasm",
         log: (m) => void logs.push(m),
         afterStep: (s) => s === 4 ? keepWeights() : undefined,
       }),
@@ -256,7 +335,7 @@ export async function checkDivergence(
     const saved = await readSafetensors(join(dir, "ckpt", "weights.safetensors"));
     assert.equal(afterStep4.size, model.params.size);
     for (const [name, w] of afterStep4) {
-      assertSameBytes(model.params.get(name)!.dataSync() as Float32Array, w, `model ${name}`);
+      assertSameBytes(model.params.get(name)!.data, w, `model ${name}`);
       assertSameBytes(saved.tensors.get(name)!.data, w, `checkpoint ${name}`);
     }
   } finally {

@@ -1,6 +1,7 @@
 /**
- * The wasm kernel fills and reroutes, each against the cpu backend (the reference), the
- * allocator guard, backend selection errors, and the freeing backprop.
+ * The tfjs backend module (`pipeline/tfjs/backend.ts`, what the tfjs executor runs on): the wasm
+ * kernel fills and reroutes, each against the cpu backend (the reference), the allocator guard,
+ * and backend selection errors.
  */
 
 import assert from "node:assert/strict";
@@ -10,7 +11,6 @@ import {
   tf,
   WasmHeapExhaustedError,
 } from "../pipeline/tfjs/backend.ts";
-import { stockGradients } from "../pipeline/tfjs/tape.ts";
 import { assertClose, onBackends, randomArray, UNIT_FLOOR } from "./_util.ts";
 
 const TOL = 1e-4;
@@ -157,54 +157,4 @@ Deno.test("unavailable and unknown backends say what to install", async () => {
   await assert.rejects(() => setBackend("tpu" as any), /unknown backend name.*wasm/);
   assert.equal(await setBackend("auto"), "wasm");
   assert.equal(tf.getBackend(), "wasm");
-});
-
-Deno.test("freeing backprop: same gradients as stock tfjs, far less memory held mid-backward", async () => {
-  await setBackend("cpu");
-  const x = tf.variable(tf.tensor(randomArray(64 * 64, 8), [64, 64]));
-  let heldAtBottom = 0;
-  // The bottom op of a deep chain: its gradient runs last, when everything above is done.
-  const probe = tf.customGrad((t) => {
-    const t2 = t as tf.Tensor;
-    return {
-      value: tf.mul(t2, 1),
-      gradFunc: (dy: tf.Tensor) => {
-        heldAtBottom = tf.memory().numBytes;
-        return tf.mul(dy, 1);
-      },
-    };
-  });
-  const f = () => {
-    let h = probe(x) as tf.Tensor;
-    for (let i = 0; i < 30; i++) h = tf.tanh(tf.matMul(h, x));
-    return tf.sum(h) as tf.Scalar;
-  };
-  const base = tf.memory().numBytes;
-  const mine = tf.variableGrads(f, [x]);
-  const heldMine = heldAtBottom - base;
-  const stock = stockGradients(f, [x]);
-  const heldStock = heldAtBottom - base;
-  assertClose(mine.grads[x.name].dataSync(), stock.grads[0].dataSync(), 1e-6, "grad");
-  assert.equal(mine.value.dataSync()[0], stock.value.dataSync()[0]);
-  // stock holds ~30 saved activations and gradients at that point; the freeing version ~a few
-  assert.ok(heldMine * 4 < heldStock, `held ${heldMine} B vs stock ${heldStock} B`);
-  tf.dispose([mine.value, ...Object.values(mine.grads), stock.value, ...stock.grads, x]);
-});
-
-Deno.test("freeing backprop leaks no tensors across repeated steps (wasm)", async () => {
-  await setBackend("wasm");
-  const w = tf.variable(tf.tensor(randomArray(16 * 16, 9), [16, 16]));
-  const ids = tf.tensor1d([0, 3, 3, 7], "int32");
-  const step = () => {
-    const { value, grads } = tf.variableGrads(
-      () => tf.sum(tf.square(tf.matMul(tf.gather(w, ids), w, false, true))) as tf.Scalar,
-      [w],
-    );
-    tf.dispose([value, ...Object.values(grads)]);
-  };
-  step();
-  const n = tf.memory().numTensors;
-  for (let i = 0; i < 5; i++) step();
-  assert.equal(tf.memory().numTensors, n);
-  tf.dispose([w, ids]);
 });

@@ -1,6 +1,7 @@
 /**
  * The whole task pipeline on a tiny dataset through the runner: tokenize → finetune@teacher →
  * teacher-forward → distill (cached and online teacher) → finetune@student → evaluate.
+ * The two distillation stages train on the tfjs engine with 2 replicas, the rest on ONNX Runtime.
  * Checks what a user relies on: cached and online teacher outputs train the student identically,
  * the student folder loads here and in the independent PyTorch reference with the same logits,
  * the report's ratios are computed from the models, and mistakes are refused before training.
@@ -8,9 +9,10 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import type { Bert } from "../pipeline/model/bert.ts";
 import { loadBert } from "../pipeline/model/checkpoint.ts";
-import { OnnxEngine } from "../pipeline/onnx/engine.ts";
+import type { EngineRef } from "../pipeline/engines/mod.ts";
+import { openInference } from "../pipeline/engines/inference.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
@@ -45,6 +47,7 @@ stages:
   - teacher-forward: { teacher: finetune@teacher, dtype: F32, rows_per_part: 64, replicas: 1 }
   - distill:
       teacher: finetune@teacher
+      engine: tfjs
       replicas: 2
       batch_size: 4
       ${opts.distillMap ? `layer_map: ${opts.distillMap}` : ""}
@@ -55,6 +58,7 @@ stages:
   - distill@online:
       teacher: finetune@teacher
       teacher_outputs: null
+      engine: tfjs
       replicas: 2
       batch_size: 4
       phases:
@@ -70,8 +74,30 @@ stages:
 `;
 }
 
+/** The sequence-classification logits of `model` on one batch (its inference graph). */
+async function logitsOf(
+  model: Bert,
+  ids: number[],
+  mask: number[],
+  batch: number,
+  seq: number,
+  engine?: EngineRef,
+): Promise<Float32Array> {
+  const inference = await openInference(model, { engine, threads: 1 });
+  try {
+    const out = await inference.run({
+      inputIds: Int32Array.from(ids),
+      attentionMask: Int32Array.from(mask),
+      batch,
+      seq,
+    }, ["logits"]);
+    return out.logits.data;
+  } finally {
+    await inference.close();
+  }
+}
+
 Deno.test("task pipeline: teacher, cached/online distillation, labels-only baseline, report", async () => {
-  await setBackend("wasm");
   const dir = await Deno.makeTempDir({ prefix: "tinystill_distill_" });
   try {
     const p = parsePipeline(yaml(dir), join(dir, "p.yaml"), BUILTIN_STAGES);
@@ -121,29 +147,21 @@ Deno.test("task pipeline: teacher, cached/online distillation, labels-only basel
         token_type_ids: types,
         labels: [0, 1],
       }, dir);
-      const ours = tf.tidy(() =>
-        student.forward({
-          inputIds: tf.tensor2d(ids, undefined, "int32"),
-          attentionMask: tf.tensor2d(mask, undefined, "int32"),
-          tokenTypeIds: tf.tensor2d(types, undefined, "int32"),
-        }).logits!.dataSync()
-      );
+      const ours = await logitsOf(student, ids.flat(), mask.flat(), 2, 5);
       assert.ok(relErr(ours, ref.tensors.get("logits")!.data) < 1e-4);
     }
 
-    // the transformers.js layout beside it: onnx/model.onnx gives the same logits
-    const engine = await OnnxEngine.load(join(modelDir, "onnx", "model.onnx"), { threads: 1 });
-    try {
+    // the transformers.js layout beside it: onnx/model.onnx gives the same logits as the model
+    // loaded from model.safetensors (its inference graph built here, on both executors)
+    {
       const ids = [101, 1037, 4010, 2143, 102];
-      const res = await engine.run({ inputIds: Int32Array.from(ids), batch: 1, seq: 5 }, [
-        "logits",
-      ]);
-      const ours = tf.tidy(() =>
-        student.forward({ inputIds: tf.tensor2d([ids], undefined, "int32") }).logits!.dataSync()
-      );
-      assert.ok(relErr(res.logits.data, ours) < 1e-4);
-    } finally {
-      await engine.close();
+      const file = await openInference(join(modelDir, "onnx", "model.onnx"), { threads: 1 });
+      const res = await file.run({ inputIds: Int32Array.from(ids), batch: 1, seq: 5 }, ["logits"]);
+      await file.close();
+      for (const engine of [{ kind: "onnxruntime" }, { kind: "tfjs", backend: "wasm" }] as const) {
+        const ours = await logitsOf(student, ids, [1, 1, 1, 1, 1], 1, 5, engine);
+        assert.ok(relErr(res.logits.data, ours) < 1e-4, engine.kind);
+      }
     }
     await Deno.stat(join(modelDir, "onnx", "model_fp16.onnx"));
 

@@ -2,7 +2,6 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
@@ -13,7 +12,6 @@ import { withTempDir } from "./_util.ts";
 const FIXTURES = resolve("fixtures");
 
 Deno.test("finetune init: random builds the checkpoint's architecture afresh; default loads it", async () => {
-  await setBackend("wasm");
   await withTempDir(async (dir) => {
     const general = Bert.create(
       {
@@ -45,15 +43,15 @@ stages:
   - finetune@random-s42: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1,
                            seed: 42 }
   - finetune@random-s7: { model: student, init: random, steps: 1, lr: 1.0e-12, replicas: 1,
-                          seed: 7 }
+                          seed: 7, engine: tfjs }
 `;
     const reports = await runPipeline(parsePipeline(yaml, join(dir, "ft.yaml"), BUILTIN_STAGES), {
       quiet: true,
     });
     const w = "encoder.layer.1.attention.self.query.weight";
-    const ref = general.p(w).dataSync();
+    const ref = general.p(w).data;
     const diff = (m: Bert) => {
-      const x = m.p(w).dataSync();
+      const x = m.p(w).data;
       return Math.max(...Array.from(x, (v, i) => Math.abs(v - ref[i])));
     };
     const pre = await loadBert(join(reports[1].dir, "model"));
@@ -68,7 +66,7 @@ stages:
     const s42 = await loadBert(join(reports[3].dir, "model"));
     const s7 = await loadBert(join(reports[4].dir, "model"));
     const maxDiff = (a: Bert, b: Bert) => {
-      const x = a.p(w).dataSync(), y = b.p(w).dataSync();
+      const x = a.p(w).data, y = b.p(w).data;
       return Math.max(...Array.from(x, (v, i) => Math.abs(v - y[i])));
     };
     assert.equal(maxDiff(s42, rnd), 0);

@@ -2,12 +2,12 @@
  * General distillation on unlabeled text, then task distillation starting from the general
  * student (`init_from`), and a student initialised from chosen teacher layers — all in one
  * pipeline file, with the teacher online for the task stages (DistilBERT/TinyBERT mixes of
- * `kl` and `hard_ce`).
+ * `kl` and `hard_ce`); the packed general stage trains on the tfjs engine, the others on ONNX
+ * Runtime.
  */
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert, saveBert } from "../pipeline/model/checkpoint.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
@@ -25,7 +25,6 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 Deno.test("general → task distillation and teacher-layer initialisation in one pipeline", async () => {
-  await setBackend("wasm");
   await withTempDir(async (dir) => {
     const teacher = Bert.create(
       {
@@ -82,6 +81,7 @@ stages:
       tokens: [tokenize@general, tokenize]
       pack: 24
       teacher_outputs: null
+      engine: tfjs
       replicas: 1
       phases: [{ name: general, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 2, lr: 1.0e-3 }]
 `;
@@ -106,21 +106,22 @@ stages:
     const task = await loadBert(join(by("distill@task").dir, "model"));
     assert.deepEqual(task.config.id2label, { "0": "neg", "1": "pos" });
     const name = "encoder.layer.0.attention.self.query.weight";
-    const fromGeneral = maxAbsDiff(task.p(name).dataSync(), general.p(name).dataSync());
+    const fromGeneral = maxAbsDiff(task.p(name).data, general.p(name).data);
     const fresh = Bert.create(task.config, {}, 42);
-    const fromFresh = maxAbsDiff(task.p(name).dataSync(), fresh.p(name).dataSync());
+    const fromFresh = maxAbsDiff(task.p(name).data, fresh.p(name).data);
     assert.ok(fromGeneral < fromFresh / 5, `${fromGeneral} vs ${fromFresh}`);
 
     // teacher-layers with layer_map last: student layers 0, 1 ← teacher layers 2, 3
     const layers = await loadBert(join(by("distill@layers").dir, "model"));
     for (const [s, t] of [[0, 2], [1, 3]]) {
-      const sw = layers.p(`encoder.layer.${s}.output.dense.weight`).dataSync();
-      const tw = teacher.p(`encoder.layer.${t}.output.dense.weight`).dataSync();
+      const sw = layers.p(`encoder.layer.${s}.output.dense.weight`).data;
+      const tw = teacher.p(`encoder.layer.${t}.output.dense.weight`).data;
       assert.ok(maxAbsDiff(sw, tw) < 1e-6, `student layer ${s} = teacher layer ${t}`);
     }
     const emb = "embeddings.word_embeddings.weight";
-    assert.ok(maxAbsDiff(layers.p(emb).dataSync(), teacher.p(emb).dataSync()) < 1e-6);
+    assert.ok(maxAbsDiff(layers.p(emb).data, teacher.p(emb).data) < 1e-6);
     // two corpora, one of them labelled, packed: unlabeled text, so a general student again
+    // (trained on the tfjs engine)
     const packed = await loadBert(join(by("distill@packed").dir, "model"));
     assert.equal(packed.heads.classifier, false);
     const packedCurve = JSON.parse(

@@ -2,11 +2,13 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { setBackend, tf } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert } from "../pipeline/model/checkpoint.ts";
+import { IGNORE_INDEX } from "../pipeline/model/align.ts";
 import { maskBlock, packExamples } from "../pipeline/train/mlm.ts";
-import { IGNORE_INDEX, mlm } from "../pipeline/train/objectives.ts";
+import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { openInference } from "../pipeline/engines/inference.ts";
+import type { HostBatch } from "../pipeline/data/batch.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
@@ -88,50 +90,63 @@ Deno.test("maskBlock: 15% of non-special tokens, 80/10/10, labels the originals"
   assert.ok(Math.abs(kept / chosen - 0.1) < 0.015, `kept ${kept / chosen}`);
 });
 
-Deno.test("the mlm objective equals cross-entropy of the full MLM logits at masked positions", async () => {
-  await setBackend("wasm");
-  const bert = Bert.create(
-    {
-      vocab_size: 60,
-      hidden_size: 16,
-      num_hidden_layers: 2,
-      num_attention_heads: 2,
-      intermediate_size: 24,
-      max_position_embeddings: 16,
-      hidden_dropout_prob: 0,
-      attention_probs_dropout_prob: 0,
-    },
-    { mlm: true },
-    3,
-  );
-  const ids = [[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]];
-  const labels = [[-100, 7, -100, 12, -100], [-100, 5, -100, -100, -100]];
-  const batch = {
-    inputIds: tf.tensor2d(ids, undefined, "int32"),
-    attentionMask: tf.tensor2d(ids.map((r) => r.map((t) => (t ? 1 : 0))), undefined, "int32"),
-    mlmLabels: tf.tensor2d(labels, undefined, "int32"),
-  };
-  const got = tf.tidy(() => mlm(bert, batch, {}).dataSync()[0]);
-  // independently: the forward pass's full [B, S, V] logits
-  const full = tf.tidy(() =>
-    Array.from(
-      bert.forward({ inputIds: batch.inputIds, attentionMask: batch.attentionMask }, { mlm: true })
-        .mlmLogits!.dataSync(),
-    )
-  );
-  let nll = 0, n = 0;
-  labels.flat().forEach((t, i) => {
-    if (t === -100) return;
-    const row = full.slice(i * 60, (i + 1) * 60);
-    const max = Math.max(...row);
-    const lse = max + Math.log(row.reduce((a, v) => a + Math.exp(v - max), 0));
-    nll += lse - row[t];
-    n++;
+for (const engine of [{ kind: "onnxruntime" }, { kind: "tfjs", backend: "wasm" }] as const) {
+  Deno.test(`the mlm objective (${engine.kind}) equals the cross-entropy of the full MLM logits at the labelled positions`, async () => {
+    const bert = Bert.create(
+      {
+        vocab_size: 60,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 24,
+        max_position_embeddings: 16,
+      },
+      { mlm: true },
+      3,
+    );
+    const ids = [2, 7, 9, 11, 3, 2, 5, 3, 0, 0];
+    const labels = [-100, 7, -100, 12, -100, -100, 5, -100, -100, -100];
+    const mask = Int32Array.from(ids, (t) => (t ? 1 : 0));
+    const batch: HostBatch = {
+      inputIds: { data: Int32Array.from(ids), shape: [2, 5] },
+      attentionMask: { data: mask, shape: [2, 5] },
+      tokenTypeIds: { data: new Int32Array(10), shape: [2, 5] },
+      mlmLabels: { data: Int32Array.from(labels), shape: [2, 5] },
+    };
+    const trainer = await OnnxTrainer.create(bert, {
+      objective: "mlm",
+      lr: () => 1e-3,
+      weightDecay: 0,
+      dropout: false,
+      engine,
+    });
+    const { loss: got } = await trainer.gradients(batch, 0);
+    await trainer.close();
+    // independently: the inference graph's full [B, S, V] MLM logits, the mean NLL over the
+    // labelled positions computed here
+    const inference = await openInference(bert, { engine });
+    const full = (await inference.run({
+      inputIds: Int32Array.from(ids),
+      attentionMask: mask,
+      batch: 2,
+      seq: 5,
+    }))
+      .logits;
+    await inference.close();
+    assert.deepEqual(full.dims, [2, 5, 60]);
+    let nll = 0, n = 0;
+    labels.forEach((t, i) => {
+      if (t === IGNORE_INDEX) return;
+      const row = Array.from(full.data.subarray(i * 60, (i + 1) * 60));
+      const max = Math.max(...row);
+      const lse = max + Math.log(row.reduce((a, v) => a + Math.exp(v - max), 0));
+      nll += lse - row[t];
+      n++;
+    });
+    assert.equal(n, 3);
+    assert.ok(Math.abs(got - nll / n) < 1e-5, `${got} vs ${nll / n}`);
   });
-  assert.ok(Math.abs(got - nll / n) < 1e-5, `${got} vs ${nll / n}`);
-  tf.dispose(Object.values(batch));
-  bert.dispose();
-});
+}
 
 /** A pipeline over 120 Moby-Dick examples and a 1-layer teacher config; `stages` follow tokenize. */
 function mlmPipeline(name: string, dir: string, stages: string): string {
@@ -150,7 +165,6 @@ stages:
 }
 
 Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM is written", async () => {
-  await setBackend("wasm");
   await withTempDir(async (dir) => {
     const yaml = mlmPipeline(
       "mlm",
@@ -177,7 +191,6 @@ Deno.test("mlm-pretrain: held-out masked-token accuracy rises; a BertForMaskedLM
 });
 
 Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it left off", async () => {
-  await setBackend("wasm");
   await withTempDir(async (dir) => {
     const yaml = mlmPipeline(
       "mlm-more",
@@ -186,7 +199,7 @@ Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it
   - mlm-pretrain: { max_seq_length: 64, steps: 25, batch_size: 16, lr: 3.0e-3, held_out: 0.1,
                     replicas: 1 }
   - mlm-pretrain@more: { from: mlm-pretrain, max_seq_length: 64, steps: 15, batch_size: 16,
-                         lr: 1.0e-3, held_out: 0.1, replicas: 1 }
+                         lr: 1.0e-3, held_out: 0.1, replicas: 1, engine: tfjs }
 `,
     );
     const file = join(Deno.cwd(), "tasks", "mlm.yaml");
@@ -200,7 +213,7 @@ Deno.test("mlm-pretrain continues from an earlier stage or a checkpoint where it
       JSON.stringify({ m1, m2 }),
     );
     assert.equal(m2.initial_mlm_accuracy, m1.held_out_mlm_accuracy);
-    // … and goes on learning
+    // … and goes on learning (this stage trains on the tfjs engine)
     assert.ok(m2.held_out_mlm_loss < m2.initial_mlm_loss, JSON.stringify(m2));
 
     // the same from a checkpoint folder (no teacher.config needed)

@@ -8,7 +8,6 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { loadDataset } from "../pipeline/data/mod.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
@@ -54,7 +53,6 @@ stages:
 }
 
 Deno.test("regression: float targets, MSE teacher, logit_mse distillation, Pearson/Spearman", async () => {
-  await setBackend("wasm");
   const data = await loadDataset({
     format: "csv",
     path: `${FIXTURES}/tiny/sts.csv`,

@@ -5,7 +5,6 @@
  */
 
 import { join, resolve } from "node:path";
-import { setBackend } from "../pipeline/tfjs/backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
@@ -44,7 +43,6 @@ stages:
 ${stages}`;
 
 Deno.test("max_seq_length above a model's max_position_embeddings is refused before compute", async () => {
-  await setBackend("wasm");
   await withTempDir(async (dir) => {
     const csv = await longCsv(dir);
     const teacher = Bert.create(
