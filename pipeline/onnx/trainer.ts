@@ -415,6 +415,9 @@ export class OnnxTrainer {
           seed: micro * R + i + 1,
         })
       );
+      // a replica may fail while this thread still computes its own shard: mark the rejection
+      // handled now (it is rethrown by the Promise.all below), or it escapes as unhandled
+      for (const p of pending) p.catch(() => {});
       const t0 = performance.now();
       let mine;
       try {
