@@ -50,7 +50,7 @@ export {
   type BackendName,
   BackendUnavailableError,
   WasmHeapExhaustedError,
-} from "./pipeline/tfjs/backend.ts";
+} from "./pipeline/engines/tfjs_backend.ts";
 
 /** Hugging Face checkpoints: `config.json`, `model.safetensors`. */
 export {
@@ -223,16 +223,16 @@ export {
  * The graphs (ONNX export in the transformers.js layout; training graphs built by the `Tape`
  * differentiator, a backward rule beside each primitive) and the trainer that runs them.
  */
-export { exportGraph, exportOnnx, saveOnnxFolder } from "./pipeline/onnx/export.ts";
+export { exportGraph, exportOnnx, saveOnnxFolder } from "./pipeline/graph/export.ts";
 export { OnnxLoadError } from "./pipeline/engines/onnxruntime.ts";
-export { OnnxTrainer, type OnnxTrainerOptions } from "./pipeline/onnx/trainer.ts";
+export { Trainer, type TrainerOptions } from "./pipeline/train/trainer.ts";
 export {
   buildGradGraph,
   buildLossGraph,
   type GradGraph,
   type GradGraphSpec,
-} from "./pipeline/onnx/train_graph.ts";
-export { GraphBuildError, Tape, type Value } from "./pipeline/onnx/autodiff.ts";
+} from "./pipeline/graph/train_graph.ts";
+export { GraphBuildError, Tape, type Value } from "./pipeline/graph/tape.ts";
 
 /** Errors about bad input name the file, the field, and what was expected. */
 export { InputError, type InputErrorDetails } from "./pipeline/errors.ts";

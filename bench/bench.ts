@@ -14,17 +14,22 @@
  * @module
  */
 
-import { type BackendName, setBackend, tf, wasmHeapBytes } from "../pipeline/tfjs/backend.ts";
+import {
+  type BackendName,
+  setBackend,
+  tf,
+  wasmHeapBytes,
+} from "../pipeline/engines/tfjs_backend.ts";
 import { Bert, parameterShapes } from "../pipeline/model/bert.ts";
 import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
 import { loadDataset } from "../pipeline/data/mod.ts";
 import * as ort from "onnxruntime-node";
-import { DataType, GraphBuilder } from "../pipeline/onnx/graph.ts";
+import { DataType, GraphBuilder } from "../pipeline/graph/ir.ts";
 import { measureThroughput } from "./parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
 
@@ -226,7 +231,7 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
   if (w.kind === "train") {
     // the trainer on the tfjs executor: the gradient graph of `graph/bert.ts`, host AdamW; each
     // replica a worker with its own wasm heap, one thread each
-    const trainer = await OnnxTrainer.create(bert, {
+    const trainer = await Trainer.create(bert, {
       objective: "classification",
       lr: () => 5e-5,
       weightDecay: 0.01,
@@ -351,7 +356,7 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
     // a full train step (forward + backward + AdamW) on the ONNX Runtime engine, classifier
     // head, 32×128; the first ORT runs grow the arena, hence 2 warm-up steps
     const bert = Bert.create(id === "ort-train6" ? TEACHER6 : TINYBERT4, {}, 1);
-    const trainer = await OnnxTrainer.create(bert, {
+    const trainer = await Trainer.create(bert, {
       objective: "classification",
       lr: () => 5e-5,
       weightDecay: 0.01,

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { setBackend, tf, transposeBlocked } from "../pipeline/tfjs/backend.ts";
+import { setBackend, tf, transposeBlocked } from "../pipeline/engines/tfjs_backend.ts";
 import { ortSgemm } from "./bench.ts";
 
 const ROWS = 32 * 128, H = 312, I = 1200, HEADS = 12, D = H / HEADS, SEQ = 128, BATCH = 32;

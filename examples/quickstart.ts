@@ -9,9 +9,9 @@ import {
   encodeBatch,
   loadBert,
   loadTokenizer,
-  OnnxTrainer,
   openInference,
   saveBert,
+  Trainer,
 } from "../mod.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "tinystill-quickstart-" });
@@ -47,7 +47,7 @@ console.log(
 
 // One training step: the gradient graph of the same forward, AdamW on the host.
 const before = Float32Array.from(bert.p("classifier.weight").data);
-const trainer = await OnnxTrainer.create(bert, {
+const trainer = await Trainer.create(bert, {
   objective: "classification",
   lr: () => 5e-5,
   weightDecay: 0.01,

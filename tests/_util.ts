@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type BackendName, setBackend, tf } from "../pipeline/tfjs/backend.ts";
+import { type BackendName, setBackend, tf } from "../pipeline/engines/tfjs_backend.ts";
 import { InputError } from "../pipeline/errors.ts";
 
 /**

@@ -11,13 +11,13 @@
 
 import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
-import { tf } from "../pipeline/tfjs/backend.ts";
+import { tf } from "../pipeline/engines/tfjs_backend.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import { makeConfig } from "../pipeline/model/config.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
-import { exportOnnx, mlmOutputName } from "../pipeline/onnx/export.ts";
+import { exportOnnx, mlmOutputName } from "../pipeline/graph/export.ts";
 import { planPipeline, runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";

@@ -10,7 +10,7 @@ import {
   setBackend,
   tf,
   WasmHeapExhaustedError,
-} from "../pipeline/tfjs/backend.ts";
+} from "../pipeline/engines/tfjs_backend.ts";
 import { assertClose, onBackends, randomArray, UNIT_FLOOR } from "./_util.ts";
 
 const TOL = 1e-4;

@@ -14,8 +14,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
-import { exportOnnx, saveOnnxFolder } from "../pipeline/onnx/export.ts";
-import { readFields } from "../pipeline/onnx/protobuf.ts";
+import { exportOnnx, saveOnnxFolder } from "../pipeline/graph/export.ts";
+import { readFields } from "../pipeline/graph/protobuf.ts";
 import { rng, withTempDir } from "./_util.ts";
 
 /** `TensorProto.DataType` values of onnx.proto. */

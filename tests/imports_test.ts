@@ -1,7 +1,10 @@
 /**
  * The layering of `pipeline/`, checked on its static import graph: no import cycles between files
- * or between folders (beyond an allowlist that can only shrink), nothing in store/ or data/ that
- * imports the layers above, and no side-effect-only imports.
+ * or between the folders of `pipeline/` (`train/ → graph/ → train/` would mean two folders each
+ * sit above the other), nothing in store/ or data/ that imports the layers above, and no
+ * side-effect-only imports (a module imported "to register" something makes the importer depend
+ * on a load order nobody can see: import what you use by name instead). Cycles are reported as
+ * chains from their alphabetically first node, paths relative to `pipeline/`.
  *
  * Edges are read from the source text of every `.ts` file under `pipeline/`: `import … from`,
  * `import type … from`, `export … from`, `export type … from`, `export * from` and bare
@@ -21,48 +24,6 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const PIPELINE = join(ROOT, "pipeline");
-
-/**
- * Import cycles that still exist. Cycles are found at two levels: between files, and between
- * the folders of `pipeline/` (`train/ → onnx/ → train/`: the layering, where each folder must sit
- * above or below another, not both). Each is a chain from its alphabetically first node (paths
- * relative to `pipeline/`). All of these run through train/, onnx/, distill/ and graph/, which
- * the restructure into graph/ + engines/ (DESIGN.md's architecture sketch) is taking apart. The
- * test fails when a cycle not listed here appears and when a listed one no longer exists, so the
- * list can only shrink: delete an entry in the change that breaks its cycle.
- */
-const KNOWN_CYCLES: string[] = [
-  // The objective registry (train/objectives.ts) imports the distillation objective, which
-  // imports the registry's types and helpers.
-  "distill/objective.ts → train/objectives.ts → distill/objective.ts",
-  // distill/objective.ts → train/objectives.ts; distill/teacher_cache.ts → train/loop.ts,
-  // train/batch.ts; train/objectives.ts → distill/{losses,objective}.ts;
-  // train/replica_worker.ts → distill/objective.ts.
-  "distill/ → train/ → distill/",
-  // distill/objective.ts → onnx/train_graph.ts; onnx/{trainer,replica_worker}.ts → train/;
-  // train/objectives.ts → distill/.
-  "distill/ → onnx/ → train/ → distill/",
-  // distill/objective.ts → graph/losses.ts; graph/{bert,losses}.ts → onnx/{autodiff,graph}.ts
-  // (the tape and the graph builder, not yet moved into graph/); onnx/ → train/ → distill/.
-  "distill/ → graph/ → onnx/ → train/ → distill/",
-  // graph/{bert,losses}.ts → onnx/{autodiff,graph}.ts; onnx/export.ts and
-  // onnx/train_graph.ts → graph/{bert,losses}.ts.
-  "graph/ → onnx/ → graph/",
-  // train/engine.ts → onnx/{trainer,train_graph,graph}.ts; onnx/trainer.ts and
-  // onnx/replica_worker.ts → train/{batch,optim,parallel,objectives}.ts.
-  "onnx/ → train/ → onnx/",
-];
-
-/**
- * Side-effect-only imports that still exist, as `file → target`; like {@link KNOWN_CYCLES}, the
- * list can only shrink. A module that must be imported "to register" something makes the
- * importer depend on a load order nobody can see: import what you use by name instead.
- */
-const KNOWN_SIDE_EFFECT_IMPORTS: string[] = [
-  // Registers the distillation objective in train/objectives.ts' registry for worker replicas
-  // (part of the distill ↔ train cycle above).
-  "train/replica_worker.ts → distill/objective.ts",
-];
 
 /** One static import or re-export of a module. */
 interface Import {
@@ -208,17 +169,13 @@ function witnesses(graph: Map<string, Import[]>, chain: string): string {
   }).join("\n");
 }
 
-Deno.test("pipeline/: no import cycles beyond the shrinking KNOWN_CYCLES list", async () => {
+Deno.test("pipeline/: no import cycles between files or between folders", async () => {
   const graph = await importGraph();
   const fileCycles = findCycles(edges(graph));
   const folderCycles = findCycles(edges(graph, true));
-  const found = new Set([...fileCycles, ...folderCycles]);
   const problems = [
-    ...fileCycles.filter((c) => !KNOWN_CYCLES.includes(c)).map((c) => `new import cycle: ${c}`),
-    ...folderCycles.filter((c) => !KNOWN_CYCLES.includes(c))
-      .map((c) => `new import cycle: ${c}\n${witnesses(graph, c)}`),
-    ...KNOWN_CYCLES.filter((c) => !found.has(c))
-      .map((c) => `gone (delete it from KNOWN_CYCLES): ${c}`),
+    ...fileCycles.map((c) => `import cycle: ${c}`),
+    ...folderCycles.map((c) => `import cycle: ${c}\n${witnesses(graph, c)}`),
   ];
   const shown = problems.length > 12 ? [...problems.slice(0, 12), "…"] : problems;
   assert.ok(problems.length === 0, `${problems.length} problems:\n${shown.join("\n")}`);
@@ -247,7 +204,7 @@ Deno.test("pipeline/: store/ and data/ import nothing above them", async () => {
   assert.deepEqual(bad, [], `\n${bad.join("\n")}\n`);
 });
 
-Deno.test("pipeline/: no side-effect-only imports beyond KNOWN_SIDE_EFFECT_IMPORTS", async () => {
+Deno.test("pipeline/: no side-effect-only imports", async () => {
   const found: string[] = [];
   const lines = new Map<string, string>();
   for (const [file, imports] of await importGraph()) {
@@ -257,10 +214,7 @@ Deno.test("pipeline/: no side-effect-only imports beyond KNOWN_SIDE_EFFECT_IMPOR
     }
   }
   const problems = [
-    ...found.filter((s) => !KNOWN_SIDE_EFFECT_IMPORTS.includes(s))
-      .map((s) => `${lines.get(s)}: side-effect-only import of ${s.split(" → ")[1]}`),
-    ...KNOWN_SIDE_EFFECT_IMPORTS.filter((s) => !found.includes(s))
-      .map((s) => `gone (delete it from KNOWN_SIDE_EFFECT_IMPORTS): ${s}`),
+    ...found.map((s) => `${lines.get(s)}: side-effect-only import of ${s.split(" → ")[1]}`),
   ];
   assert.deepEqual(problems, [], `\n${problems.join("\n")}\n`);
 });

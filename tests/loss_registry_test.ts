@@ -17,7 +17,7 @@ import {
 } from "../pipeline/graph/losses.ts";
 import { DistillParams } from "../pipeline/stages/distill.ts";
 import { Bert } from "../pipeline/model/bert.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import { type DistillObjectiveOptions, lossBreakdown } from "../pipeline/distill/objective.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
@@ -111,7 +111,7 @@ Deno.test("a registered toy term trains on every executor and lowers itself", as
     assertClose([reported], [byHand], 1e-5, `${exec.label}: lossBreakdown`);
 
     const student = model.clone();
-    const trainer = await OnnxTrainer.create(student, {
+    const trainer = await Trainer.create(student, {
       objective: "distillation",
       objectiveOptions: opts,
       lr: () => 2e-2,

@@ -12,8 +12,8 @@
  */
 
 import assert from "node:assert/strict";
-import { type Dim, GraphBuildError, Tape, type Value } from "../pipeline/onnx/autodiff.ts";
-import { DataType } from "../pipeline/onnx/graph.ts";
+import { type Dim, GraphBuildError, Tape, type Value } from "../pipeline/graph/tape.ts";
+import { DataType } from "../pipeline/graph/ir.ts";
 import type { BertGraph } from "../pipeline/graph/bert.ts";
 import {
   LOSS_TERMS,
@@ -25,7 +25,7 @@ import {
   type TermContext,
   termNeeds,
 } from "../pipeline/graph/losses.ts";
-import { buildLossGraph, TRAIN_OPSET } from "../pipeline/onnx/train_graph.ts";
+import { buildLossGraph, TRAIN_OPSET } from "../pipeline/graph/train_graph.ts";
 import { type EngineRef, openExecutor } from "../pipeline/engines/mod.ts";
 import type { HostTensor } from "../pipeline/engines/executor.ts";
 import { makeConfig } from "../pipeline/model/config.ts";

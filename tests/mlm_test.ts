@@ -6,7 +6,7 @@ import { Bert } from "../pipeline/model/bert.ts";
 import { loadBert } from "../pipeline/model/checkpoint.ts";
 import { IGNORE_INDEX } from "../pipeline/model/align.ts";
 import { maskBlock, packExamples } from "../pipeline/train/mlm.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
@@ -113,7 +113,7 @@ for (const engine of [{ kind: "onnxruntime" }, { kind: "tfjs", backend: "wasm" }
       tokenTypeIds: { data: new Int32Array(10), shape: [2, 5] },
       mlmLabels: { data: Int32Array.from(labels), shape: [2, 5] },
     };
-    const trainer = await OnnxTrainer.create(bert, {
+    const trainer = await Trainer.create(bert, {
       objective: "mlm",
       lr: () => 1e-3,
       weightDecay: 0,

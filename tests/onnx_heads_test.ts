@@ -17,10 +17,10 @@ import { join } from "node:path";
 import { Bert, type BertHeads } from "../pipeline/model/bert.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
-import { exportOnnx, saveOnnxFolder } from "../pipeline/onnx/export.ts";
+import { exportOnnx, saveOnnxFolder } from "../pipeline/graph/export.ts";
 import { type InferenceOutput, openInference } from "../pipeline/engines/inference.ts";
-import { DataType } from "../pipeline/onnx/graph.ts";
-import { readFields } from "../pipeline/onnx/protobuf.ts";
+import { DataType } from "../pipeline/graph/ir.ts";
+import { readFields } from "../pipeline/graph/protobuf.ts";
 import { maxAbsErr, realKeyMask, relErr, rng, UNIT_FLOOR, withTempDir } from "./_util.ts";
 import { PYTHON, runTorch } from "./_torch.ts";
 

@@ -21,11 +21,11 @@ import {
   ONNX_OPSET,
   saveOnnxFolder,
   toFloat16Bits,
-} from "../pipeline/onnx/export.ts";
+} from "../pipeline/graph/export.ts";
 import { type InferenceOutput, openInference } from "../pipeline/engines/inference.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
 import { OnnxLoadError } from "../pipeline/engines/onnxruntime.ts";
-import { ProtoWriter, readFields } from "../pipeline/onnx/protobuf.ts";
+import { ProtoWriter, readFields } from "../pipeline/graph/protobuf.ts";
 import {
   maxAbsErr,
   randomArray,

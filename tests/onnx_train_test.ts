@@ -1,5 +1,5 @@
 /**
- * The trainer (`OnnxTrainer`), one for every engine, on both executors of its gradient graph
+ * The trainer (`Trainer`), one for every engine, on both executors of its gradient graph
  * (ONNX Runtime and tfjs-wasm; tfjs-cpu where cheap), checked against invariants and a
  * hand-written AdamW rather than against another engine: a step is the gradients followed by
  * AdamW (clipping, decay only where it belongs, unreached parameters untouched); micro-batches
@@ -19,9 +19,9 @@ import {
   parameterShapes,
 } from "../pipeline/model/bert.ts";
 import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
-import { OnnxTrainer, type OnnxTrainerOptions } from "../pipeline/onnx/trainer.ts";
-import { buildGradGraph } from "../pipeline/onnx/train_graph.ts";
-import { GraphBuildError } from "../pipeline/onnx/autodiff.ts";
+import { Trainer, type TrainerOptions } from "../pipeline/train/trainer.ts";
+import { buildGradGraph } from "../pipeline/graph/train_graph.ts";
+import { GraphBuildError } from "../pipeline/graph/tape.ts";
 import { type HostBatch, sliceBatch } from "../pipeline/data/batch.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
 import { NonFiniteLossError } from "../pipeline/errors.ts";
@@ -102,9 +102,9 @@ function batchOf(lengths: number[], S: number, seed: number): HostBatch {
 function trainerOn(
   model: Bert,
   engine: EngineRef,
-  opts: Partial<OnnxTrainerOptions> & { objective: string },
-): Promise<OnnxTrainer> {
-  return OnnxTrainer.create(model, { lr: () => 1e-3, weightDecay: 0, threads: 1, engine, ...opts });
+  opts: Partial<TrainerOptions> & { objective: string },
+): Promise<Trainer> {
+  return Trainer.create(model, { lr: () => 1e-3, weightDecay: 0, threads: 1, engine, ...opts });
 }
 
 /** Every weight of a trainer, or of a model, as a name → bytes map. */

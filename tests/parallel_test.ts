@@ -1,5 +1,5 @@
 /**
- * Data-parallel replicas of the trainer (`OnnxTrainer` with `replicas: 2`: this thread and a
+ * Data-parallel replicas of the trainer (`Trainer` with `replicas: 2`: this thread and a
  * worker, each its own session, gradients averaged through shared memory, the same host AdamW on
  * both), on both executors of the gradient graph (ONNX Runtime, tfjs-wasm):
  *
@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { Bert, type BertHeads, isNoDecay, parameterShapes } from "../pipeline/model/bert.ts";
 import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
-import { OnnxTrainer, type OnnxTrainerOptions } from "../pipeline/onnx/trainer.ts";
+import { Trainer, type TrainerOptions } from "../pipeline/train/trainer.ts";
 import { type HostBatch, sliceBatch } from "../pipeline/data/batch.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
 import { ADAMW_DEFAULTS, adamwUpdate, clipFactor } from "../pipeline/train/optim.ts";
@@ -73,9 +73,9 @@ const HYPER = { lr: 1e-2, weightDecay: 0.01, maxGradNorm: 0.5 };
 function trainerOn(
   model: Bert,
   engine: EngineRef,
-  extra: Partial<OnnxTrainerOptions> = {},
-): Promise<OnnxTrainer> {
-  return OnnxTrainer.create(model, {
+  extra: Partial<TrainerOptions> = {},
+): Promise<Trainer> {
+  return Trainer.create(model, {
     objective: "classification",
     lr: () => HYPER.lr,
     weightDecay: HYPER.weightDecay,
@@ -97,7 +97,7 @@ function modelWith(weights: Map<string, Float32Array>): Bert {
 }
 
 /** The lead's and the worker's weights hold the same bytes. */
-async function assertReplicasIdentical(trainer: OnnxTrainer, what: string): Promise<void> {
+async function assertReplicasIdentical(trainer: Trainer, what: string): Promise<void> {
   const all = await trainer.replicaWeights();
   assert.equal(all.length, 2, "lead and one worker");
   const [lead, worker] = all;

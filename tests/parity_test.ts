@@ -3,7 +3,7 @@
  * independent float64 PyTorch reference (`tests/reference/bert_torch.py`, the terms written there
  * from their definitions), on every executor (ONNX Runtime; tfjs on wasm and cpu): each term's
  * value (the loss of a one-term job, and `lossBreakdown`'s per-term values of a mixed job), the
- * gradient of every parameter the loss reaches (student and projections, `OnnxTrainer.gradients`,
+ * gradient of every parameter the loss reaches (student and projections, `Trainer.gradients`,
  * dropout off) and one AdamW step of the mixed job.
  *
  * Covered: `attention_mse` (TinyBERT's ≤ −100 rule on real teacher entries, exactly −100
@@ -24,7 +24,7 @@ import { join } from "node:path";
 import type { Bert, BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { type DistillObjectiveOptions, lossBreakdown } from "../pipeline/distill/objective.ts";
 import { randomArray, withTempDir } from "./_util.ts";
@@ -371,7 +371,7 @@ for (const [ci, c] of CASES.entries()) {
                 );
               }
             }
-            const trainer = await OnnxTrainer.create(student, {
+            const trainer = await Trainer.create(student, {
               objective: "distillation",
               objectiveOptions: objectiveOf(job),
               lr: () => ADAMW.lr,

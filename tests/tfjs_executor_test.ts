@@ -8,19 +8,19 @@
 
 import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
-import { tf } from "../pipeline/tfjs/backend.ts";
+import { tf } from "../pipeline/engines/tfjs_backend.ts";
 import { tfjsExecutor, type TfjsSession } from "../pipeline/engines/tfjs.ts";
-import type { GraphSession, HostArray, HostTensor } from "../pipeline/engines/executor.ts";
-import { DataType, type Graph, GraphBuilder } from "../pipeline/onnx/graph.ts";
-import { littleEndianBytes } from "../pipeline/onnx/protobuf.ts";
+import type { GraphSession, HostTensor, TensorData } from "../pipeline/engines/executor.ts";
+import { DataType, type Graph, GraphBuilder } from "../pipeline/graph/ir.ts";
+import { littleEndianBytes } from "../pipeline/graph/protobuf.ts";
 import {
   buildGradGraph,
   type DistillObjectiveOptions,
   type GradGraph,
-} from "../pipeline/onnx/train_graph.ts";
+} from "../pipeline/graph/train_graph.ts";
 import { Bert, type BertHeads, dropoutKeep, parameterShapes } from "../pipeline/model/bert.ts";
 import { type BertConfig, makeConfig } from "../pipeline/model/config.ts";
-import { exportGraph } from "../pipeline/onnx/export.ts";
+import { exportGraph } from "../pipeline/graph/export.ts";
 import { rng } from "./_util.ts";
 
 const BACKENDS = ["cpu", "wasm"] as const;
@@ -49,7 +49,7 @@ function graphOf(build: (g: GraphBuilder) => void): { graph: Graph; model: Uint8
   };
 }
 
-function ortType(a: HostArray): ort.Tensor.Type {
+function ortType(a: TensorData): ort.Tensor.Type {
   if (a instanceof Float32Array) return "float32";
   if (a instanceof BigInt64Array) return "int64";
   if (a instanceof Int32Array) return "int32";
@@ -83,7 +83,7 @@ async function runOrt(
     const res = await s.run(inputs);
     const out: Record<string, HostTensor> = {};
     for (const [k, v] of Object.entries(res)) {
-      out[k] = { data: v.data as HostArray, dims: [...v.dims] };
+      out[k] = { data: v.data as TensorData, dims: [...v.dims] };
       v.dispose();
     }
     return out;

@@ -24,7 +24,7 @@ import {
 import { lossBreakdown } from "../pipeline/distill/objective.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { relErr, withTempDir } from "./_util.ts";
 
@@ -190,7 +190,7 @@ function linear(bert: Bert, prefix: string, x: number[]): number[] {
 
 /** The objective's loss on `batch` (dropout off), from the trainer's gradient graph. */
 async function objectiveLoss(bert: Bert, objective: string, batch: HostBatch, engine: EngineRef) {
-  const trainer = await OnnxTrainer.create(bert, {
+  const trainer = await Trainer.create(bert, {
     objective,
     lr: () => 0,
     weightDecay: 0,

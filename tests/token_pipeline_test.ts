@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { join, resolve } from "node:path";
 import { openInference } from "../pipeline/engines/inference.ts";
 import { loadBert } from "../pipeline/model/checkpoint.ts";
-import { exportOnnx } from "../pipeline/onnx/export.ts";
+import { exportOnnx } from "../pipeline/graph/export.ts";
 import { readSafetensors } from "../pipeline/model/safetensors.ts";
 import { runPipeline, type StageReport } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";

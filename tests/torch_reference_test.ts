@@ -6,8 +6,8 @@
  *   every pre-softmax attention score tensor and value tensor, the sequence classifier's, token
  *   classifier's, QA head's (start/end) and MLM head's logits, and the MLM head on chosen rows;
  * - per objective (classification, regression, mlm, token_classification, span) the loss and the
- *   gradient of every parameter (`OnnxTrainer.gradients`, dropout off), and the parameters after
- *   one AdamW step (`OnnxTrainer.step`: weight decay on all but biases and LayerNorm, clipping).
+ *   gradient of every parameter (`Trainer.gradients`, dropout off), and the parameters after
+ *   one AdamW step (`Trainer.step`: weight decay on all but biases and LayerNorm, clipping).
  * The distillation terms are compared in `parity_test.ts`.
  *
  * Error measure (per element): relErr(a, b) = max_i |a_i − b_i| / max(|b_i|, floor), with b the
@@ -25,7 +25,7 @@ import type { Bert, BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
-import { OnnxTrainer } from "../pipeline/onnx/trainer.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { maxAbsErr, realKeyMask, withTempDir } from "./_util.ts";
 import {
@@ -274,7 +274,7 @@ for (const [ci, c] of CASES.entries()) {
               ? regressionBatch(inputs)
               : hostBatchOf(inputs);
             const model = bert.clone();
-            const trainer = await OnnxTrainer.create(model, {
+            const trainer = await Trainer.create(model, {
               objective: job.objective,
               lr: () => ADAMW.lr,
               beta1: ADAMW.betas[0],

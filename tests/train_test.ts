@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { tf } from "../pipeline/tfjs/backend.ts";
+import { tf } from "../pipeline/engines/tfjs_backend.ts";
 import { Bert } from "../pipeline/model/bert.ts";
 import { type CurvePoint, epochBatches, train } from "../pipeline/train/loop.ts";
 import {

@@ -22,7 +22,7 @@ import {
   type SpanEncoding,
   spanText,
 } from "../pipeline/model/align.ts";
-import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/onnx/export.ts";
+import { exportOnnx, limitModelMaxLength, saveOnnxFolder } from "../pipeline/graph/export.ts";
 import { type Inference, openInference } from "../pipeline/engines/inference.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import type { BertTokenizer } from "../pipeline/model/tokenizer/tokenizer.ts";

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { setBackend, tf, WasmHeapExhaustedError } from "../pipeline/tfjs/backend.ts";
+import { setBackend, tf, WasmHeapExhaustedError } from "../pipeline/engines/tfjs_backend.ts";
 
 Deno.test("filling the 4 GiB wasm heap raises WasmHeapExhaustedError and corrupts nothing", async () => {
   await setBackend("wasm");

@@ -26,7 +26,7 @@ import {
   buildLossGraph,
   type DistillObjectiveOptions,
   projectionName,
-} from "../onnx/train_graph.ts";
+} from "../graph/train_graph.ts";
 import type { HostBatch } from "../data/batch.ts";
 import { type EngineRef, openExecutor } from "../engines/mod.ts";
 

@@ -24,7 +24,7 @@ import {
 } from "../engines/inference.ts";
 import { InputError } from "../errors.ts";
 import type { Bert } from "../model/bert.ts";
-import { headLogits, headOutputNames } from "../onnx/export.ts";
+import { headLogits, headOutputNames } from "../graph/export.ts";
 import { type ColumnSpec, PartReader } from "../store/parquet.ts";
 import { padRows, type TokenRows } from "../store/tokens.ts";
 import type { BatchSource } from "../train/loop.ts";

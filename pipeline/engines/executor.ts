@@ -6,16 +6,9 @@
  * @module
  */
 
-import type { Graph } from "../onnx/graph.ts";
+import type { Graph, HostTensor, TensorData } from "../graph/ir.ts";
 
-/** Host data of a tensor: float32, int64 (ids, labels), int32, uint8 (masks), float16 bits. */
-export type HostArray = Float32Array | BigInt64Array | Int32Array | Uint8Array | Uint16Array;
-
-/** A host tensor: row-major data and its dims. */
-export interface HostTensor {
-  data: HostArray;
-  dims: number[];
-}
+export type { HostTensor, TensorData };
 
 /** One graph, ready to run. */
 export interface GraphSession {

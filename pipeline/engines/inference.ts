@@ -15,7 +15,7 @@
 import type { Bert } from "../model/bert.ts";
 import type { HostBatch } from "../data/batch.ts";
 import { InputError } from "../errors.ts";
-import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../onnx/export.ts";
+import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../graph/export.ts";
 import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
 import { openOrtSession } from "./onnxruntime.ts";

@@ -7,7 +7,7 @@
 
 import type { Executor } from "./executor.ts";
 import { ortExecutor } from "./onnxruntime.ts";
-import type { BackendName } from "../tfjs/backend.ts";
+import type { BackendName } from "./tfjs_backend.ts";
 
 /** Which executor runs a graph. */
 export type EngineRef =

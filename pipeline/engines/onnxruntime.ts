@@ -6,8 +6,8 @@
  */
 
 import * as ort from "onnxruntime-node";
-import type { Graph } from "../onnx/graph.ts";
-import type { Executor, GraphSession, HostArray, HostTensor, OpenOptions } from "./executor.ts";
+import type { Graph } from "../graph/ir.ts";
+import type { Executor, GraphSession, HostTensor, OpenOptions, TensorData } from "./executor.ts";
 
 /** The model could not be loaded by ONNX Runtime. */
 export class OnnxLoadError extends Error {
@@ -18,7 +18,7 @@ export class OnnxLoadError extends Error {
   }
 }
 
-function ortType(a: HostArray): ort.Tensor.Type {
+function ortType(a: TensorData): ort.Tensor.Type {
   if (a instanceof Float32Array) return "float32";
   if (a instanceof BigInt64Array) return "int64";
   if (a instanceof Int32Array) return "int32";
@@ -118,7 +118,7 @@ class OrtSession implements GraphSession {
         const t = result[name];
         const buf = into?.[name];
         if (buf && t.data !== buf) buf.set(t.data as Float32Array);
-        out[name] = { data: buf ?? t.data as HostArray, dims: [...t.dims] };
+        out[name] = { data: buf ?? t.data as TensorData, dims: [...t.dims] };
       }
       return out;
     } finally {

@@ -26,9 +26,9 @@
  * @module
  */
 
-import { type BackendName, readView, setBackend, tf } from "../tfjs/backend.ts";
-import type { Graph, Initializer, Node } from "../onnx/graph.ts";
-import type { Executor, GraphSession, HostArray, HostTensor, OpenOptions } from "./executor.ts";
+import { type BackendName, readView, setBackend, tf } from "./tfjs_backend.ts";
+import type { Graph, Initializer, Node } from "../graph/ir.ts";
+import type { Executor, GraphSession, HostTensor, OpenOptions, TensorData } from "./executor.ts";
 import {
   broadcastDims,
   dev,
@@ -567,7 +567,7 @@ export class TfjsSession implements GraphSession {
       into.set(src);
       return { data: into, dims };
     }
-    let data: HostArray;
+    let data: TensorData;
     switch (type) {
       case T.FLOAT:
       case T.DOUBLE:

@@ -11,8 +11,8 @@
  * @module
  */
 
-import { tf } from "../tfjs/backend.ts";
-import type { AttrValue, Node } from "../onnx/graph.ts";
+import { tf } from "./tfjs_backend.ts";
+import type { AttrValue, Node } from "../graph/ir.ts";
 
 /** ONNX `TensorProto.DataType` codes the executor knows. */
 export const T = {

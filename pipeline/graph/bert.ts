@@ -20,8 +20,8 @@
  * @module
  */
 
-import { type Dim, GraphBuildError, type Tape, type Value } from "../onnx/autodiff.ts";
-import { DataType } from "../onnx/graph.ts";
+import { type Dim, GraphBuildError, type Tape, type Value } from "./tape.ts";
+import { DataType } from "./ir.ts";
 import type { BertConfig } from "../model/config.ts";
 import { type BertHeads, MASK_VALUE } from "../model/bert.ts";
 

@@ -36,8 +36,8 @@
  * @module
  */
 
-import { type Dim, GraphBuildError, type Tape, type Value } from "../onnx/autodiff.ts";
-import { DataType } from "../onnx/graph.ts";
+import { type Dim, GraphBuildError, type Tape, type Value } from "./tape.ts";
+import { DataType } from "./ir.ts";
 import { type BertGraph, MASK_VALUE } from "./bert.ts";
 
 /** What a loss term reads besides the student's own forward pass. */

@@ -15,7 +15,7 @@ import type { TaskKind } from "../data/types.ts";
 import { type BertConfig, labelNames, makeConfig, numLabels } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
-import { limitModelMaxLength } from "../onnx/export.ts";
+import { limitModelMaxLength } from "../graph/export.ts";
 import {
   isRegression,
   padRows,
@@ -31,7 +31,7 @@ import {
   tokenAccuracy,
 } from "../report/metrics.ts";
 import { batchInputs, openInference } from "../engines/inference.ts";
-import { headLogits, headOutputNames } from "../onnx/export.ts";
+import { headLogits, headOutputNames } from "../graph/export.ts";
 import type { Pipeline } from "../run/spec.ts";
 import type { CurvePoint, EvalPoint, Phase, TrainResult } from "../train/loop.ts";
 import type { StageResult } from "../run/runner.ts";

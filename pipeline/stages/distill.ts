@@ -44,7 +44,7 @@ import { lossTerm, lossTermNames, requireTerm } from "../graph/losses.ts";
 import { resolveLayerMap, teacherHiddenIndices } from "../distill/layer_map.ts";
 import { cacheSource, onlineSource, readCacheInfo } from "../distill/teacher_cache.ts";
 import { InputError } from "../errors.ts";
-import { saveOnnxFolder } from "../onnx/export.ts";
+import { saveOnnxFolder } from "../graph/export.ts";
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import {
   isRegression,

@@ -31,7 +31,7 @@ import {
 } from "../report/metrics.ts";
 import type { EngineRef } from "../engines/mod.ts";
 import { batchInputs, openInference } from "../engines/inference.ts";
-import { exportOnnx, headLogits, headOutputNames } from "../onnx/export.ts";
+import { exportOnnx, headLogits, headOutputNames } from "../graph/export.ts";
 import {
   barChartSvg,
   comparisonTable,

@@ -15,13 +15,13 @@
 
 import * as ort from "onnxruntime-node";
 import type { Bert } from "../model/bert.ts";
-import { OnnxTrainer } from "../onnx/trainer.ts";
-import { gradGraphProblem } from "../onnx/train_graph.ts";
-import { DataType, GraphBuilder } from "../onnx/graph.ts";
+import { Trainer } from "./trainer.ts";
+import { gradGraphProblem } from "../graph/train_graph.ts";
+import { DataType, GraphBuilder } from "../graph/ir.ts";
 import type { AdamWState } from "./optim.ts";
 import type { HostBatch } from "../data/batch.ts";
 import type { EngineRef } from "../engines/mod.ts";
-import type { BackendName } from "../tfjs/backend.ts";
+import type { BackendName } from "../engines/tfjs_backend.ts";
 
 /** Engine names a stage accepts. */
 export type EngineName = "auto" | "onnx" | "tfjs";
@@ -118,7 +118,7 @@ export async function openTrainEngine(
   const replicas = opts.replicas ?? (name === "onnx" ? 1 : cores);
   const threads = opts.threads ??
     (replicas > 1 || name === "tfjs" ? Math.max(1, Math.floor(cores / replicas)) : undefined);
-  const trainer = await OnnxTrainer.create(model, {
+  const trainer = await Trainer.create(model, {
     ...spec,
     threads,
     replicas,

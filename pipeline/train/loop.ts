@@ -21,7 +21,7 @@ import { linearWarmupDecay } from "./optim.ts";
 import { NonFiniteLossError } from "../errors.ts";
 import { type EngineName, openTrainEngine, type TrainEngine } from "./engine.ts";
 import type { HostBatch } from "../data/batch.ts";
-import type { BackendName } from "../tfjs/backend.ts";
+import type { BackendName } from "../engines/tfjs_backend.ts";
 import type { Progress } from "../run/progress.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 

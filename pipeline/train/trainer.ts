@@ -4,7 +4,7 @@
  * per micro-batch on an executor (ONNX Runtime, or tfjs running the same graph), then AdamW
  * (`train/optim.ts`, fused, on the host). Weights and moments live in host `Float32Array`s the
  * executor reads in place (ONNX Runtime also writes the gradients in place), so a step copies no
- * weights; the model's parameters are brought up to date by {@link OnnxTrainer.syncModel} —
+ * weights; the model's parameters are brought up to date by {@link Trainer.syncModel} —
  * before a checkpoint, an evaluation or the end of a phase.
  *
  * Micro-batch `k` of `m` gets dropout seed `seed·m + k` (each dropout site its `dropoutKeep`
@@ -23,17 +23,17 @@ import {
   type AdamWState,
   adamwUpdate,
   clipFactor,
-} from "../train/optim.ts";
+} from "./optim.ts";
 import { batchRows, type HostBatch, sliceBatch } from "../data/batch.ts";
 import { InputError, NonFiniteLossError } from "../errors.ts";
-import { ReplicaWorker } from "../train/replica.ts";
-import { batchFeeds, buildGradGraph, type GradGraph } from "./train_graph.ts";
-import type { Dim } from "./autodiff.ts";
+import { ReplicaWorker } from "./replica.ts";
+import { batchFeeds, buildGradGraph, type GradGraph } from "../graph/train_graph.ts";
+import type { Dim } from "../graph/tape.ts";
 import type { GraphSession, HostTensor } from "../engines/executor.ts";
 import { type EngineRef, openExecutor } from "../engines/mod.ts";
 
-/** Options of {@link OnnxTrainer.create}. */
-export interface OnnxTrainerOptions {
+/** Options of {@link Trainer.create}. */
+export interface TrainerOptions {
   objective: string;
   objectiveOptions?: unknown;
   /** Learning rate schedule (`step` from 1). */
@@ -80,7 +80,7 @@ export interface StepTimes {
 }
 
 /** Trains a {@link Bert}'s parameters on ONNX Runtime. */
-export class OnnxTrainer {
+export class Trainer {
   /** Number of updates applied so far. */
   stepCount = 0;
   /** Timings of the last step. */
@@ -110,7 +110,7 @@ export class OnnxTrainer {
   private constructor(
     readonly model: Bert | null,
     core: ReplicaCore,
-    readonly opts: OnnxTrainerOptions,
+    readonly opts: TrainerOptions,
   ) {
     this.config = core.config;
     this.heads = core.heads;
@@ -130,28 +130,28 @@ export class OnnxTrainer {
    * A trainer on `model`'s current weights (moments zero, step 0); with `replicas > 1`, its
    * worker replicas are started here.
    */
-  static async create(model: Bert, opts: OnnxTrainerOptions): Promise<OnnxTrainer> {
+  static async create(model: Bert, opts: TrainerOptions): Promise<Trainer> {
     const core: ReplicaCore = {
       config: model.config,
       heads: model.heads,
       shapes: [...model.params].map(([n, v]) => [n, v.shape]),
       weights: Object.fromEntries([...model.params].map(([n, v]) => [n, v.data])),
     };
-    const trainer = new OnnxTrainer(model, core, opts);
+    const trainer = new Trainer(model, core, opts);
     await trainer.#startWorkers(core);
     return trainer;
   }
 
   /** A replica for a worker thread (no model object, no workers of its own). */
-  static forWorker(core: ReplicaCore, opts: OnnxTrainerOptions): OnnxTrainer {
-    return new OnnxTrainer(null, core, { ...opts, replicas: 1 });
+  static forWorker(core: ReplicaCore, opts: TrainerOptions): Trainer {
+    return new Trainer(null, core, { ...opts, replicas: 1 });
   }
 
   async #startWorkers(core: ReplicaCore): Promise<void> {
     const replicas = this.opts.replicas ?? 1;
     if (replicas <= 1) return;
     if (this.opts.decay) {
-      throw new Error("OnnxTrainer: a custom decay rule cannot cross to replicas");
+      throw new Error("Trainer: a custom decay rule cannot cross to replicas");
     }
     const total = [...this.#layout.values()].reduce((n, [, size]) => n + size, 0);
     this.#avg = new Float32Array(new SharedArrayBuffer(total * 4));
@@ -531,7 +531,7 @@ export class OnnxTrainer {
     for (const [name, a] of this.#m) {
       const mv = state.m[name], vv = state.v[name];
       if (!mv || !vv || mv.length !== a.length || vv.length !== a.length) {
-        throw new Error(`OnnxTrainer.setState: state for ${name} is missing or has the wrong size`);
+        throw new Error(`Trainer.setState: state for ${name} is missing or has the wrong size`);
       }
       a.set(mv);
       this.#v.get(name)!.set(vv);

@@ -21,7 +21,7 @@
  */
 
 import type { BertConfig } from "../model/config.ts";
-import { type Dim, GraphBuildError, Tape, type Value } from "./autodiff.ts";
+import { type Dim, GraphBuildError, Tape, type Value } from "./tape.ts";
 import {
   bertForward,
   type BertGraph,
@@ -29,7 +29,7 @@ import {
   inputWeights,
   MASK_VALUE,
   type Weights,
-} from "../graph/bert.ts";
+} from "./bert.ts";
 import {
   type LossTermSpec,
   type PredictionHead,
@@ -37,10 +37,9 @@ import {
   requireTerm,
   type TermContext,
   termNeeds,
-} from "../graph/losses.ts";
-import { DataType, type Graph } from "./graph.ts";
+} from "./losses.ts";
+import { DataType, type Graph, type HostTensor } from "./ir.ts";
 import type { HostBatch } from "../data/batch.ts";
-import type { HostTensor } from "../engines/executor.ts";
 import { IGNORE_INDEX } from "../model/align.ts";
 
 /** The ONNX opset of the training graphs. */

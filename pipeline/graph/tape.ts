@@ -25,7 +25,7 @@
  * @module
  */
 
-import { type AttrValue, DataType, GraphBuilder } from "./graph.ts";
+import { type AttrValue, DataType, GraphBuilder } from "./ir.ts";
 
 /** A dimension: a fixed size or a symbol (`"B"`, `"S"`, `"B*S"`). */
 export type Dim = number | string;

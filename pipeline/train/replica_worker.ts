@@ -1,21 +1,21 @@
 /// <reference lib="deno.worker" />
 /**
  * A data-parallel replica of the ONNX training engine in a worker thread (see
- * `OnnxTrainer`'s `replicas`): its own ONNX Runtime session and its own copy of the weights and
+ * `Trainer`'s `replicas`): its own ONNX Runtime session and its own copy of the weights and
  * AdamW moments. It computes the gradients of the shards it is sent into its shared buffer, and
  * applies the lead's averaged gradients with the same host AdamW, so its weights stay bit-identical
  * to the lead's.
  * @module
  */
 
-import { OnnxTrainer, type OnnxTrainerOptions, type ReplicaCore } from "./trainer.ts";
+import { type ReplicaCore, Trainer, type TrainerOptions } from "./trainer.ts";
 import type { HostBatch } from "../data/batch.ts";
-import type { AdamWState } from "../train/optim.ts";
+import type { AdamWState } from "./optim.ts";
 
-let trainer: OnnxTrainer | null = null;
+let trainer: Trainer | null = null;
 let out: Float32Array | null = null, avg: Float32Array | null = null;
 
-function live(): OnnxTrainer {
+function live(): Trainer {
   if (!trainer) throw new Error("onnx replica: not initialised");
   return trainer;
 }
@@ -23,9 +23,9 @@ function live(): OnnxTrainer {
 async function handle(msg: Record<string, unknown>): Promise<unknown> {
   switch (msg.type) {
     case "init": {
-      const opts = msg.opts as Omit<OnnxTrainerOptions, "lr">;
+      const opts = msg.opts as Omit<TrainerOptions, "lr">;
       // the schedule stays with the lead: each apply carries its learning rate
-      trainer = OnnxTrainer.forWorker(msg.core as ReplicaCore, { ...opts, lr: () => NaN });
+      trainer = Trainer.forWorker(msg.core as ReplicaCore, { ...opts, lr: () => NaN });
       out = new Float32Array(msg.gradsOut as SharedArrayBuffer);
       avg = new Float32Array(msg.gradsIn as SharedArrayBuffer);
       return null;

@@ -38,9 +38,9 @@ import { type BertConfig, numLabels, writeConfig } from "../model/config.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import { saveTokenizer } from "../model/tokenizer/io.ts";
 import type { BertTokenizer } from "../model/tokenizer/tokenizer.ts";
-import { DataType, type Graph, GraphBuilder } from "./graph.ts";
-import { Tape, type Value } from "./autodiff.ts";
-import { bertForward, type Weights } from "../graph/bert.ts";
+import { DataType, type Graph, GraphBuilder } from "./ir.ts";
+import { Tape, type Value } from "./tape.ts";
+import { bertForward, type Weights } from "./bert.ts";
 import { InputError } from "../errors.ts";
 import { littleEndianBytes } from "./protobuf.ts";
 

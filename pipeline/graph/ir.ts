@@ -67,6 +67,15 @@ export interface Graph {
   outputs: readonly ValueInfo[];
 }
 
+/** Host data of a tensor: float32, int64 (ids, labels), int32, uint8 (masks), float16 bits. */
+export type TensorData = Float32Array | BigInt64Array | Int32Array | Uint8Array | Uint16Array;
+
+/** A tensor a graph is fed or returns, on the host: row-major data and its dims. */
+export interface HostTensor {
+  data: TensorData;
+  dims: number[];
+}
+
 /** What a `ModelProto` says besides its graph. */
 export interface EncodeOptions {
   name: string;
