@@ -4,7 +4,6 @@
  */
 
 import assert from "node:assert/strict";
-import { type BackendName, setBackend, tf } from "../pipeline/engines/tfjs_backend.ts";
 import { InputError } from "../pipeline/errors.ts";
 
 /**
@@ -129,24 +128,6 @@ export function realKeyMask(
     for (let i = 0; i < heads * S; i++) {
       for (let j = 0; j < S; j++) out[(b * heads * S + i) * S + j] = m[j] ? 1 : 0;
     }
-  }
-  return out;
-}
-
-/**
- * Run `f` on each backend (same seedable inputs built inside `f`) and return the host values of
- * the tensors it returns, backend by backend.
- */
-export async function onBackends(
-  backends: BackendName[],
-  f: () => tf.Tensor[],
-): Promise<Float32Array[][]> {
-  const out: Float32Array[][] = [];
-  for (const b of backends) {
-    await setBackend(b);
-    const ts = f();
-    out.push(ts.map((t) => Float32Array.from(t.dataSync())));
-    tf.dispose(ts);
   }
   return out;
 }

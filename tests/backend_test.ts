@@ -6,12 +6,13 @@
 
 import assert from "node:assert/strict";
 import {
+  type BackendName,
   BackendUnavailableError,
   setBackend,
   tf,
   WasmHeapExhaustedError,
 } from "../pipeline/engines/tfjs_backend.ts";
-import { assertClose, onBackends, randomArray, UNIT_FLOOR } from "./_util.ts";
+import { assertClose, randomArray, UNIT_FLOOR } from "./_util.ts";
 
 const TOL = 1e-4;
 
@@ -158,3 +159,21 @@ Deno.test("unavailable and unknown backends say what to install", async () => {
   assert.equal(await setBackend("auto"), "wasm");
   assert.equal(tf.getBackend(), "wasm");
 });
+
+/**
+ * Run `f` on each backend (same seedable inputs built inside `f`) and return the host values of
+ * the tensors it returns, backend by backend.
+ */
+export async function onBackends(
+  backends: BackendName[],
+  f: () => tf.Tensor[],
+): Promise<Float32Array[][]> {
+  const out: Float32Array[][] = [];
+  for (const b of backends) {
+    await setBackend(b);
+    const ts = f();
+    out.push(ts.map((t) => Float32Array.from(t.dataSync())));
+    tf.dispose(ts);
+  }
+  return out;
+}
