@@ -19,6 +19,7 @@ import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../graph/expor
 import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
 import { openOrtSession } from "./onnxruntime.ts";
+import { type AdapterInfo, type Device, resolveDevice } from "./device.ts";
 
 /** Integer inputs of one batch, row-major `[batch, seq]`. */
 export interface InferenceInputs {
@@ -43,14 +44,21 @@ export interface InferenceOutput {
 export interface InferenceOptions extends ExportOnnxOptions {
   /** The executor (default ONNX Runtime). A model file can only run on ONNX Runtime. */
   engine?: EngineRef;
+  /**
+   * ONNX Runtime's device (default `auto`: WebGPU on a real GPU adapter, else the CPU); overrides
+   * the engine ref's. Ignored by tfjs (its backend says where it runs).
+   */
+  device?: Device;
   /** Intra-op threads (default one per core). */
   threads?: number;
 }
 
 /** A model ready to run batches; {@link Inference.close} releases it. */
 export interface Inference {
-  /** The executor it runs on (e.g. `onnxruntime/cpu`, `tfjs/wasm`). */
+  /** The executor it runs on (e.g. `onnxruntime/cpu`, `onnxruntime/webgpu`, `tfjs/wasm`). */
   readonly engine: string;
+  /** The WebGPU adapter seen when a device was resolved (null: none looked for, or none). */
+  readonly adapter: AdapterInfo | null;
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** Run one batch; returns the requested outputs (default: all) as host float32 arrays. */
@@ -98,6 +106,13 @@ export async function openInference(
 ): Promise<Inference> {
   let session: GraphSession;
   let engine = "onnxruntime/cpu";
+  let adapter: AdapterInfo | null = null;
+  let ref = opts.engine;
+  if (!ref || ref.kind === "onnxruntime") {
+    const choice = await resolveDevice(opts.device ?? ref?.device ?? "auto");
+    adapter = choice.adapter;
+    ref = { kind: "onnxruntime", device: choice.device };
+  }
   const maxPositions = typeof model === "string" || model instanceof Uint8Array
     ? Infinity
     : model.config.max_position_embeddings;
@@ -105,10 +120,12 @@ export async function openInference(
     if (opts.engine && opts.engine.kind !== "onnxruntime") {
       throw new Error("openInference: an ONNX file runs on ONNX Runtime only");
     }
-    session = await openOrtSession(model, { threads: opts.threads });
+    const device = ref.kind === "onnxruntime" && ref.device === "webgpu" ? "webgpu" : "cpu";
+    session = await openOrtSession(model, { threads: opts.threads, device });
+    engine = `onnxruntime/${device}`;
   } else {
     const graph = exportGraph(model, opts);
-    const executor = await openExecutor(opts.engine);
+    const executor = await openExecutor(ref);
     session = await executor.open(graph, encodeGraph(graph, "tinystill_bert"), {
       threads: opts.threads,
       what: "the inference graph",
@@ -117,6 +134,7 @@ export async function openInference(
   }
   return {
     engine,
+    adapter,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     async run(inputs, outputs) {

@@ -1,5 +1,6 @@
 /**
- * The ONNX Runtime executor (`onnxruntime-node`, CPU provider): runs a graph tinystill built from
+ * The ONNX Runtime executor (`onnxruntime-node`, the CPU provider or the WebGPU one built into its
+ * Linux library, see `device.ts`): runs a graph tinystill built from
  * its encoded `ModelProto`. Host arrays are handed to ONNX Runtime without copies (feeds) and, for
  * outputs given in `into`, written in place by it (pre-allocated output tensors).
  * @module
@@ -8,6 +9,7 @@
 import * as ort from "onnxruntime-node";
 import type { Graph } from "../graph/ir.ts";
 import type { Executor, GraphSession, HostTensor, OpenOptions, TensorData } from "./executor.ts";
+import type { ResolvedDevice } from "./device.ts";
 
 /** The model could not be loaded by ONNX Runtime. */
 export class OnnxLoadError extends Error {
@@ -26,11 +28,17 @@ function ortType(a: TensorData): ort.Tensor.Type {
   return "float16";
 }
 
-/** Session options of every tinystill session (sequential, all graph optimizations). */
-export function sessionOptions(threads?: number): ort.InferenceSession.SessionOptions {
+/**
+ * Session options of every tinystill session (sequential, all graph optimizations) on `device`
+ * (`webgpu`: the WebGPU provider, with ONNX Runtime's CPU provider for the shape ops it leaves).
+ */
+export function sessionOptions(
+  threads?: number,
+  device: ResolvedDevice = "cpu",
+): ort.InferenceSession.SessionOptions {
   const o: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: "all",
-    executionProviders: ["cpu"],
+    executionProviders: [device],
     interOpNumThreads: 1,
     executionMode: "sequential",
     logSeverityLevel: 3, // errors only
@@ -42,7 +50,7 @@ export function sessionOptions(threads?: number): ort.InferenceSession.SessionOp
 /** Open an ONNX Runtime session on model bytes or a file; {@link OnnxLoadError} when invalid. */
 export async function openOrtSession(
   model: Uint8Array | string,
-  opts: OpenOptions = {},
+  opts: OpenOptions & { device?: ResolvedDevice } = {},
   graph?: Graph,
 ): Promise<GraphSession> {
   const source = typeof model === "string"
@@ -52,10 +60,11 @@ export async function openOrtSession(
     throw new OnnxLoadError(source, "the byte array is empty");
   }
   let session: ort.InferenceSession;
+  const options = sessionOptions(opts.threads, opts.device);
   try {
     session = typeof model === "string"
-      ? await ort.InferenceSession.create(model, sessionOptions(opts.threads))
-      : await ort.InferenceSession.create(model, sessionOptions(opts.threads));
+      ? await ort.InferenceSession.create(model, options)
+      : await ort.InferenceSession.create(model, options);
   } catch (e) {
     throw new OnnxLoadError(source, e instanceof Error ? e.message : String(e));
   }
@@ -133,10 +142,15 @@ class OrtSession implements GraphSession {
   }
 }
 
+/** The ONNX Runtime executor on `device` (`onnxruntime/cpu`, `onnxruntime/webgpu`). */
+export function ortExecutorOn(device: ResolvedDevice): Executor {
+  return {
+    name: `onnxruntime/${device}`,
+    async open(graph: Graph, model: Uint8Array, opts: OpenOptions = {}): Promise<GraphSession> {
+      return await openOrtSession(model, { ...opts, device }, graph);
+    },
+  };
+}
+
 /** The ONNX Runtime executor (CPU). */
-export const ortExecutor: Executor = {
-  name: "onnxruntime/cpu",
-  async open(graph: Graph, model: Uint8Array, opts: OpenOptions = {}): Promise<GraphSession> {
-    return await openOrtSession(model, opts, graph);
-  },
-};
+export const ortExecutor: Executor = ortExecutorOn("cpu");

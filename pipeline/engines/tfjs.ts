@@ -367,7 +367,7 @@ export class TfjsSession implements GraphSession {
 
   /**
    * MatMul: an operand produced by a Transpose of its last two axes is read untransposed with the
-   * transpose flag (chains cancel); ScatterND add into ConstantOfShape zeros: scatter into zeros.
+   * transpose flag (chains cancel); ScatterND add into zeros (Expand(0) or ConstantOfShape): scatter into zeros.
    */
   #peephole(step: Step): void {
     const g = this.#graph;
@@ -403,8 +403,13 @@ export class TfjsSession implements GraphSession {
       }
     } else if (step.node.op === "ScatterND" && step.node.attrs.reduction === "add") {
       const p = producerNode(step.inputs[0]);
-      if (p && p.op === "ConstantOfShape" && Object.keys(p.attrs).length === 0) {
-        step.inputs = [this.#slot.get(p.inputs[0])!, step.inputs[1], step.inputs[2]];
+      // zeros as the tape writes them: Expand(0, shape) (ConstantOfShape() from older graphs)
+      const c = p?.op === "Expand" ? this.#consts[this.#slot.get(p.inputs[0])!] : undefined;
+      const zeros = (p && p.op === "ConstantOfShape" && Object.keys(p.attrs).length === 0) ||
+        (c instanceof HostValue && c.data.length === 1 && c.data[0] === 0);
+      if (p && zeros) {
+        const shapeSlot = this.#slot.get(p.inputs[p.op === "Expand" ? 1 : 0])!;
+        step.inputs = [shapeSlot, step.inputs[1], step.inputs[2]];
         step.kernel = ([shape, idx, upd]) => [
           scatterAdd(dev(idx!), dev(upd!), numbers(shape!)),
         ];

@@ -723,6 +723,18 @@ export const OPS: Record<string, OpDef> = {
       return [new HostValue(T.INT64, [out.length], out)];
     },
   },
+  Range: {
+    types: (inTypes) => [inTypes[0]!],
+    compile: ({ node }) => {
+      throw new UnsupportedGraphError(`Range node ${node.name}: only host (shape) inputs`);
+    },
+    host: ([s, l, d]) => {
+      const start = numbers(s!)[0], limit = numbers(l!)[0], delta = numbers(d!)[0];
+      const n = Math.max(Math.ceil((limit - start) / delta), 0);
+      const out = Array.from({ length: n }, (_, i) => start + i * delta);
+      return [new HostValue((s as HostValue).type, [n], out)];
+    },
+  },
   Size: {
     types: () => [T.INT64],
     shapeOnly: true,

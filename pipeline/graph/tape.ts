@@ -144,6 +144,38 @@ export class Tape {
     return this.g.int64s("i64", values);
   }
 
+  // GPU-friendly forms: ONNX Runtime's WebGPU provider has no kernel for Sum, LogSoftmax, OneHot
+  // or ConstantOfShape, and places them on the CPU (a copy each way every step), so the graphs
+  // say the same with ops it has (docs/gpu.md)
+
+  /** `Σ list` as a balanced tree of `Add`s (not `Sum`). */
+  addAll(list: string[]): string {
+    let level = list;
+    while (level.length > 1) {
+      const next: string[] = [];
+      for (let i = 0; i + 1 < level.length; i += 2) {
+        next.push(this.n("Add", [level[i], level[i + 1]]));
+      }
+      if (level.length % 2 === 1) next.push(level[level.length - 1]);
+      level = next;
+    }
+    return level[0];
+  }
+
+  /** Float32 zeros of `like`'s shape: `Expand(0, Shape(like))` (not `ConstantOfShape`). */
+  private zerosLike(like: string): string {
+    return this.n("Expand", [this.g.scalar("c", 0), this.n("Shape", [like])]);
+  }
+
+  /** Log-softmax over the last axis as `z − log Σ exp z`, `z = x − max x` (not `LogSoftmax`). */
+  private logSoftmaxNode(x: string): string {
+    const z = this.n("Sub", [x, this.n("ReduceMax", [x], { axes: [-1], keepdims: 1 })]);
+    const lse = this.n("Log", [
+      this.n("ReduceSum", [this.n("Exp", [z]), this.i64([-1])], { keepdims: 1 }),
+    ]);
+    return this.n("Sub", [z, lse]);
+  }
+
   /**
    * Column sums of a 2-D `dy [n, k]` → `[k]`, as `ones[1, n] · dy` (a GEMV: ONNX Runtime's
    * ReduceSum over axis 0 was measured 20–40× slower on `[4096, 312]`).
@@ -466,10 +498,10 @@ export class Tape {
 
   /** Log-softmax over the last axis. */
   logSoftmax(x: Value): Value {
-    const y = this.emit("LogSoftmax", [x], [...x.shape], (dy) => {
+    const y = this.record(this.logSoftmaxNode(x.name), [x], [...x.shape], (dy) => {
       const s = this.n("ReduceSum", [dy, this.i64([-1])], { keepdims: 1 });
       return [this.n("Sub", [dy, this.n("Mul", [this.n("Exp", [y.name]), s])])];
-    }, { axis: -1 });
+    });
     return y;
   }
 
@@ -509,7 +541,7 @@ export class Tape {
     const H = table.shape[table.shape.length - 1];
     return this.emit("Gather", [table, ids], [...ids.shape, H], (dy) => {
       if (!table.grad) return [null, null];
-      const zeros = this.n("ConstantOfShape", [this.n("Shape", [table.name])]);
+      const zeros = this.zerosLike(table.name);
       const idx = this.n("Unsqueeze", [ids.name, this.i64([-1])]);
       return [this.n("ScatterND", [zeros, idx, dy], { reduction: "add" }), null];
     }, { axis: 0 });
@@ -565,7 +597,7 @@ export class Tape {
       this.n("ReduceSum", [keepF, this.i64([0])], { keepdims: 0 }),
       g.scalar("c", 1),
     ]);
-    const logp = this.n("LogSoftmax", [logits.name], { axis: -1 });
+    const logp = this.logSoftmaxNode(logits.name);
     const picked = this.n("Squeeze", [
       this.n("GatherElements", [logp, this.n("Unsqueeze", [safe, this.i64([1])])], { axis: 1 }),
       this.i64([1]),
@@ -575,12 +607,20 @@ export class Tape {
     });
     const loss = this.n("Neg", [this.n("Div", [total, count])]);
     return this.record(loss, [logits, labels], [], (dy) => {
-      const depth = typeof C === "number"
-        ? g.int64s("depth", [C], [])
-        : this.n("Shape", [logits.name], { start: 1, end: 2 });
-      const onehot = this.n("OneHot", [safe, depth, g.floats("onehot_values", [0, 1])], {
-        axis: -1,
-      });
+      // one-hot rows as `Equal(label, iota)` (not `OneHot`); iota 0..C−1 from the logits' width
+      const iota = typeof C === "number"
+        ? g.int64s("iota", Array.from({ length: C }, (_, i) => i), [1, C])
+        : this.n("Unsqueeze", [
+          this.n("Range", [
+            g.int64s("zero", [0], []),
+            this.n("Squeeze", [this.n("Shape", [logits.name], { start: 1, end: 2 })]),
+            g.int64s("one", [1], []),
+          ]),
+          this.i64([0]),
+        ]);
+      const onehot = this.n("Cast", [
+        this.n("Equal", [this.n("Unsqueeze", [safe, this.i64([1])]), iota]),
+      ], { to: DataType.FLOAT });
       const p = this.n("Exp", [logp]);
       const w = this.n("Div", [this.n("Mul", [keepF, dy]), count]);
       return [
@@ -610,7 +650,7 @@ export class Tape {
     const total = (name: string): string | null => {
       const list = pending.get(name);
       if (!list) return null;
-      const s = list.length === 1 ? list[0] : this.n("Sum", list);
+      const s = this.addAll(list);
       pending.set(name, [s]);
       return s;
     };
@@ -630,7 +670,7 @@ export class Tape {
       const g = total(p.name);
       if (g) out.set(p.name, g);
       else if (!onlyReached) {
-        out.set(p.name, this.n("ConstantOfShape", [this.n("Shape", [p.name])]));
+        out.set(p.name, this.zerosLike(p.name));
       }
     }
     return out;

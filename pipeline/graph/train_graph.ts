@@ -370,7 +370,7 @@ export function buildGradGraph(spec: GradGraphSpec): GradGraph {
     squares.push(g.node("ReduceSumSquare", [gname], { keepdims: 0 }));
   }
   // Σ‖g‖² over every gradient (the clipping norm of a step that is one micro-batch)
-  const sq = squares.length === 1 ? squares[0] : g.node("Sum", squares);
+  const sq = t.addAll(squares);
   g.output(sq, { name: "grad_sq", elemType: DataType.FLOAT, dims: [] });
   const model = g.toModel({
     name: "tinystill_train",
