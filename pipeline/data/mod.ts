@@ -12,6 +12,7 @@ import { selectColumns, selectQaColumns, selectTokenColumns } from "./columns.ts
 import { readBrown, readBrownPos, readMobyDick, readSotu, readSpamAssassin } from "./corpora.ts";
 import { readCsv, readJsonl, readParquet, readTsv, type Table } from "./readers.ts";
 import { sampleLimit, splitBySeed } from "./split.ts";
+import { seededRandom, shuffle } from "../random.ts";
 import type {
   Dataset,
   DatasetFormat,
@@ -68,6 +69,7 @@ function checkSpec(spec: DatasetSpec): void {
     throw specError("unknown format", "format", formats.join(", "), String(spec.format));
   }
   checkTask(spec);
+  checkUnlabelledSpec(spec);
   if (spec.split) {
     const { dev, test, seed } = spec.split;
     const ok = (r: number) => Number.isFinite(r) && r >= 0 && r < 1;
@@ -355,7 +357,69 @@ export async function loadDataset(spec: DatasetSpec, baseDir = "."): Promise<Dat
       got: `${parts.train.records.length} examples`,
     });
   }
-  return dataset;
+  return dropLabels(dataset, spec, seed);
+}
+
+/** The splits `drop_labels` names (`true`: all three). */
+function droppedSplits(spec: DatasetSpec): ("train" | "dev" | "test")[] {
+  const d = spec.drop_labels;
+  return d === true ? ["train", "dev", "test"] : d ? [...d] : [];
+}
+
+/** `labelled` and `drop_labels` are for class labels; they cannot say which rows to drop twice. */
+function checkUnlabelledSpec(spec: DatasetSpec): void {
+  if (spec.labelled === undefined && !spec.drop_labels) return;
+  const field = spec.labelled !== undefined ? "labelled" : "drop_labels";
+  const task = taskOf(spec) ?? "classification";
+  if (task !== "classification") {
+    throw specError(
+      `${field} drops class labels; a ${task} dataset has none`,
+      field,
+      "a classification dataset",
+      task,
+    );
+  }
+  if (spec.labelled !== undefined && !(Number.isInteger(spec.labelled) && spec.labelled >= 0)) {
+    throw specError("bad labelled count", "labelled", "an integer ≥ 0", String(spec.labelled));
+  }
+  if (spec.labelled !== undefined && droppedSplits(spec).includes("train")) {
+    throw specError(
+      "labelled keeps some training labels, drop_labels drops them all",
+      "labelled",
+      "labelled, or drop_labels with train, not both",
+      `labelled: ${spec.labelled}, drop_labels: ${JSON.stringify(spec.drop_labels)}`,
+    );
+  }
+}
+
+/**
+ * Apply `labelled` (keep the labels of that many training examples, the first of a shuffle by
+ * the split seed) and `drop_labels` (drop every label of the named splits). The label list stays:
+ * the teacher's classifier and the prediction terms still need it.
+ */
+function dropLabels(dataset: Dataset, spec: DatasetSpec, seed: number): Dataset {
+  checkUnlabelledSpec(spec);
+  const unlabel = (e: Example): Example => {
+    const { label: _l, ...rest } = e;
+    return rest;
+  };
+  const out = { ...dataset };
+  for (const split of droppedSplits(spec)) out[split] = out[split].map(unlabel);
+  if (spec.labelled !== undefined) {
+    const labelled = out.train.filter((e) => e.label !== undefined).length;
+    if (spec.labelled > labelled) {
+      throw specError(
+        "labelled asks for more labelled training examples than there are",
+        "labelled",
+        `at most ${labelled}`,
+        String(spec.labelled),
+      );
+    }
+    const order = shuffle(out.train.map((_, i) => i), seededRandom(seed ^ 0x1abe11ed));
+    const keep = new Set(order.slice(0, spec.labelled));
+    out.train = out.train.map((e, i) => (keep.has(i) ? e : unlabel(e)));
+  }
+  return out;
 }
 
 /**

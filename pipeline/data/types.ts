@@ -141,6 +141,18 @@ export interface DatasetSpec {
    * tokenize stage (see {@link excludeExamples}); `loadDataset` ignores it.
    */
   exclude?: { dataset: string; splits: ("train" | "dev" | "test")[] };
+  /**
+   * Keep the labels of this many training examples, chosen by the split seed (a seeded shuffle of
+   * the training split, first `labelled` rows), and drop the others' labels at load: task
+   * distillation with few labels and much unlabeled in-domain text. Classification only; dev and
+   * test keep their labels.
+   */
+  labelled?: number;
+  /**
+   * Drop every label of these splits at load (`true`: all three). The label list is kept (the
+   * teacher's classifier still needs it); an unlabeled split cannot be evaluated.
+   */
+  drop_labels?: boolean | ("train" | "dev" | "test")[];
 }
 
 /** A record as read from a source, before labels are mapped to indices. */

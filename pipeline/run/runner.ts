@@ -66,7 +66,12 @@ export interface Stage<P> {
   /** A digest of external inputs (files, checkpoints) that the hash must cover. */
   fingerprint?(
     params: P,
-    ctx: { pipeline: Pipeline; resolve(path: string): string },
+    ctx: {
+      pipeline: Pipeline;
+      resolve(path: string): string;
+      /** The stage key (`distill@task`), for messages. */
+      key?: string;
+    },
   ): Promise<string>;
   run(ctx: StageContext<P>): Promise<StageResult>;
 }
@@ -185,7 +190,7 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
       }
     }
     const fingerprint = stage.fingerprint
-      ? await stage.fingerprint(params, { pipeline: p, resolve: resolvePath })
+      ? await stage.fingerprint(params, { pipeline: p, resolve: resolvePath, key })
       : "";
     const hash = (await sha256Hex(canonicalJson({
       kind: stage.name,

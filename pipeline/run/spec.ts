@@ -68,6 +68,14 @@ export const DatasetSchema = z.strictObject({
     dataset: z.string().min(1),
     splits: z.array(z.enum(["train", "dev", "test"])).min(1).default(["dev", "test"]),
   }).optional(),
+  /**
+   * Keep the labels of this many training examples (chosen by the split seed) and drop the
+   * rest's: the unlabeled rows feed teacher-forward and distillation, not `finetune`.
+   */
+  labelled: z.number().int().min(0).optional(),
+  /** Drop every label of these splits at load (`true`: all of them). */
+  drop_labels: z.union([z.boolean(), z.array(z.enum(["train", "dev", "test"])).min(1)])
+    .optional(),
 }) satisfies z.ZodType<Omit<DatasetSpec, "name">>;
 
 /** A model the pipeline reads (`checkpoint`) or builds from a Hugging Face `config`. */

@@ -74,6 +74,7 @@ import {
   withLength,
   writeTrainedModel,
 } from "./common.ts";
+import { requireLabelledSplit } from "./tokenize.ts";
 
 /** A loss entry: a weight, or a weight and a temperature. */
 const LossEntry = z.union([
@@ -414,7 +415,13 @@ export const distill = defineStage({
     ...(p.teacher ? [p.teacher] : []),
     ...(p.init_from ? [p.init_from] : []),
   ],
-  async fingerprint(params, { pipeline, resolve }) {
+  async fingerprint(params, { pipeline, resolve, key }) {
+    // a phase that keeps the best dev checkpoint needs a labelled dev split (refused up front)
+    const oneInput = asList(params.tokens).length === 1 && params.pack === undefined;
+    if (oneInput && params.phases.some((ph) => ph.evaluate)) {
+      const field = `${key ?? "distill"}.phases`;
+      await requireLabelledSplit(pipeline, asList(params.tokens)[0], "dev", field);
+    }
     const parts: string[] = [];
     for (const role of ["teacher", "student"] as const) {
       const ckpt = pipeline[role]?.checkpoint;

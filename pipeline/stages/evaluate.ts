@@ -63,7 +63,9 @@ import {
   taskLabels,
   type TokenMeta,
   type TokenRows,
+  UNLABELLED,
 } from "../store/tokens.ts";
+import { requireLabelledSplit } from "./tokenize.ts";
 
 /** Params of the evaluate stage. */
 export const EvaluateParams = z.strictObject({
@@ -475,7 +477,8 @@ export const evaluate = defineStage({
     ...Object.values(p.students),
     ...Object.values(p.baselines),
   ],
-  async fingerprint(params, { pipeline, resolve }) {
+  async fingerprint(params, { pipeline, resolve, key }) {
+    await requireLabelledSplit(pipeline, params.tokens, params.split, `${key ?? "evaluate"}.split`);
     if (params.teacher || !pipeline.teacher?.checkpoint) return "";
     return await fileDigest(join(resolve(pipeline.teacher.checkpoint), "model.safetensors"));
   },
@@ -495,6 +498,17 @@ export const evaluate = defineStage({
         file: p.file,
         field: `${ctx.key}.split`,
       });
+    }
+    if (!regression && meta.task !== "token-classification" && meta.task !== "question-answering") {
+      const missing = rows.labels.filter((l) => l === UNLABELLED).length;
+      if (missing > 0) {
+        throw new InputError(`the ${params.split} split has ${missing} examples without labels`, {
+          file: p.file,
+          field: `${ctx.key}.split`,
+          expected: `a labelled ${params.split} split`,
+          got: `${missing} unlabeled examples`,
+        });
+      }
     }
     const models = modelsOf(ctx);
     // every model's positions cover the rows, before any model runs

@@ -33,12 +33,15 @@ import {
   writeTrainedModel,
 } from "./common.ts";
 import {
+  labelledRows,
   padRows,
   readTokenMeta,
   readTokenSplit,
+  selectRows,
   taskLabels,
   type TokenRows,
 } from "../store/tokens.ts";
+import { requireLabelledSplit } from "./tokenize.ts";
 
 /** The finetune stage's fields. */
 const FinetuneFields = z.strictObject({
@@ -78,7 +81,9 @@ export const finetune = defineStage({
   params: FinetuneParams,
   models: (p) => [p.model],
   needs: (p) => [p.tokens, ...(p.from ? [p.from] : [])],
-  async fingerprint(params, { pipeline, resolve }) {
+  async fingerprint(params, { pipeline, resolve, key }) {
+    // finetune keeps the best dev checkpoint: a dev split without labels is refused up front
+    await requireLabelledSplit(pipeline, params.tokens, "dev", `${key ?? "finetune"}.tokens`);
     const section = pipeline[params.model];
     if (params.from || !section?.checkpoint) return "";
     if (params.init === "random") {
@@ -98,9 +103,25 @@ export const finetune = defineStage({
         hint: "The dataset has no label column.",
       });
     }
-    const train_ = await readTokenSplit(tokensDir, "train");
+    const all = await readTokenSplit(tokensDir, "train");
     const dev = await readTokenSplit(tokensDir, "dev");
-    if (!train_) throw new InputError("the training split is empty", { file: pipeline.file });
+    if (!all) throw new InputError("the training split is empty", { file: pipeline.file });
+    // a labels-only objective trains on the labelled rows alone (`labelled: N` leaves the others
+    // for distillation); the manifest counts both
+    const kept = labelledRows(all);
+    const skipped = all.lengths.length - kept.length;
+    if (kept.length === 0) {
+      throw new InputError("finetune needs labelled training rows; every one is unlabeled", {
+        file: pipeline.file,
+        field: `${ctx.key}.tokens`,
+        expected: "labelled: N with N > 0, or no drop_labels on train",
+        got: `${all.lengths.length} unlabeled rows`,
+      });
+    }
+    const train_ = skipped ? selectRows(all, kept) : all;
+    if (skipped) {
+      ctx.log(`training on the ${kept.length} labelled rows; ${skipped} unlabeled rows skipped`);
+    }
     const seed = params.seed ?? pipeline.seed;
     const section = pipeline[params.model];
     const fromCheckpoint = params.init !== "random" && !!(params.from || section?.checkpoint);
@@ -171,7 +192,9 @@ export const finetune = defineStage({
         log: ctx.log,
       });
       await writeTrainedModel(ctx.out, model, tokensDir, res);
-      return trainingResult(res, model);
+      const result = trainingResult(res, model);
+      result.counts = { ...result.counts, labelled_rows: kept.length, unlabelled_skipped: skipped };
+      return result;
     } finally {
       model.dispose();
     }

@@ -2,7 +2,7 @@
  * `tokenize`: dataset → WordPiece token shards, one part store per split (`train/`, `dev/`,
  * `test/`; training rows in a seeded random order), columns `input_ids`, `attention_mask`, `token_type_ids` (int32 blobs, unpadded: the
  * mask is all ones over the stored length, and batches are padded to their own longest example
- * when read), `length` and `label` (−1 when unlabeled). `labels.json` records the label order.
+ * when read), `length` and `label` (−100, `IGNORE_INDEX`, when unlabeled: cross-entropy skips the row). `labels.json` records the label order.
  *
  * The manifest counts examples, tokens and how many examples `max_seq_length` truncated.
  * @module
@@ -18,7 +18,7 @@ import { InputError } from "../errors.ts";
 import { writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
 import { defineStage, sha256Hex } from "../run/runner.ts";
-import type { Pipeline } from "../run/spec.ts";
+import { type Pipeline, stageKind } from "../run/spec.ts";
 import { loadTokenizer, saveTokenizer } from "../model/tokenizer/io.ts";
 import type { BertTokenizer } from "../model/tokenizer/tokenizer.ts";
 
@@ -134,6 +134,45 @@ function dataset(p: Pipeline, name: string, chain: string[] = []): Promise<Datas
   return loaded.get(key)!;
 }
 
+/**
+ * Refuse, before any compute (stages call it from their fingerprint, which the runner computes
+ * for every stage before it runs one), to evaluate on a split whose examples lack labels: the
+ * `split` of the dataset that the tokenize stage `tokensKey` reads. `field` names the setting
+ * that asks for the evaluation. Other token inputs (not a tokenize stage) are not checked.
+ */
+export async function requireLabelledSplit(
+  p: Pipeline,
+  tokensKey: string,
+  split: "train" | "dev" | "test",
+  field: string,
+): Promise<void> {
+  const entry = p.stages.find((e) => Object.keys(e)[0] === tokensKey);
+  const name = (entry?.[tokensKey] as { dataset?: unknown } | undefined)?.dataset;
+  if (!entry || stageKind(tokensKey) !== "tokenize" || typeof name !== "string") return;
+  const data = await dataset(p, name);
+  if (data.task !== undefined && data.task !== "classification") return; // gold data of their own
+  if (!data.labels) return; // unlabeled text: the stages say what they need
+  const missing = data[split].filter((e) => e.label === undefined).length;
+  if (missing === 0) return;
+  const spec = p.datasets[name] as DatasetSpec;
+  const dropped = spec.drop_labels === true ||
+    (Array.isArray(spec.drop_labels) && spec.drop_labels.includes(split));
+  throw new InputError(
+    `the ${split} split of dataset "${name}" has ${missing} of ${
+      data[split].length
+    } examples without labels; it cannot be evaluated on`,
+    {
+      file: p.file,
+      field,
+      expected: `a labelled ${split} split`,
+      got: `${missing} unlabeled ${split} examples`,
+      hint: dropped
+        ? `datasets.${name}.drop_labels drops the ${split} labels; keep them, or evaluate elsewhere.`
+        : `Give the ${split} split a label column, or evaluate on another split.`,
+    },
+  );
+}
+
 /** Encode one example; reports whether `max_seq_length` cut it. */
 export function encodeExample(
   tok: BertTokenizer,
@@ -241,7 +280,7 @@ export const tokenize = defineStage({
           types.push(Int32Array.from(enc.types));
           masks.push(new Int32Array(enc.ids.length).fill(1));
           lengths[i - range.start] = enc.ids.length;
-          labels[i - range.start] = ex.label ?? -1;
+          labels[i - range.start] = ex.label ?? IGNORE_INDEX;
         }
         await writer.writePart(range.start, {
           input_ids: ids,

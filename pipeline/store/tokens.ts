@@ -11,6 +11,38 @@ import { exists } from "./fsutil.ts";
 import { PartReader } from "./parquet.ts";
 import type { TaskKind } from "../data/types.ts";
 
+/** The label of an unlabeled row (cross-entropy's ignore index). */
+export const UNLABELLED = -100;
+
+/** The rows of `t` that carry a label (every row for regression, token and span tasks). */
+export function labelledRows(t: TokenRows): number[] {
+  const out: number[] = [];
+  const plain = !t.targets && !t.tokenLabels && !t.startPositions;
+  for (let r = 0; r < t.lengths.length; r++) if (!plain || t.labels[r] !== UNLABELLED) out.push(r);
+  return out;
+}
+
+/** The given rows of `t`, in that order, as a token split of their own. */
+export function selectRows(t: TokenRows, rows: readonly number[]): TokenRows {
+  const pick = <T>(xs: T[] | undefined) => xs && rows.map((r) => xs[r]);
+  const out: TokenRows = {
+    ids: pick(t.ids)!,
+    types: pick(t.types)!,
+    lengths: Int32Array.from(rows, (r) => t.lengths[r]),
+    labels: Int32Array.from(rows, (r) => t.labels[r]),
+  };
+  if (t.targets) out.targets = Float32Array.from(rows, (r) => t.targets![r]);
+  if (t.tokenLabels) out.tokenLabels = pick(t.tokenLabels);
+  if (t.wordTags) out.wordTags = pick(t.wordTags);
+  if (t.startPositions) out.startPositions = Int32Array.from(rows, (r) => t.startPositions![r]);
+  if (t.endPositions) out.endPositions = Int32Array.from(rows, (r) => t.endPositions![r]);
+  if (t.tokenWords) out.tokenWords = pick(t.tokenWords);
+  if (t.wordSpans) out.wordSpans = pick(t.wordSpans);
+  if (t.contexts) out.contexts = pick(t.contexts);
+  if (t.answers) out.answers = pick(t.answers);
+  return out;
+}
+
 /** Every row of one split's token store, in row order. */
 export interface TokenRows {
   ids: Int32Array[];
@@ -89,7 +121,10 @@ export async function readTokenRows(reader: PartReader): Promise<TokenRows> {
     ids.push(...(part.columns.input_ids as Int32Array[]));
     types.push(...(part.columns.token_type_ids as Int32Array[]));
     lengths.set(part.columns.length as Int32Array, part.firstRow);
-    labels.set(part.columns.label as Int32Array, part.firstRow);
+    // an unlabeled row is −100 (stores written before that said −1): cross-entropy skips it
+    (part.columns.label as Int32Array).forEach((l, i) =>
+      labels[part.firstRow + i] = l < 0 ? UNLABELLED : l
+    );
     if (targets) {
       (part.columns.target as Float32Array[]).forEach((t, i) => targets[part.firstRow + i] = t[0]);
     }
