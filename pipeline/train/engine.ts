@@ -22,6 +22,7 @@ import type { AdamWState } from "./optim.ts";
 import type { HostBatch } from "../data/batch.ts";
 import type { EngineRef } from "../engines/mod.ts";
 import type { BackendName } from "../engines/tfjs_backend.ts";
+import { type Device, type DeviceChoice, resolveDevice } from "../engines/device.ts";
 
 /** Engine names a stage accepts. */
 export type EngineName = "auto" | "onnx" | "tfjs";
@@ -30,6 +31,8 @@ export type EngineName = "auto" | "onnx" | "tfjs";
 export interface TrainEngine {
   /** The engine that runs (`auto` resolved). */
   readonly name: "onnx" | "tfjs";
+  /** ONNX Runtime's device, resolved (null on tfjs). */
+  readonly device: DeviceChoice | null;
   /** One optimiser step over the micro-batches of one batch. */
   step(pieces: HostBatch[], seed: number): Promise<{ loss: number; gradNorm: number; lr: number }>;
   getState(): AdamWState;
@@ -54,6 +57,8 @@ export interface EngineOptions {
   engine?: EngineName;
   /** The tfjs backend when tfjs runs (default `auto`). */
   backend?: BackendName;
+  /** ONNX Runtime's device (default `auto`: webgpu on a real GPU adapter, else cpu). */
+  device?: Device;
   /** Data-parallel replicas (default: tfjs one per core, onnx 1). */
   replicas?: number;
   /** Intra-op threads per replica (default: the cores shared among the replicas). */
@@ -100,9 +105,13 @@ export async function resolveEngine(
   return { name: "onnx", reason: "auto: ONNX Runtime loads (the faster engine)" };
 }
 
-/** The executor of a resolved engine name. */
-export function engineRef(name: "onnx" | "tfjs", backend: BackendName = "auto"): EngineRef {
-  return name === "onnx" ? { kind: "onnxruntime" } : { kind: "tfjs", backend };
+/** The executor of a resolved engine name (ONNX Runtime on `device`, default cpu). */
+export function engineRef(
+  name: "onnx" | "tfjs",
+  backend: BackendName = "auto",
+  device: "cpu" | "webgpu" = "cpu",
+): EngineRef {
+  return name === "onnx" ? { kind: "onnxruntime", device } : { kind: "tfjs", backend };
 }
 
 /** Open the engine of one phase on `model`'s current weights (moments zero). */
@@ -118,14 +127,17 @@ export async function openTrainEngine(
   const replicas = opts.replicas ?? (name === "onnx" ? 1 : cores);
   const threads = opts.threads ??
     (replicas > 1 || name === "tfjs" ? Math.max(1, Math.floor(cores / replicas)) : undefined);
+  // resolved once here: replicas get the lead's device, not their own `auto`
+  const device = name === "onnx" ? await resolveDevice(opts.device ?? "auto") : null;
   const trainer = await Trainer.create(model, {
     ...spec,
     threads,
     replicas,
-    engine: engineRef(name, opts.backend),
+    engine: engineRef(name, opts.backend, device?.device),
   });
   return {
     name,
+    device,
     step: (pieces, seed) => trainer.step(pieces, seed),
     getState: () => trainer.getState(),
     setState: (s) => trainer.setState(s),

@@ -22,6 +22,7 @@ import { NonFiniteLossError } from "../errors.ts";
 import { type EngineName, openTrainEngine, type TrainEngine } from "./engine.ts";
 import type { HostBatch } from "../data/batch.ts";
 import type { BackendName } from "../engines/tfjs_backend.ts";
+import type { Device } from "../engines/device.ts";
 import type { Progress } from "../run/progress.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 
@@ -99,6 +100,8 @@ export interface TrainOptions {
   engine?: EngineName;
   /** The tfjs backend when the engine is tfjs (default `auto`). */
   backend?: BackendName;
+  /** ONNX Runtime's device (default `auto`: webgpu on a real GPU adapter, else cpu). */
+  device?: Device;
   /** Intra-op threads per replica (default: the cores shared among the replicas). */
   threads?: number;
   /** Dev-set evaluation; higher `metric` is better. */
@@ -284,6 +287,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }, {
       engine: opts.engine,
       backend: opts.backend,
+      device: opts.device,
       replicas: opts.replicas,
       threads: opts.threads,
     });
