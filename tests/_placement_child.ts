@@ -1,7 +1,7 @@
 /**
  * Child process of `gpu_placement_test.ts`: opens the TinyBERT4-shaped gradient graphs
  * (classification; distillation with attention_mse + hidden_mse + soft_ce) and the inference
- * graph on ONNX Runtime's WebGPU provider with verbose logging, so that the parent can read ORT's
+ * graph, with the int32 feeds that `Trainer` and `openInference` give WebGPU, on ONNX Runtime's WebGPU provider with verbose logging, so that the parent can read ORT's
  * node placement from this process's output. Each graph is announced with a `@@graph <name>` line.
  */
 
@@ -48,6 +48,7 @@ const cls = buildGradGraph({
   params: shapes,
   objective: "classification",
   dropout: true,
+  intType: "int32",
 });
 graphs.push(["train:classification", cls.model, cls.graph]);
 const dist = buildGradGraph({
@@ -66,6 +67,7 @@ const dist = buildGradGraph({
     projection: "shared",
   },
   dropout: true,
+  intType: "int32",
   targets: Object.fromEntries([
     ["t_logits", [1, 2]],
     ...[0, 1, 2, 3, 4].map((i) => [`t_hidden_${i}`, [1, 1, 312]]),
@@ -79,7 +81,7 @@ const params = new Map(
   ) => [n, { data: new Float32Array(s.reduce((a, b) => a * b, 1)), shape: s }]),
 );
 const bert = new Bert(cfg, heads, params);
-const inf = exportGraph(bert, { outputs: "all" });
+const inf = exportGraph(bert, { outputs: "all", intType: "int32" });
 graphs.push(["inference", encodeGraph(inf, "tinystill_bert"), inf]);
 
 const only = Deno.args[0];

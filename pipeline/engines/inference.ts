@@ -19,6 +19,7 @@ import { encodeGraph, exportGraph, type ExportOnnxOptions } from "../graph/expor
 import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
 import { openOrtSession } from "./onnxruntime.ts";
+import { DataType } from "../graph/ir.ts";
 import { type AdapterInfo, type Device, resolveDevice } from "./device.ts";
 
 /** Integer inputs of one batch, row-major `[batch, seq]`. */
@@ -82,6 +83,18 @@ export function batchInputs(b: HostBatch): InferenceInputs {
   };
 }
 
+function toInt32(
+  a: Int32Array | BigInt64Array | undefined,
+  n: number,
+  fill: number,
+  what: string,
+): Int32Array {
+  if (a === undefined) return new Int32Array(n).fill(fill);
+  if (a.length !== n) throw new Error(`inference: ${what} has ${a.length} values, want ${n}`);
+  if (a instanceof Int32Array) return a;
+  return Int32Array.from(a, (x) => Number(x));
+}
+
 function toInt64(
   a: Int32Array | BigInt64Array | undefined,
   n: number,
@@ -107,6 +120,7 @@ export async function openInference(
   let session: GraphSession;
   let engine = "onnxruntime/cpu";
   let adapter: AdapterInfo | null = null;
+  let int32 = false;
   let ref = opts.engine;
   if (!ref || ref.kind === "onnxruntime") {
     const choice = await resolveDevice(opts.device ?? ref?.device ?? "auto");
@@ -124,7 +138,9 @@ export async function openInference(
     session = await openOrtSession(model, { threads: opts.threads, device });
     engine = `onnxruntime/${device}`;
   } else {
-    const graph = exportGraph(model, opts);
+    const webgpu = ref.kind === "onnxruntime" && ref.device === "webgpu";
+    const graph = exportGraph(model, { ...opts, intType: webgpu ? "int32" : opts.intType });
+    int32 = graph.inputs.some((i) => i.name === "input_ids" && i.elemType === DataType.INT32);
     const executor = await openExecutor(ref);
     session = await executor.open(graph, encodeGraph(graph, "tinystill_bert"), {
       threads: opts.threads,
@@ -151,21 +167,27 @@ export async function openInference(
         });
       }
       const n = batch * seq;
+      const toInts = (
+        a: Int32Array | BigInt64Array | undefined,
+        len: number,
+        fill: number,
+        what: string,
+      ) => int32 ? toInt32(a, len, fill, what) : toInt64(a, len, BigInt(fill), what);
       const feeds: Record<string, HostTensor> = {
-        input_ids: { data: toInt64(inputs.inputIds, n, 0n, "inputIds"), dims: [batch, seq] },
+        input_ids: { data: toInts(inputs.inputIds, n, 0, "inputIds"), dims: [batch, seq] },
         attention_mask: {
-          data: toInt64(inputs.attentionMask, n, 1n, "attentionMask"),
+          data: toInts(inputs.attentionMask, n, 1, "attentionMask"),
           dims: [batch, seq],
         },
         token_type_ids: {
-          data: toInt64(inputs.tokenTypeIds, n, 0n, "tokenTypeIds"),
+          data: toInts(inputs.tokenTypeIds, n, 0, "tokenTypeIds"),
           dims: [batch, seq],
         },
       };
       if (session.inputNames.includes("mlm_positions")) {
         const p = inputs.mlmPositions;
         if (!p) throw new Error("inference: this graph needs mlmPositions");
-        feeds.mlm_positions = { data: toInt64(p, p.length, 0n, "mlmPositions"), dims: [p.length] };
+        feeds.mlm_positions = { data: toInts(p, p.length, 0, "mlmPositions"), dims: [p.length] };
       }
       for (const name of session.inputNames) {
         if (!feeds[name]) throw new Error(`inference: the model wants an unknown input '${name}'`);

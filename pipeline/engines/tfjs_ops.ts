@@ -906,6 +906,36 @@ export const OPS: Record<string, OpDef> = {
       };
     },
   },
+  ScatterElements: {
+    types: sameAs0,
+    compile: ({ node }) => {
+      checkAttrs(node, ["axis", "reduction"]);
+      const reduction = attrString(node.attrs, "reduction", "none");
+      const axis = attrInt(node.attrs, "axis", 0);
+      if (reduction !== "add" || axis !== 0) {
+        throw new UnsupportedGraphError(
+          `ScatterElements node ${node.name}: only axis 0 with reduction 'add' is supported`,
+        );
+      }
+      return ([x, idx, upd]) => {
+        const data = dev(need(x, node, 0)), i = dev(need(idx, node, 1));
+        const u = dev(need(upd, node, 2));
+        if (data.shape.length !== 2) {
+          throw new UnsupportedGraphError(`ScatterElements node ${node.name}: 2-D data only`);
+        }
+        const [V, W] = data.shape, n = i.shape[0], w = i.shape[1] ?? 1;
+        return [tf.tidy(() => {
+          // out[idx[r][j]][j] += upd[r][j]: a 1-D scatter at idx·W + j (repeated indices add)
+          const flat = tf.add(
+            tf.mul(tf.cast(i, "int32"), tf.scalar(W, "int32")),
+            tf.range(0, w, 1, "int32"),
+          );
+          const added = scatterAdd(tf.reshape(flat, [n * w, 1]), tf.reshape(u, [n * w]), [V * W]);
+          return tf.add(data, tf.reshape(added, [V, W]));
+        })];
+      };
+    },
+  },
   Expand: {
     types: sameAs0,
     compile: ({ node }) => ([x, s]) => {

@@ -123,6 +123,12 @@ export interface ExportOnnxOptions {
    * `mlm_rows [M, vocab]`: the MLM head on those rows only (a full `[B, S, vocab]` is large).
    */
   mlmRows?: boolean;
+  /**
+   * Element type of the integer inputs: `int64` (default, what transformers.js and exported files
+   * use) or `int32` (what `openInference` feeds ONNX Runtime's WebGPU provider, which has no int64
+   * Cast/Reshape kernels).
+   */
+  intType?: "int64" | "int32";
 }
 
 /** float32 → IEEE binary16 bits, rounding to nearest even (overflow → ±inf, NaN kept). */
@@ -304,8 +310,9 @@ export function exportGraph(bert: Bert, opts: ExportOnnxOptions = {}): Graph {
     dtype === "q8" && !wantMlm,
   );
   const dims = ["batch", "sequence"];
+  const intType = opts.intType === "int32" ? DataType.INT32 : DataType.INT64;
   const input = (name: string) =>
-    t.constant(g.input({ name, elemType: DataType.INT64, dims }), ["B", "S"], DataType.INT64);
+    t.constant(g.input({ name, elemType: intType, dims }), ["B", "S"], intType);
   const inputs = {
     ids: input("input_ids"),
     mask: input("attention_mask"),
@@ -347,9 +354,9 @@ export function exportGraph(bert: Bert, opts: ExportOnnxOptions = {}): Graph {
   if (opts.mlmRows) {
     // the MLM head on chosen rows only (augment: the masked positions; flat indices into B·S)
     const positions = t.constant(
-      g.input({ name: "mlm_positions", elemType: DataType.INT64, dims: ["positions"] }),
+      g.input({ name: "mlm_positions", elemType: intType, dims: ["positions"] }),
       ["M"],
-      DataType.INT64,
+      intType,
     );
     const rows = t.gather(fwd.hidden[fwd.hidden.length - 1], positions);
     out(fwd.mlmHead(rows), "mlm_rows", ["positions", V]);

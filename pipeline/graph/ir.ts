@@ -141,6 +141,16 @@ export class GraphBuilder {
     );
   }
 
+  /** An int32 constant initializer. */
+  int32s(hint: string, values: number[], dims: number[] = [values.length]): string {
+    return this.initializer(
+      this.fresh(hint),
+      DataType.INT32,
+      dims,
+      littleEndianBytes(Int32Array.from(values)),
+    );
+  }
+
   private scalars = new Map<number, string>();
 
   /** A scalar float32 constant (one initializer per distinct value). */

@@ -121,16 +121,6 @@ function rowKl(c: TermContext, s: Value, tt: Value): Value {
   return t.div(t.sum(t.where(rows, perRow, zero)), c.countOf(c.realF, h));
 }
 
-/** Values are finite (a cached teacher has NaN at padded positions). */
-function finite(t: Tape, x: Value): Value {
-  const g = t.g;
-  return t.constant(
-    g.node("Not", [g.node("Or", [g.node("IsNaN", [x.name]), g.node("IsInf", [x.name])])]),
-    [...x.shape],
-    DataType.BOOL,
-  );
-}
-
 /** `[B, S]` → `[B, S, 1]` (float or bool, as `v`). */
 function perToken(t: Tape, v: Value): Value {
   return t.constant(
@@ -176,7 +166,9 @@ const BUILTIN = {
       for (let m = c.embeddings ? 0 : 1; m <= c.M; m++) {
         const tt = c.target(`t_hidden_${c.layerMap[m]}`);
         const Ht = tt.shape[2] as number;
-        const t0 = t.mul(t.where(finite(t, tt), tt, zero), keep);
+        // selected by the real tokens (a cached teacher has NaN at padded positions), not by
+        // IsNaN/IsInf, which ONNX Runtime's WebGPU provider has no kernels for
+        const t0 = t.where(perToken(t, c.real), tt, zero);
         const y0 = t.mul(c.projected(m), keep);
         parts.push(t.div(t.sum(t.square(t.sub(y0, t0))), c.countOf(c.realF, Ht)));
       }

@@ -514,15 +514,24 @@ export class Tape {
       [a, this.constant(this.i64(dims), [dims.length], DataType.INT64)],
       shape,
       (dy) => [this.n("Reshape", [dy, this.n("Shape", [a.name])]), null],
+      {},
+      a.type,
     );
   }
 
   /** Reshape with a runtime shape value (a constant int64 tensor). */
   reshapeTo(a: Value, dims: Value, shape: Dim[]): Value {
-    return this.emit("Reshape", [a, dims], shape, (dy) => [
-      this.n("Reshape", [dy, this.n("Shape", [a.name])]),
-      null,
-    ]);
+    return this.emit(
+      "Reshape",
+      [a, dims],
+      shape,
+      (dy) => [
+        this.n("Reshape", [dy, this.n("Shape", [a.name])]),
+        null,
+      ],
+      {},
+      a.type,
+    );
   }
 
   /** Transpose by `perm`. */
@@ -534,14 +543,29 @@ export class Tape {
   }
 
   /**
-   * Rows `table[ids]` (`table [V, H]`, `ids` int64 of any shape) → `[...ids, H]`. The gradient
-   * adds each row's `ȳ` into a zero table (repeated ids accumulate).
+   * Rows `table[ids]` (`table [V, H]`, `ids` int64 or int32 of any shape) → `[...ids, H]`. The
+   * gradient adds each row's `ȳ` into a zero table (repeated ids accumulate): `ScatterND` on
+   * int64 ids, `ScatterElements` (whose indices may be int32) on int32 ids.
    */
   gather(table: Value, ids: Value): Value {
     const H = table.shape[table.shape.length - 1];
     return this.emit("Gather", [table, ids], [...ids.shape, H], (dy) => {
       if (!table.grad) return [null, null];
       const zeros = this.zerosLike(table.name);
+      if (ids.type === DataType.INT32) {
+        // rows [n, H] of ȳ, each added at column j of row ids[n]: indices ids broadcast over H
+        const rows = this.n("Reshape", [
+          dy,
+          this.n("Concat", [this.i64([-1]), this.n("Shape", [table.name], { start: 1, end: 2 })], {
+            axis: 0,
+          }),
+        ]);
+        const idx = this.n("Expand", [
+          this.n("Reshape", [ids.name, this.i64([-1, 1])]),
+          this.n("Shape", [rows]),
+        ]);
+        return [this.n("ScatterElements", [zeros, idx, rows], { axis: 0, reduction: "add" }), null];
+      }
       const idx = this.n("Unsqueeze", [ids.name, this.i64([-1])]);
       return [this.n("ScatterND", [zeros, idx, dy], { reduction: "add" }), null];
     }, { axis: 0 });
@@ -583,15 +607,18 @@ export class Tape {
   // --- losses with fused gradients ----------------------------------------------------------------
 
   /**
-   * Mean cross-entropy of `logits [n, C]` on int64 `labels [n]` over the rows whose label is not
+   * Mean cross-entropy of `logits [n, C]` on integer (int64 or int32) `labels [n]` over the rows whose label is not
    * `ignore` (the mean over 0 rows is 0). Backward: `(softmax − onehot)·ȳ / count` on kept rows.
    */
   crossEntropy(logits: Value, labels: Value, ignore = -100): Value {
     const g = this.g;
     const C = logits.shape[1];
-    const ign = g.int64s("ignore", [ignore], []);
+    const int32 = labels.type === DataType.INT32;
+    const ints = (hint: string, v: number[], dims?: number[]) =>
+      int32 ? g.int32s(hint, v, dims) : g.int64s(hint, v, dims);
+    const ign = ints("ignore", [ignore], []);
     const keep = this.n("Not", [this.n("Equal", [labels.name, ign])]);
-    const safe = this.n("Where", [keep, labels.name, g.int64s("zero", [0], [])]);
+    const safe = this.n("Where", [keep, labels.name, ints("zero", [0], [])]);
     const keepF = this.n("Cast", [keep], { to: DataType.FLOAT });
     const count = this.n("Max", [
       this.n("ReduceSum", [keepF, this.i64([0])], { keepdims: 0 }),
@@ -608,13 +635,14 @@ export class Tape {
     const loss = this.n("Neg", [this.n("Div", [total, count])]);
     return this.record(loss, [logits, labels], [], (dy) => {
       // one-hot rows as `Equal(label, iota)` (not `OneHot`); iota 0..C−1 from the logits' width
+      const width = this.n("Squeeze", [this.n("Shape", [logits.name], { start: 1, end: 2 })]);
       const iota = typeof C === "number"
-        ? g.int64s("iota", Array.from({ length: C }, (_, i) => i), [1, C])
+        ? ints("iota", Array.from({ length: C }, (_, i) => i), [1, C])
         : this.n("Unsqueeze", [
           this.n("Range", [
-            g.int64s("zero", [0], []),
-            this.n("Squeeze", [this.n("Shape", [logits.name], { start: 1, end: 2 })]),
-            g.int64s("one", [1], []),
+            ints("zero", [0], []),
+            int32 ? this.n("Cast", [width], { to: DataType.INT32 }) : width,
+            ints("one", [1], []),
           ]),
           this.i64([0]),
         ]);

@@ -136,7 +136,7 @@ export interface DropoutSite {
 /** A batch entry the graph reads, with its element type and trailing dims. */
 export interface FeedSpec {
   name: string;
-  type: "int64" | "float32";
+  type: "int64" | "int32" | "float32";
   dims: Dim[];
 }
 
@@ -159,23 +159,26 @@ export function batchFeeds(
   what = "the graph",
 ): Record<string, HostTensor> {
   const out: Record<string, HostTensor> = {};
-  let mlm: { positions: BigInt64Array; targets: BigInt64Array } | null = null;
+  let mlm: { positions: number[]; targets: number[] } | null = null;
   for (const f of feeds) {
     if (f.name === "mlm_positions" || f.name === "mlm_targets") {
       if (!mlm) {
         const labels = b.mlmLabels;
         if (!labels) throw new Error(`${what}: an 'mlm' batch needs mlmLabels`);
-        const pos: bigint[] = [], tgt: bigint[] = [];
+        const pos: number[] = [], tgt: number[] = [];
         labels.data.forEach((t, i) => {
           if (t !== IGNORE_INDEX) {
-            pos.push(BigInt(i));
-            tgt.push(BigInt(t));
+            pos.push(i);
+            tgt.push(t);
           }
         });
-        mlm = { positions: BigInt64Array.from(pos), targets: BigInt64Array.from(tgt) };
+        mlm = { positions: pos, targets: tgt };
       }
       const a = f.name === "mlm_positions" ? mlm.positions : mlm.targets;
-      out[f.name] = { data: a, dims: [a.length] };
+      const data = f.type === "int32"
+        ? Int32Array.from(a)
+        : BigInt64Array.from(a, (x) => BigInt(x));
+      out[f.name] = { data, dims: [a.length] };
       continue;
     }
     const key = INPUT_NAMES[f.name] ?? f.name;
@@ -184,6 +187,9 @@ export function batchFeeds(
     if (f.type === "int64") {
       const data = new BigInt64Array(a.data.length);
       for (let i = 0; i < data.length; i++) data[i] = BigInt(a.data[i]);
+      out[f.name] = { data, dims: a.shape };
+    } else if (f.type === "int32") {
+      const data = a.data instanceof Int32Array ? a.data : Int32Array.from(a.data);
       out[f.name] = { data, dims: a.shape };
     } else {
       const data = a.data instanceof Float32Array ? a.data : Float32Array.from(a.data);
@@ -205,6 +211,12 @@ export interface GradGraphSpec {
   dropout: boolean;
   /** Trailing dims of the batch's float targets (`t_scores_3` → `[heads, S, S]` as given). */
   targets?: Record<string, number[]>;
+  /**
+   * Element type of the integer feeds (ids, mask, labels, positions): `int64` (default) or
+   * `int32`, which ONNX Runtime's WebGPU provider computes on (it has no int64 Cast, Equal or
+   * Where, so int64 feeds put those nodes on the CPU).
+   */
+  intType?: "int64" | "int32";
 }
 
 /** A built gradient graph. */
@@ -243,11 +255,14 @@ export function buildObjectiveGraph(spec: GradGraphSpec): ObjectiveGraph {
   const feeds: FeedSpec[] = [];
   const dropout: DropoutSite[] = [];
   const fedInputs = new Map<string, Value>();
-  const feed = (name: string, dims: Dim[], type: "int64" | "float32" = "int64"): Value => {
+  const intType = spec.intType ?? "int64";
+  const feed = (name: string, dims: Dim[], type: "int" | "float32" = "int"): Value => {
     let v = fedInputs.get(name);
     if (!v) {
-      feeds.push({ name, type, dims });
-      v = t.input(name, dims, type === "int64" ? DataType.INT64 : DataType.FLOAT);
+      const ft = type === "int" ? intType : type;
+      feeds.push({ name, type: ft, dims });
+      const dt = ft === "int64" ? DataType.INT64 : ft === "int32" ? DataType.INT32 : DataType.FLOAT;
+      v = t.input(name, dims, dt);
       fedInputs.set(name, v);
     }
     return v;
@@ -301,7 +316,7 @@ export function buildObjectiveGraph(spec: GradGraphSpec): ObjectiveGraph {
         axis: 0,
       }),
       ["2B"],
-      DataType.INT64,
+      intType === "int32" ? DataType.INT32 : DataType.INT64,
     );
   /** `tokenLabels [B, S]` as rows `[B·S]` (−100: not labelled). */
   const tokenGold = () => t.reshape(feed("tokenLabels", ["B", "S"]), [-1], ["B*S"]);
@@ -405,7 +420,7 @@ function termContext(
   fwd: BertGraph,
   o: DistillObjectiveOptions,
   spec: GradGraphSpec,
-  feed: (name: string, dims: Dim[], type?: "int64" | "float32") => Value,
+  feed: (name: string, dims: Dim[], type?: "int" | "float32") => Value,
   weights: Weights,
   real: Value,
   pred: {

@@ -247,6 +247,11 @@ export class Trainer {
       objectiveOptions: this.opts.objectiveOptions,
       dropout: this.opts.dropout ?? true,
       targets,
+      // int32 feeds where WebGPU may run (it computes on int32, not int64)
+      intType: this.opts.engine?.kind === "onnxruntime" && this.opts.engine.device &&
+          this.opts.engine.device !== "cpu"
+        ? "int32"
+        : "int64",
     });
     const executor = await openExecutor(this.opts.engine);
     const session = await executor.open(graph.graph, graph.model, {
