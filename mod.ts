@@ -191,7 +191,10 @@ export {
 } from "./pipeline/train/loop.ts";
 export { maskBlock, packExamples } from "./pipeline/train/mlm.ts";
 
-/** Evaluation metrics and the teacher-vs-student report (tables, Markdown, SVG charts). */
+/**
+ * Evaluation metrics and the teacher-vs-student report (tables, Markdown, SVG charts; the report's
+ * charts as Vega-Lite specs rendered to SVG).
+ */
 export {
   accuracy,
   classificationMetrics,
@@ -218,6 +221,15 @@ export {
   reportMarkdown,
   textTable,
 } from "./pipeline/report/report.ts";
+export {
+  lossChartSpec,
+  renderSvg,
+  scoreChartSpec,
+  scoreInterval,
+  type ScorePoint,
+  tradeoffSpec,
+  type VegaLiteSpec,
+} from "./pipeline/report/charts.ts";
 
 /**
  * The graphs (ONNX export in the transformers.js layout; training graphs built by the `Tape`

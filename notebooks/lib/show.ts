@@ -1,7 +1,9 @@
 /**
  * What the notebooks display, as Jupyter MIME bundles: any object with a
  * `Symbol.for("Jupyter.display")` method is rendered by the Deno kernel when a cell evaluates to
- * it. SVG charts come from `pipeline/report/report.ts` (line and bar charts) and {@link heatmapSvg}.
+ * it. The report's charts are Vega-Lite specs (`pipeline/report/charts.ts`) shown natively by
+ * Jupyter with their SVG as the fallback ({@link chart}, {@link reportChart}); other SVG charts come
+ * from `pipeline/report/report.ts` (bar charts) and {@link heatmapSvg}.
  * @module
  */
 
@@ -10,14 +12,16 @@ import {
   barChartSvg,
   type BertTokenizer,
   encodeBatch,
-  lineChartSvg,
   loadBert,
   loadTokenizer,
+  lossChartSpec,
   type LossPoint,
   lossSeries,
   openInference,
   PartReader,
+  renderSvg,
   type StageReport,
+  type VegaLiteSpec,
 } from "../../mod.ts";
 
 const DISPLAY = Symbol.for("Jupyter.display");
@@ -43,6 +47,32 @@ function escapeHtml(s: string): string {
 /** An SVG image. */
 export function svg(markup: string, alt = "chart"): Displayable {
   return displayable({ "image/svg+xml": markup, "text/plain": `[${alt}]` });
+}
+
+/** The MIME type Jupyter renders Vega-Lite specs from. */
+export const VEGA_LITE_MIME = "application/vnd.vegalite.v5+json";
+
+/** A chart: its Vega-Lite spec (rendered by Jupyter), with the SVG as the fallback elsewhere. */
+export interface ChartDisplay {
+  [DISPLAY](): Record<string, unknown>;
+  bundle: { [VEGA_LITE_MIME]: VegaLiteSpec; "image/svg+xml": string; "text/plain": string };
+}
+
+/** A Vega-Lite chart with its SVG rendering (rendered here when not given). */
+export async function chart(spec: VegaLiteSpec, svgMarkup?: string): Promise<ChartDisplay> {
+  const title = typeof spec.title === "string" ? spec.title : "chart";
+  const bundle = {
+    [VEGA_LITE_MIME]: spec,
+    "image/svg+xml": svgMarkup ?? await renderSvg(spec),
+    "text/plain": `[${title}]`,
+  };
+  return { bundle, [DISPLAY]: () => bundle };
+}
+
+/** A chart the evaluate stage wrote: `<dir>/<name>.vl.json` and its `<name>.svg`. */
+export async function reportChart(evaluateDir: string, name: string): Promise<ChartDisplay> {
+  const spec = JSON.parse(await Deno.readTextFile(join(evaluateDir, `${name}.vl.json`)));
+  return chart(spec, await Deno.readTextFile(join(evaluateDir, `${name}.svg`)));
 }
 
 /** HTML (with a plain-text fallback). */
@@ -247,16 +277,15 @@ export async function tokenTable(tokensDir: string, split = "train", n = 5): Pro
   return htmlTable(table);
 }
 
-/** The training curve of a stage (`curve.json`) as a line chart, one line per phase. */
+/**
+ * The training curve of a stage (`curve.json`) as a line chart, one line per phase, its x axis
+ * ending at the last step (the Vega-Lite chart of the evaluate report).
+ */
 export async function lossCurveSvg(stageDir: string, title: string): Promise<string> {
   const c: { curve: LossPoint[] } = JSON.parse(
     await Deno.readTextFile(join(stageDir, "curve.json")),
   );
-  return lineChartSvg(lossSeries("loss", c.curve, false), {
-    title,
-    xLabel: "step",
-    yLabel: "loss",
-  });
+  return await renderSvg(lossChartSpec(lossSeries("loss", c.curve, false), { title }));
 }
 
 /**

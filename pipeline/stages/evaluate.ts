@@ -3,8 +3,10 @@
  * macro-F1 and MCC, retention (% of the teacher's score), parameters, bytes on disk, latency at
  * batch 1 and throughput — each model run as all inference is (`openInference` on its inference
  * graph: ONNX Runtime, or tfjs with `engine: tfjs`), and each student's fp16 and INT8 exports
- * measured from their exported files on ONNX Runtime. Writes `report.json`, `report.md`, the loss
- * curves and the metric bars as SVG, and prints the table.
+ * measured from their exported files on ONNX Runtime. Writes `report.json`, `report.md`, and the
+ * charts as SVG with their Vega-Lite specs beside them (`<chart>.vl.json`): `scores` (each model's
+ * score with its 95% interval), `latency` and `size` (score against each), `loss-<model>`; and
+ * prints the table.
  *
  * ```yaml
  * - evaluate:
@@ -33,9 +35,16 @@ import type { EngineRef } from "../engines/mod.ts";
 import { batchInputs, openInference } from "../engines/inference.ts";
 import { exportOnnx, headLogits, headOutputNames } from "../graph/export.ts";
 import {
-  barChartSvg,
+  lossChartSpec,
+  renderSvg,
+  scoreChartSpec,
+  scoreInterval,
+  type ScorePoint,
+  tradeoffSpec,
+  type VegaLiteSpec,
+} from "../report/charts.ts";
+import {
   comparisonTable,
-  lineChartSvg,
   lossSeries,
   type ModelRow,
   reportMarkdown,
@@ -61,7 +70,6 @@ import {
   readTokenMeta,
   readTokenSplit,
   taskLabels,
-  type TokenMeta,
   type TokenRows,
   UNLABELLED,
 } from "../store/tokens.ts";
@@ -405,51 +413,70 @@ async function measureAll(
   return { result, predictions };
 }
 
-/** The metrics drawn for a task. */
-function metricNamesOf(task: TokenMeta["task"]): string[] {
-  if (task === "regression") return ["pearson", "spearman"];
-  if (task === "question-answering") return ["exact_match", "f1"];
-  if (task === "token-classification") return ["accuracy", "entity_f1"];
-  return ["accuracy", "macro_f1", "mcc"];
-}
-
-/** Step 3: the charts — the metric bars, and the loss curve of every model trained here. */
+/**
+ * Step 3: the charts (Vega-Lite, rendered to SVG; each spec is written beside its SVG as
+ * `<name>.vl.json`): every model's score with its 95% interval (`scores`), score against latency
+ * (`latency`) and against size on disk (`size`), and the loss curve of every model trained here
+ * (`loss-<model>`).
+ */
 async function writeCharts(
   ctx: StageContext<EvaluateParams>,
   models: EvalModel[],
   result: ResultRow[],
-  metricNames: string[],
+  metric: string,
+  examples: number,
 ): Promise<{ file: string; caption: string }[]> {
   const { params, pipeline: p } = ctx;
-  // loss curves and dev curves of every model trained in this pipeline
   const charts: { file: string; caption: string }[] = [];
+  const write = async (name: string, spec: VegaLiteSpec, caption: string) => {
+    await writeFileAtomic(join(ctx.out, `${name}.svg`), await renderSvg(spec));
+    await writeJsonAtomic(join(ctx.out, `${name}.vl.json`), spec);
+    charts.push({ file: `${name}.svg`, caption });
+  };
+  const points: ScorePoint[] = result.map((r) => {
+    const score = r.metrics[metric];
+    const [lo, hi] = scoreInterval(metric, score, examples);
+    return {
+      name: r.name,
+      role: r.role,
+      score,
+      lo,
+      hi,
+      latency_ms: r.latency_ms,
+      parameters: r.parameters,
+      bytes: r.bytes,
+    };
+  }).filter((q) => Number.isFinite(q.score));
+  const split = `${params.split} split, ${examples} examples`;
+  await write(
+    "scores",
+    scoreChartSpec(points, { metric, title: `${p.name}: ${metric} (${split})` }),
+    `${metric} of every model with its 95% interval`,
+  );
+  await write(
+    "latency",
+    tradeoffSpec(points, { metric, x: "latency_ms", title: `${metric} against latency` }),
+    `${metric} against latency at batch 1`,
+  );
+  await write(
+    "size",
+    tradeoffSpec(points, { metric, x: "bytes", title: `${metric} against size on disk` }),
+    `${metric} against size on disk`,
+  );
+  // loss curves of every model trained in this pipeline
   for (const m of models) {
     if (!m.stage) continue;
     const f = join(ctx.inputs[m.stage], "curve.json");
     if (!(await exists(f))) continue;
     const c: Curves = JSON.parse(await Deno.readTextFile(f));
-    const file = `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}.svg`;
-    await writeFileAtomic(
-      join(ctx.out, file),
-      lineChartSvg(lossSeries(m.name, c.curve), {
+    await write(
+      `loss-${m.name.replace(/[^A-Za-z0-9_-]+/g, "_")}`,
+      lossChartSpec(lossSeries(m.name, c.curve), {
         title: `${m.name}: training loss (${m.stage})`,
-        xLabel: "step",
-        yLabel: "loss",
-        logY: true,
       }),
+      `${m.name} training loss`,
     );
-    charts.push({ file, caption: `${m.name} training loss` });
   }
-  await writeFileAtomic(
-    join(ctx.out, "metrics.svg"),
-    barChartSvg(
-      result.flatMap((r) =>
-        metricNames.map((k) => ({ label: r.name, group: k, value: r.metrics[k] }))
-      ),
-      { title: `${p.name}: ${params.split} split`, yLabel: "score" },
-    ),
-  );
-  charts.unshift({ file: "metrics.svg", caption: "teacher vs students" });
   return charts;
 }
 
@@ -469,7 +496,7 @@ function manifestMetrics(result: ResultRow[], paired: PairedRow[]): Record<strin
 /** The evaluate stage. */
 export const evaluate = defineStage({
   name: "evaluate",
-  version: 1,
+  version: 2,
   params: EvaluateParams,
   needs: (p) => [
     p.tokens,
@@ -540,7 +567,7 @@ export const evaluate = defineStage({
       : rows.startPositions
       ? ["exact match", "questions"]
       : ["accuracy", "examples"];
-    const charts = await writeCharts(ctx, models, result, metricNamesOf(meta.task));
+    const charts = await writeCharts(ctx, models, result, metric, rows.lengths.length);
     const notes = [
       `${rows.lengths.length} ${params.split} examples of ${p.name}; retention = ${metric} ` +
       `÷ the teacher's.`,
