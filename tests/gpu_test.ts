@@ -8,6 +8,8 @@
 
 import assert from "node:assert/strict";
 import { gpuEnv, runChild } from "./_gpu.ts";
+import { type Device, isSoftwareAdapter, resolveDevice } from "../pipeline/engines/device.ts";
+import { deviceMetrics } from "../pipeline/stages/common.ts";
 
 /** Ops ORT's WebGPU provider lacked and the graphs no longer use (`tape.ts`). */
 const REWRITTEN = ["Sum", "LogSoftmax", "OneHot", "ConstantOfShape"];
@@ -109,4 +111,35 @@ Deno.test({
     }
     assert.equal(res.inference.adapter.software, true);
   },
+});
+
+Deno.test("device: auto picks webgpu only on a real adapter; cpu and webgpu as asked", async () => {
+  for (
+    const d of ["SwiftShader Device (Subzero)", "llvmpipe (LLVM 15.0.6, 256 bits)", "lavapipe"]
+  ) {
+    assert.equal(isSoftwareAdapter(d), true, d);
+  }
+  assert.equal(isSoftwareAdapter("NVIDIA H100 80GB HBM3", 0x10de), false);
+  assert.equal(isSoftwareAdapter("AMD Radeon RX 7900 XTX (RADV NAVI31)", 0x1002), false);
+  assert.deepEqual(await resolveDevice("cpu"), {
+    device: "cpu",
+    adapter: null,
+    reason: "asked for",
+  });
+  assert.equal((await resolveDevice("webgpu")).device, "webgpu");
+  const auto = await resolveDevice("auto");
+  const real = auto.adapter !== null && !auto.adapter.software;
+  assert.equal(auto.device, real ? "webgpu" : "cpu", auto.reason);
+  await assert.rejects(() => resolveDevice("gpu" as Device), /auto, cpu or webgpu/);
+  assert.deepEqual(deviceMetrics("cpu", null), { device: "cpu" });
+  if (auto.adapter) {
+    const m = deviceMetrics(auto.device, auto.adapter);
+    assert.deepEqual(Object.keys(m), [
+      "device",
+      "adapter_vendor",
+      "adapter_device",
+      "adapter_driver",
+      "adapter_software",
+    ]);
+  }
 });

@@ -45,6 +45,8 @@ export interface StageContext<P> {
 export interface StageResult {
   counts?: Record<string, number>;
   metrics?: Record<string, number | string>;
+  /** Where ONNX Runtime ran: `device` and the WebGPU adapter (see `deviceMetrics`). */
+  device?: Record<string, string>;
 }
 
 /** A stage: a typed params schema and a `run` that writes only into `ctx.out`. */
@@ -192,10 +194,13 @@ export async function planPipeline(p: Pipeline): Promise<Planned[]> {
     const fingerprint = stage.fingerprint
       ? await stage.fingerprint(params, { pipeline: p, resolve: resolvePath, key })
       : "";
+    // `device` (where ONNX Runtime runs) does not name another output: not hashed, so a cpu run's
+    // outputs serve a webgpu rerun and the reverse
+    const { device: _device, ...hashed } = params as Record<string, unknown>;
     const hash = (await sha256Hex(canonicalJson({
       kind: stage.name,
       version: stage.version,
-      params,
+      params: hashed,
       seed: p.seed,
       inputs: Object.fromEntries(needs.map((n) => [n, hashes.get(n)])),
       models: Object.fromEntries(

@@ -56,6 +56,7 @@ import {
 } from "../store/parquet.ts";
 import { readTokenMeta, type TokenMeta } from "../store/tokens.ts";
 import { SPLITS, TARGET_COLUMN, TOKEN_COLUMNS } from "./tokenize.ts";
+import { deviceMetrics, deviceParam } from "./common.ts";
 
 /** Params of the augment stage. */
 export const AugmentParams = z.strictObject({
@@ -86,6 +87,8 @@ export const AugmentParams = z.strictObject({
   rows_per_part: z.number().int().positive().default(2048),
   /** Executor of the model's inference graph: ONNX Runtime, or tfjs on the pipeline's `backend`. */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
+  /** ONNX Runtime's device: `auto` (webgpu on a real GPU adapter, else cpu), `cpu`, `webgpu`. */
+  device: deviceParam,
   /** Intra-op threads (default: one per core). */
   threads: z.number().int().positive().optional(),
 });
@@ -340,7 +343,7 @@ async function openModel(
     threads: params.threads,
     engine: params.engine === "tfjs"
       ? { kind: "tfjs", backend: ctx.pipeline.backend }
-      : { kind: "onnxruntime" },
+      : { kind: "onnxruntime", device: params.device },
   });
 }
 
@@ -517,6 +520,7 @@ export const augment = defineStage({
     const { n, k } = params;
     const counts: Record<string, number> = {};
     const metrics: Record<string, number | string> = {};
+    let device: Record<string, string> | undefined;
 
     // dev and test: copied unchanged
     for (const split of SPLITS.filter((s) => s !== "train")) {
@@ -551,6 +555,7 @@ export const augment = defineStage({
       });
       const pending = candWriter.pendingParts();
       let masked = 0, engineName = "none";
+      let adapter: Inference["adapter"] = null;
       const t0 = performance.now();
       if (pending.length) {
         const bert = await loadBert(dir, { heads: { classifier: false } });
@@ -575,6 +580,7 @@ export const augment = defineStage({
             if (jobs.length && !model) {
               model = await openModel(ctx, bert);
               engineName = model.engine;
+              adapter = model.adapter;
             }
             const found = jobs.length
               ? await predictCandidates(
@@ -698,6 +704,9 @@ export const augment = defineStage({
         masked_rows: jobsCount,
       });
       metrics.engine = engineName;
+      if (engineName.startsWith("onnxruntime/")) {
+        device = deviceMetrics(engineName.slice("onnxruntime/".length), adapter);
+      }
       metrics.candidate_seconds = candSeconds;
       if (masked > 0) {
         metrics.masked_rows_per_second = masked / candSeconds;
@@ -725,6 +734,6 @@ export const augment = defineStage({
         limit: params.limit ?? null,
       },
     });
-    return { counts, metrics };
+    return { counts, metrics, ...(device ? { device } : {}) };
   },
 });

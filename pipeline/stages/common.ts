@@ -31,10 +31,33 @@ import {
   tokenAccuracy,
 } from "../report/metrics.ts";
 import { batchInputs, openInference } from "../engines/inference.ts";
+import type { AdapterInfo } from "../engines/device.ts";
 import { headLogits, headOutputNames } from "../graph/export.ts";
 import type { Pipeline } from "../run/spec.ts";
 import type { CurvePoint, EvalPoint, Phase, TrainResult } from "../train/loop.ts";
 import type { StageResult } from "../run/runner.ts";
+
+/** The `device` param of every stage that runs ONNX Runtime (`auto`, `cpu`, `webgpu`). */
+export const deviceParam = z.enum(["auto", "cpu", "webgpu"]).default("auto");
+
+/**
+ * What the manifest records (its `device` entry) of where ONNX Runtime ran: `device`, and the WebGPU adapter seen
+ * (`adapter_vendor`, `adapter_device`: its description and PCI ids, `adapter_driver`,
+ * `adapter_software`) when one was looked for.
+ */
+export function deviceMetrics(
+  device: string,
+  adapter: AdapterInfo | null,
+): Record<string, string> {
+  if (!adapter) return { device };
+  return {
+    device,
+    adapter_vendor: adapter.vendor,
+    adapter_device: `${adapter.description} (${adapter.vendorId}:${adapter.deviceId})`,
+    adapter_driver: adapter.driver,
+    adapter_software: String(adapter.software),
+  };
+}
 
 /** The index of each row's largest logit (`logits` is `[rows × C]`, row-major). */
 export function argmaxRows(logits: Float32Array, C: number): Int32Array {
@@ -368,6 +391,11 @@ export const LoopParams = {
    * pipeline's `backend`, one replica per core) or `auto` (default: onnx when ONNX Runtime loads).
    */
   engine: z.enum(["auto", "onnx", "tfjs"]).default("auto"),
+  /**
+   * ONNX Runtime's device: `auto` (default: webgpu on a real GPU adapter, else cpu), `cpu` or
+   * `webgpu` (docs/gpu.md). The manifest records the device and the adapter.
+   */
+  device: deviceParam,
   /** Data-parallel replicas (default: one per core on tfjs, 1 on onnx). */
   replicas: z.number().int().positive().optional(),
   /** Intra-op threads per replica (default: the cores shared among replicas). */
@@ -502,6 +530,7 @@ export function trainingResult(res: TrainResult, model: Bert): StageResult {
         ? Object.fromEntries(Object.entries(res.best.metrics).map(([k, v]) => [`dev_${k}`, v]))
         : {}),
     },
+    ...(res.device ? { device: deviceMetrics(res.device.device, res.device.adapter) } : {}),
   };
 }
 

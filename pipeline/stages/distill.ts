@@ -353,7 +353,9 @@ async function teacherSources(
   if (!params.teacher_outputs) {
     return phases.map((ph) => {
       const c = columns(ph.terms);
-      return onlineSource(teacher!, data.rows, c.hidden, c.attention, c.needs);
+      return onlineSource(teacher!, data.rows, c.hidden, c.attention, c.needs, {
+        engine: { kind: "onnxruntime", device: params.device },
+      });
     });
   }
   const cacheDir = ctx.inputs[params.teacher_outputs];
@@ -507,6 +509,7 @@ export const distill = defineStage({
         seed,
         replicas: params.replicas,
         engine: params.engine,
+        device: params.device,
         backend: ctx.pipeline.backend,
         threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(m, dev, params.eval_batch_size) : undefined,

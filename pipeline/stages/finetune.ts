@@ -183,6 +183,7 @@ export const finetune = defineStage({
         seed,
         replicas: params.replicas,
         engine: params.engine,
+        device: params.device,
         backend: ctx.pipeline.backend,
         threads: params.threads,
         evaluate: dev ? (m) => evaluateRows(m, dev, params.eval_batch_size) : undefined,

@@ -305,6 +305,7 @@ export const mlmPretrain = defineStage({
         seed,
         replicas: params.replicas,
         engine: params.engine,
+        device: params.device,
         backend: ctx.pipeline.backend,
         threads: params.threads,
         evaluate: heldOut.length > 0 ? score : undefined,

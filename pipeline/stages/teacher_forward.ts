@@ -51,7 +51,7 @@ import type { Pipeline } from "../run/spec.ts";
 import { exists, writeJsonAtomic } from "../store/fsutil.ts";
 import { finalize, PartReader, PartWriter } from "../store/parquet.ts";
 import { padRows, readTokenMeta, readTokenRows, type TokenMeta } from "../store/tokens.ts";
-import { checkSeqLength, modelDirOf } from "./common.ts";
+import { checkSeqLength, deviceMetrics, deviceParam, modelDirOf } from "./common.ts";
 import { SPLITS } from "./tokenize.ts";
 
 /** Params of the teacher-forward stage. */
@@ -75,6 +75,8 @@ export const TeacherForwardParams = z.strictObject({
    * on the pipeline's tfjs `backend`.
    */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
+  /** ONNX Runtime's device: `auto` (webgpu on a real GPU adapter, else cpu), `cpu`, `webgpu`. */
+  device: deviceParam,
   /** Intra-op threads of the teacher's session (default: one per core). */
   replicas: z.number().int().positive().optional(),
 });
@@ -224,7 +226,7 @@ async function openTeacher(
     threads: params.replicas,
     engine: params.engine === "tfjs"
       ? { kind: "tfjs", backend: ctx.pipeline.backend }
-      : { kind: "onnxruntime" },
+      : { kind: "onnxruntime", device: params.device },
   });
 }
 
@@ -339,7 +341,19 @@ export const teacherForward = defineStage({
     await writeJsonAtomic(join(ctx.out, "cache.json"), info);
     return {
       counts: { examples: plan.lengths.length, tokens: plan.lengths.reduce((a, b) => a + b, 0) },
-      metrics: { cache_bytes: cached, estimated_bytes: plan.bytes, engine: inference!.engine },
+      metrics: {
+        cache_bytes: cached,
+        estimated_bytes: plan.bytes,
+        engine: inference!.engine,
+      },
+      ...(inference!.engine.startsWith("onnxruntime/")
+        ? {
+          device: deviceMetrics(
+            inference!.engine.slice("onnxruntime/".length),
+            inference!.adapter,
+          ),
+        }
+        : {}),
     };
   },
 });

@@ -22,7 +22,7 @@ import { NonFiniteLossError } from "../errors.ts";
 import { type EngineName, openTrainEngine, type TrainEngine } from "./engine.ts";
 import type { HostBatch } from "../data/batch.ts";
 import type { BackendName } from "../engines/tfjs_backend.ts";
-import type { Device } from "../engines/device.ts";
+import type { Device, DeviceChoice } from "../engines/device.ts";
 import type { Progress } from "../run/progress.ts";
 import { readSafetensors, writeSafetensors } from "../model/safetensors.ts";
 
@@ -125,6 +125,8 @@ export interface TrainResult {
   resumedAt: number;
   seconds: number;
   examples: number;
+  /** ONNX Runtime's device as resolved for the last phase, with the adapter (null on tfjs). */
+  device?: DeviceChoice | null;
 }
 
 /** The loss became NaN or infinite; the last good checkpoint is kept. */
@@ -258,6 +260,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   await Deno.mkdir(stateDir, { recursive: true });
   const ckptDir = join(stateDir, "ckpt"), bestFile = join(stateDir, "best.safetensors");
   const t0 = performance.now();
+  let lastDevice: DeviceChoice | null = null;
 
   let state: SavedState = { phase: 0, step: 0, globalStep: 0, curve: [], evals: [], examples: 0 };
   let restoredMoments: { file: Map<string, { data: Float32Array }>; step: number } | null = null;
@@ -301,7 +304,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     }
     const startStep = pi === state.phase ? state.step : 0;
     if (pi !== state.phase) state = { ...state, phase: pi, step: 0 };
-    log(`${phase.name}: ${engine.name} engine`);
+    lastDevice = engine.device;
+    // the device only when it is not the CPU (logs, and the notebooks showing them, stay as
+    // they were on a machine without a GPU)
+    const gpu = engine.device?.device === "webgpu" ? ` on webgpu (${engine.device.reason})` : "";
+    log(`${phase.name}: ${engine.name} engine${gpu}`);
     const bar = opts.progress?.(`${phase.name}`, total);
     bar?.tick(startStep);
     const micro = phase.microBatchSize ?? phase.batchSize;
@@ -388,6 +395,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     );
   }
   const result: TrainResult = {
+    device: lastDevice,
     curve: state.curve,
     evals: state.evals,
     best: state.best,
