@@ -23,7 +23,8 @@ import { basename, join, relative } from "node:path";
 import { z } from "zod";
 import { loadBert, saveBert } from "../model/checkpoint.ts";
 import { exists, swapDir, writeFileAtomic } from "../store/fsutil.ts";
-import { lineChartSvg, lossSeries } from "../report/report.ts";
+import { lossSeries } from "../report/report.ts";
+import { lossChartSpec, renderSvg } from "../report/charts.ts";
 import { defineStage, sha256Hex, type StageResult } from "../run/runner.ts";
 import type { CurvePoint } from "../train/loop.ts";
 import { modelDirOf } from "./common.ts";
@@ -180,7 +181,7 @@ export function modelCard(o: {
 /** The publish stage. */
 export const publish = defineStage({
   name: "publish",
-  version: 1,
+  version: 2,
   params: PublishParams,
   models: () => [],
   needs: (p) => [p.model],
@@ -212,12 +213,11 @@ export const publish = defineStage({
       const c: { curve: CurvePoint[] } = JSON.parse(await Deno.readTextFile(curveFile));
       await writeFileAtomic(
         join(out, "training_curve.svg"),
-        lineChartSvg(lossSeries("loss", c.curve, false), {
-          title: `${params.model}: training loss`,
-          xLabel: "step",
-          yLabel: "loss",
-          logY: true,
-        }),
+        await renderSvg(
+          lossChartSpec(lossSeries("loss", c.curve, false), {
+            title: `${params.model}: training loss`,
+          }),
+        ),
       );
       hasCurve = true;
     }
