@@ -20,6 +20,7 @@ import type { GraphSession, HostTensor } from "./executor.ts";
 import { type EngineRef, openExecutor } from "./mod.ts";
 import { openOrtSession } from "./onnxruntime.ts";
 import { DataType } from "../graph/ir.ts";
+import { bucketFor, cutAxes, DEFAULT_BUCKETS, padRows } from "./buckets.ts";
 import { type AdapterInfo, type Device, resolveDevice } from "./device.ts";
 
 /** Integer inputs of one batch, row-major `[batch, seq]`. */
@@ -50,6 +51,12 @@ export interface InferenceOptions extends ExportOnnxOptions {
    * the engine ref's. Ignored by tfjs (its backend says where it runs).
    */
   device?: Device;
+  /**
+   * Sequence-length buckets: inputs are padded to the smallest bucket ≥ their length (and
+   * outputs cut back), so that each shape compiles once. Default: {@link DEFAULT_BUCKETS} on
+   * webgpu, none on the CPU; `false`: none.
+   */
+  buckets?: readonly number[] | false;
   /** Intra-op threads (default one per core). */
   threads?: number;
 }
@@ -121,6 +128,9 @@ export async function openInference(
   let engine = "onnxruntime/cpu";
   let adapter: AdapterInfo | null = null;
   let int32 = false;
+  let buckets: readonly number[] | false = false;
+  /** Per output, its axes of symbolic length `sequence` (cut back after a padded run). */
+  const seqAxes = new Map<string, number[]>();
   let ref = opts.engine;
   if (!ref || ref.kind === "onnxruntime") {
     const choice = await resolveDevice(opts.device ?? ref?.device ?? "auto");
@@ -141,6 +151,10 @@ export async function openInference(
     const webgpu = ref.kind === "onnxruntime" && ref.device === "webgpu";
     const graph = exportGraph(model, { ...opts, intType: webgpu ? "int32" : opts.intType });
     int32 = graph.inputs.some((i) => i.name === "input_ids" && i.elemType === DataType.INT32);
+    buckets = opts.buckets ?? (webgpu ? DEFAULT_BUCKETS : false);
+    for (const o of graph.outputs) {
+      seqAxes.set(o.name, o.dims.flatMap((d, i) => (d === "sequence" ? [i] : [])));
+    }
     const executor = await openExecutor(ref);
     session = await executor.open(graph, encodeGraph(graph, "tinystill_bert"), {
       threads: opts.threads,
@@ -167,27 +181,42 @@ export async function openInference(
         });
       }
       const n = batch * seq;
+      // the bucket's length: inputs padded (mask 0), outputs cut back to `seq` below
+      const S2 = buckets ? bucketFor(seq, buckets, maxPositions) : seq;
       const toInts = (
         a: Int32Array | BigInt64Array | undefined,
         len: number,
         fill: number,
         what: string,
       ) => int32 ? toInt32(a, len, fill, what) : toInt64(a, len, BigInt(fill), what);
+      const rows = (a: Int32Array | BigInt64Array) =>
+        a instanceof Int32Array
+          ? padRows(a, batch, seq, S2, 0)
+          : padRows(a as BigInt64Array, batch, seq, S2, 0n);
       const feeds: Record<string, HostTensor> = {
-        input_ids: { data: toInts(inputs.inputIds, n, 0, "inputIds"), dims: [batch, seq] },
+        input_ids: { data: rows(toInts(inputs.inputIds, n, 0, "inputIds")), dims: [batch, S2] },
         attention_mask: {
-          data: toInts(inputs.attentionMask, n, 1, "attentionMask"),
-          dims: [batch, seq],
+          data: rows(toInts(inputs.attentionMask, n, 1, "attentionMask")),
+          dims: [batch, S2],
         },
         token_type_ids: {
-          data: toInts(inputs.tokenTypeIds, n, 0, "tokenTypeIds"),
-          dims: [batch, seq],
+          data: rows(toInts(inputs.tokenTypeIds, n, 0, "tokenTypeIds")),
+          dims: [batch, S2],
         },
       };
       if (session.inputNames.includes("mlm_positions")) {
         const p = inputs.mlmPositions;
         if (!p) throw new Error("inference: this graph needs mlmPositions");
-        feeds.mlm_positions = { data: toInts(p, p.length, 0, "mlmPositions"), dims: [p.length] };
+        // flat positions into B·S → into B·S2
+        const moved = S2 === seq
+          ? p
+          : p instanceof BigInt64Array
+          ? p.map((x) => (x / BigInt(seq)) * BigInt(S2) + (x % BigInt(seq)))
+          : (p as Int32Array).map((x) => Math.floor(x / seq) * S2 + (x % seq));
+        feeds.mlm_positions = {
+          data: toInts(moved, p.length, 0, "mlmPositions"),
+          dims: [p.length],
+        };
       }
       for (const name of session.inputNames) {
         if (!feeds[name]) throw new Error(`inference: the model wants an unknown input '${name}'`);
@@ -198,7 +227,9 @@ export async function openInference(
         if (!(t.data instanceof Float32Array)) {
           throw new Error(`inference: output '${name}' is not float32`);
         }
-        out[name] = { data: t.data, dims: t.dims };
+        out[name] = S2 === seq
+          ? { data: t.data, dims: t.dims }
+          : cutAxes(t.data, t.dims, seqAxes.get(name) ?? [], seq);
       }
       return out;
     },

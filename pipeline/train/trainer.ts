@@ -28,6 +28,7 @@ import { batchRows, type HostBatch, sliceBatch } from "../data/batch.ts";
 import { InputError, NonFiniteLossError } from "../errors.ts";
 import { ReplicaWorker } from "./replica.ts";
 import { batchFeeds, buildGradGraph, type GradGraph } from "../graph/train_graph.ts";
+import { bucketFor, DEFAULT_BUCKETS, padBatch } from "../engines/buckets.ts";
 import type { Dim } from "../graph/tape.ts";
 import type { GraphSession, HostTensor } from "../engines/executor.ts";
 import { type EngineRef, openExecutor } from "../engines/mod.ts";
@@ -61,6 +62,12 @@ export interface TrainerOptions {
    * bit-identical). Replica i of micro-batch seed s uses dropout seed `s·replicas + i`.
    */
   replicas?: number;
+  /**
+   * Sequence-length buckets (`engines/buckets.ts`): each micro-batch is padded to the smallest
+   * bucket ≥ its length, so that each shape's shaders compile once. Default: the default buckets
+   * on ONNX Runtime's webgpu device, none elsewhere; `false`: none.
+   */
+  buckets?: readonly number[] | false;
 }
 
 /** What a replica is built from (a worker has no model object, only weights). */
@@ -301,6 +308,16 @@ export class Trainer {
    * Loss and gradients over the micro-batches (the mean over all their rows), left in the
    * gradient buffers. Returns the loss and the trained parameter names.
    */
+  /** `b` padded to its length bucket (see {@link TrainerOptions.buckets}). */
+  #bucketed(b: HostBatch): HostBatch {
+    const e = this.opts.engine;
+    const buckets = this.opts.buckets ??
+      (e?.kind === "onnxruntime" && e.device === "webgpu" ? DEFAULT_BUCKETS : false);
+    if (!buckets || !b.inputIds) return b;
+    const S = b.inputIds.shape[1];
+    return padBatch(b, bucketFor(S, buckets, this.config.max_position_embeddings));
+  }
+
   async #accumulate(
     pieces: HostBatch[],
     seed: number,
@@ -312,9 +329,10 @@ export class Trainer {
     const scratch = new Map<string, Float32Array>();
     for (let k = 0; k < pieces.length; k++) {
       const t0 = performance.now();
-      const { session, graph } = await this.#gradSession(pieces[k]);
+      const piece = this.#bucketed(pieces[k]);
+      const { session, graph } = await this.#gradSession(piece);
       trained = graph.trained;
-      const feeds = this.#feeds(graph, pieces[k], seed * pieces.length + k);
+      const feeds = this.#feeds(graph, piece, seed * pieces.length + k);
       const fetch = ["loss", "grad_sq"];
       const into: Record<string, Float32Array> = {};
       const first = k === 0;
