@@ -2,8 +2,9 @@
  * ONNX Runtime's WebGPU provider, on SwiftShader (a software Vulkan; see `_gpu.ts` for where it
  * comes from, and docs/gpu.md): where ORT places each node of the TinyBERT4-shaped train graphs
  * and the inference graph (read from its verbose log), and webgpu-vs-cpu parity of train steps
- * (loss, every gradient, the weights after 3 AdamW steps, 1e-4 per element) and of the inference
- * graph (every output, the argmax labels). Skips without SwiftShader; fails under `CI=true`.
+ * (loss, every gradient, the weights after 3 AdamW steps, 1e-4 per element), of the inference
+ * graph (every output, the argmax labels) and of the teacher-forward stage (every cached value,
+ * the labels, the manifest's device). Skips without SwiftShader; fails under `CI=true`.
  */
 
 import assert from "node:assert/strict";
@@ -110,6 +111,29 @@ Deno.test({
       assert.deepEqual(run.labelsGpu, run.labelsCpu);
     }
     assert.equal(res.inference.adapter.software, true);
+  },
+});
+
+Deno.test({
+  name: "webgpu vs cpu: teacher-forward's cached values within 1e-4, the same labels; manifests",
+  ignore: skip,
+  async fn() {
+    if ("skip" in setup) return;
+    const r = await runChild("./_gpu_stages_child.ts", [], setup.env);
+    assert.equal(r.code, 0, r.out.slice(-3000));
+    const line = r.out.split("\n").find((l) => l.startsWith("@@result "));
+    assert.ok(line, r.out.slice(-3000));
+    const res = JSON.parse(line.slice(9));
+    console.log(JSON.stringify(res));
+    assert.ok(res.rows >= 20 && res.columns >= res.rows * 5, `${res.rows} rows`);
+    assert.ok(res.maxDiff <= 1e-4, `cached values differ by ${res.maxDiff}`);
+    assert.equal(res.sameLabels, res.rows);
+    assert.deepEqual(res.labels.sort(), [0, 1]); // the labels vary, so agreeing means something
+    assert.deepEqual(res.cpu, { device: "cpu" });
+    assert.equal(res.gpu.device, "webgpu");
+    assert.equal(res.gpuEngine, "onnxruntime/webgpu");
+    assert.equal(res.gpu.adapter_software, "true");
+    assert.match(res.gpu.adapter_device, /SwiftShader/);
   },
 });
 
