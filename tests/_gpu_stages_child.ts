@@ -1,8 +1,9 @@
 /**
  * Child process of `gpu_test.ts` (on SwiftShader): a small pipeline running teacher-forward on
- * the CPU and on WebGPU (`device: webgpu`, length buckets on), printing `@@result <json>`: the
- * largest difference over every cached value (logits, hidden states, attention scores), whether
- * the argmax labels of the cached logits agree, and what each manifest recorded as its device.
+ * the CPU and on WebGPU (`device: webgpu`, length buckets on), then evaluate on each, printing
+ * `@@result <json>`: the largest difference over every cached value (logits, hidden states,
+ * attention scores), whether the argmax labels of the cached logits agree, each evaluation's
+ * metrics, and what each manifest recorded as its device.
  */
 
 import { join, resolve } from "node:path";
@@ -58,6 +59,8 @@ stages:
   - tokenize: { dataset: tiny, max_seq_length: 16, rows_per_part: 64 }
   - teacher-forward@cpu: { batch_size: 16, dtype: F32, replicas: 1, device: cpu }
   - teacher-forward@gpu: { batch_size: 16, dtype: F32, replicas: 1, device: webgpu }
+  - evaluate@cpu: { split: dev, latency_examples: 2, device: cpu }
+  - evaluate@gpu: { split: dev, latency_examples: 2, device: webgpu }
 `;
   const p = parsePipeline(yaml, join(dir, "p.yaml"), BUILTIN_STAGES);
   const reports = await runPipeline(p, { quiet: true });
@@ -94,6 +97,18 @@ stages:
       cpu: manifest(cpuDir).device,
       gpu: manifest(gpuDir).device,
       gpuEngine: manifest(gpuDir).metrics.engine,
+      // evaluate on each device: every model's metrics and engine, and the manifest's device
+      evaluate: [reports[3].dir, reports[4].dir].map((d) => {
+        const r = JSON.parse(Deno.readTextFileSync(join(d, "report.json")));
+        return {
+          models: r.models.map((m: { name: string; metrics: unknown; engine: string }) => ({
+            name: m.name,
+            metrics: m.metrics,
+            engine: m.engine,
+          })),
+          device: manifest(d).device,
+        };
+      }),
     })
   }`);
 } finally {

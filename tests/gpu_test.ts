@@ -3,8 +3,8 @@
  * comes from, and docs/gpu.md): where ORT places each node of the TinyBERT4-shaped train graphs
  * and the inference graph (read from its verbose log), and webgpu-vs-cpu parity of train steps
  * (loss, every gradient, the weights after 3 AdamW steps, 1e-4 per element), of the inference
- * graph (every output, the argmax labels) and of the teacher-forward stage (every cached value,
- * the labels, the manifest's device). Skips without SwiftShader; fails under `CI=true`.
+ * graph (every output, the argmax labels), of the teacher-forward stage (every cached value, the
+ * labels, the manifest's device) and of the evaluate stage (every metric). Skips without SwiftShader; fails under `CI=true`.
  */
 
 import assert from "node:assert/strict";
@@ -115,7 +115,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "webgpu vs cpu: teacher-forward's cached values within 1e-4, the same labels; manifests",
+  name: "webgpu vs cpu: teacher-forward (values within 1e-4, same labels) and evaluate (metrics)",
   ignore: skip,
   async fn() {
     if ("skip" in setup) return;
@@ -134,6 +134,16 @@ Deno.test({
     assert.equal(res.gpuEngine, "onnxruntime/webgpu");
     assert.equal(res.gpu.adapter_software, "true");
     assert.match(res.gpu.adapter_device, /SwiftShader/);
+    // evaluate on each device: the same metrics (the same predictions on these rows)
+    const [ec, eg] = res.evaluate;
+    assert.deepEqual(
+      eg.models.map((m: { metrics: unknown }) => m.metrics),
+      ec.models.map((m: { metrics: unknown }) => m.metrics),
+    );
+    assert.deepEqual(ec.models.map((m: { engine: string }) => m.engine), ["onnx"]);
+    assert.deepEqual(eg.models.map((m: { engine: string }) => m.engine), ["onnx-webgpu"]);
+    assert.deepEqual(ec.device, { device: "cpu" });
+    assert.equal(eg.device.device, "webgpu");
   },
 });
 

@@ -33,6 +33,7 @@ import {
 } from "../report/metrics.ts";
 import type { EngineRef } from "../engines/mod.ts";
 import { batchInputs, openInference } from "../engines/inference.ts";
+import type { Device } from "../engines/device.ts";
 import { exportOnnx, headLogits, headOutputNames } from "../graph/export.ts";
 import {
   lossChartSpec,
@@ -58,6 +59,8 @@ import {
   checkSeqLength,
   decodeBatch,
   DEV_METRICS,
+  deviceMetrics,
+  deviceParam,
   longestRow,
   modelDirOf,
   range,
@@ -93,6 +96,11 @@ export const EvaluateParams = z.strictObject({
   /** Each model's executor: ONNX Runtime, or tfjs on the pipeline's `backend`. */
   engine: z.enum(["onnx", "tfjs"]).default("onnx"),
   /**
+   * ONNX Runtime's device (its fp16 and INT8 variants too): `auto` (webgpu on a real GPU adapter,
+   * else cpu), `cpu`, `webgpu`. INT8's `MatMulInteger` has no WebGPU kernel (it runs on the CPU).
+   */
+  device: deviceParam,
+  /**
    * Also measure each student's other exports, each as a row `<name> (<variant>)` — accuracy,
    * file size, latency — and a paired test against the student (onnx engine only): `fp16`
    * (`onnx/model_fp16.onnx`, float16 weights) and `int8` (`onnx/model_quantized.onnx`: int8
@@ -127,6 +135,8 @@ export async function measureModel(
     latencyExamples: number;
     /** An exported ONNX file to run instead (bytes or a path; ONNX Runtime). */
     model?: Uint8Array | string;
+    /** ONNX Runtime's device (default `auto`). */
+    device?: Device;
   },
 ): Promise<
   {
@@ -134,6 +144,8 @@ export async function measureModel(
     latency_ms: number;
     throughput: number;
     engine: string;
+    /** What the manifest records of where ONNX Runtime ran (absent on tfjs). */
+    device?: Record<string, string>;
     /**
      * Per example, in data order: the class id (classification) or the output (regression);
      * token classification: every word's predicted tag, rows concatenated (−1: cut); QA: 1 where
@@ -147,6 +159,7 @@ export async function measureModel(
     outputs: "logits",
     mlm: false,
     threads: opts.threads,
+    device: opts.device,
     ...(opts.model ? {} : { engine: opts.engine }),
   });
   const names = headOutputNames(bert);
@@ -195,6 +208,14 @@ export async function measureModel(
       latency_ms: times[Math.floor(times.length / 2)],
       throughput,
       engine: engineLabel(inference.engine),
+      ...(inference.engine.startsWith("onnxruntime/")
+        ? {
+          device: deviceMetrics(
+            inference.engine.slice("onnxruntime/".length),
+            inference.adapter,
+          ),
+        }
+        : {}),
       predictions: rows.tokenLabels
         ? Int32Array.from(words.flat())
         : rows.startPositions
@@ -334,10 +355,15 @@ async function measureAll(
   models: EvalModel[],
   rows: TokenRows,
   wanted: string[],
-): Promise<{ result: ResultRow[]; predictions: Map<string, Int32Array> }> {
+): Promise<{
+  result: ResultRow[];
+  predictions: Map<string, Int32Array>;
+  device?: Record<string, string>;
+}> {
   const { params } = ctx;
   const result: ResultRow[] = [];
   const predictions = new Map<string, Int32Array>();
+  let device: Record<string, string> | undefined;
   const bar = ctx.progress(models.length, "models");
   for (const m of models) {
     const bert = await loadBert(m.dir);
@@ -355,10 +381,12 @@ async function measureAll(
         engine: params.engine === "tfjs"
           ? { kind: "tfjs", backend: ctx.pipeline.backend }
           : { kind: "onnxruntime" },
+        device: params.device,
         threads: params.threads,
         batchSize: params.batch_size,
         latencyExamples: params.latency_examples,
       });
+      device ??= r.device;
       if (r.predictions instanceof Int32Array) predictions.set(m.name, r.predictions);
       const bytes = (await Deno.stat(join(m.dir, "model.safetensors"))).size;
       result.push({
@@ -387,6 +415,7 @@ async function measureAll(
           batchSize: params.batch_size,
           latencyExamples: params.latency_examples,
           model: file,
+          device: params.device,
         });
         if (rq.predictions instanceof Int32Array) predictions.set(name, rq.predictions);
         result.push({
@@ -410,7 +439,7 @@ async function measureAll(
   }
   bar.finish();
 
-  return { result, predictions };
+  return { result, predictions, device };
 }
 
 /**
@@ -546,7 +575,7 @@ export const evaluate = defineStage({
         model: m.name,
       });
     }
-    const { result, predictions } = await measureAll(ctx, models, rows, wanted);
+    const { result, predictions, device } = await measureAll(ctx, models, rows, wanted);
     const table = comparisonTable(result, { metric });
     // paired over the unit each model is right or wrong on: examples; words (token
     // classification); exact matches (QA)
@@ -615,6 +644,10 @@ export const evaluate = defineStage({
     console.log(
       `\nreport: ${join(ctx.out.replace(/\/\.([^/]+)\.partial$/, "/$1"), "report.md")}\n`,
     );
-    return { counts: { examples: rows.lengths.length }, metrics: manifestMetrics(result, paired) };
+    return {
+      counts: { examples: rows.lengths.length },
+      metrics: manifestMetrics(result, paired),
+      ...(device ? { device } : {}),
+    };
   },
 });
