@@ -29,6 +29,7 @@ import { InputError, NonFiniteLossError } from "../errors.ts";
 import { ReplicaWorker } from "./replica.ts";
 import { batchFeeds, buildGradGraph, type GradGraph } from "../graph/train_graph.ts";
 import { bucketFor, DEFAULT_BUCKETS, padBatch } from "../engines/buckets.ts";
+import { resolveDevice } from "../engines/device.ts";
 import type { Dim } from "../graph/tape.ts";
 import type { GraphSession, HostTensor } from "../engines/executor.ts";
 import { type EngineRef, openExecutor } from "../engines/mod.ts";
@@ -138,6 +139,11 @@ export class Trainer {
    * worker replicas are started here.
    */
   static async create(model: Bert, opts: TrainerOptions): Promise<Trainer> {
+    const e = opts.engine;
+    if (e?.kind === "onnxruntime" && e.device === "auto") {
+      // resolved once, here: the graph's int type, the buckets and every replica follow it
+      opts = { ...opts, engine: { ...e, device: (await resolveDevice("auto")).device } };
+    }
     const core: ReplicaCore = {
       config: model.config,
       heads: model.heads,
