@@ -1,7 +1,7 @@
 /**
  * The tfjs executor (`pipeline/engines/tfjs.ts`): per-op semantics on tiny hand-computed graphs
  * (the values also checked against ONNX Runtime), then whole graphs — the gradient graph of every
- * objective and distillation loss term, an AdamW update graph and the fp32/fp16/q8 inference
+ * objective and distillation loss term and the fp32/fp16/q8 inference
  * exports — against ONNX Runtime on the same feeds, on the tfjs `cpu` and `wasm` backends. Per
  * element, |tfjs − ort| ≤ 1e-4·(1 + |ort|).
  */
@@ -1013,69 +1013,7 @@ Deno.test("tfjs executor = onnxruntime: every distillation loss term, heads and 
   console.table(figures);
 });
 
-/** The AdamW update graph as tinystill built it (`buildAdamWGraph`, before the update moved to the host). */
-function adamWGraph(params: { name: string; shape: number[] }[]) {
-  return graphOf((g) => {
-    const scalarIn = (name: string) => g.input({ name, elemType: F, dims: [] });
-    const stepSize = scalarIn("step_size"), bc2 = scalarIn("bias_correction2");
-    const decayRate = scalarIn("decay_rate");
-    const ins = params.map(({ name, shape }) => ({
-      name,
-      shape,
-      p: g.input({ name, elemType: F, dims: shape }),
-      grad: g.input({ name: `grad:${name}`, elemType: F, dims: shape }),
-      m: g.input({ name: `m:${name}`, elemType: F, dims: shape }),
-      v: g.input({ name: `v:${name}`, elemType: F, dims: shape }),
-    }));
-    const squares = ins.map((x) => g.node("ReduceSumSquare", [x.grad], { keepdims: 0 }));
-    const norm = g.node("Sqrt", [g.node("Sum", squares)]);
-    g.output(norm, { name: "grad_norm", elemType: F, dims: [] });
-    const clip = g.node("Min", [
-      g.scalar("c", 1),
-      g.node("Div", [g.scalar("c", 0.5), g.node("Add", [norm, g.scalar("c", 1e-6)])]),
-    ]);
-    const b1 = g.scalar("c", 0.9), b2 = g.scalar("c", 0.999);
-    const ob1 = g.scalar("c", 0.1), ob2 = g.scalar("c", 1 - 0.999), eps = g.scalar("c", 1e-6);
-    for (const x of ins) {
-      const gr = g.node("Mul", [x.grad, clip]);
-      const m1 = g.node("Add", [g.node("Mul", [x.m, b1]), g.node("Mul", [gr, ob1])]);
-      const v1 = g.node("Add", [
-        g.node("Mul", [x.v, b2]),
-        g.node("Mul", [g.node("Mul", [gr, gr]), ob2]),
-      ]);
-      const denom = g.node("Add", [g.node("Sqrt", [g.node("Div", [v1, bc2])]), eps]);
-      let next = g.node("Sub", [x.p, g.node("Mul", [g.node("Div", [m1, denom]), stepSize])]);
-      if (!x.name.endsWith(".bias")) next = g.node("Sub", [next, g.node("Mul", [x.p, decayRate])]);
-      g.output(next, { name: `new:${x.name}`, elemType: F, dims: x.shape });
-      g.output(m1, { name: `new_m:${x.name}`, elemType: F, dims: x.shape });
-      g.output(v1, { name: `new_v:${x.name}`, elemType: F, dims: x.shape });
-    }
-  });
-}
-
-Deno.test("tfjs executor = onnxruntime: an AdamW update graph; the fp32, fp16 and q8 inference exports", async () => {
-  const shapes = parameterShapes(makeConfig(STUDENT), { classifier: true, mlm: false });
-  const params = [...shapes].map(([name, shape]) => ({ name, shape }));
-  const { graph, model } = adamWGraph(params);
-  const feeds: Record<string, HostTensor> = {
-    step_size: f32([1e-3 / (1 - 0.9 ** 3)], []),
-    bias_correction2: f32([1 - 0.999 ** 3], []),
-    decay_rate: f32([1e-3 * 0.01], []),
-  };
-  const r = rng(7);
-  for (const { name, shape } of params) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const rand = (k: number, off = 0) => ({
-      data: Float32Array.from({ length: n }, () => k * (r() - off)),
-      dims: shape,
-    });
-    feeds[name] = rand(0.6, 0.5);
-    feeds[`grad:${name}`] = rand(0.2, 0.5);
-    feeds[`m:${name}`] = rand(0.02, 0.5);
-    feeds[`v:${name}`] = rand(1e-3);
-  }
-  record("AdamW update", await assertParity("AdamW", graph, model, feeds));
-
+Deno.test("tfjs executor = onnxruntime: the fp32, fp16 and q8 inference exports", async () => {
   const heads = [
     { classifier: true, mlm: true },
     { classifier: true, tokenClassifier: true, mlm: false },
