@@ -13,8 +13,11 @@ import { PartReader } from "../pipeline/store/parquet.ts";
 import { runPipeline } from "../pipeline/run/runner.ts";
 import { parsePipeline } from "../pipeline/run/spec.ts";
 import { BUILTIN_STAGES } from "../pipeline/stages/mod.ts";
+import { readSafetensors } from "../pipeline/model/safetensors.ts";
 
 const FIXTURES = resolve(new URL("../fixtures", import.meta.url).pathname);
+/** `--distill`: also distill on each device (≈3 min on SwiftShader, 2 cores: not in the test). */
+const withDistill = Deno.args.includes("--distill");
 const dir = await Deno.makeTempDir({ prefix: "tinystill_gpu_" });
 try {
   const teacher = Bert.create(
@@ -43,6 +46,16 @@ try {
   for (const f of ["vocab.txt", "tokenizer.json"]) {
     await Deno.copyFile(`${FIXTURES}/bert-base-uncased/${f}`, join(dir, "teacher", f));
   }
+  // a short task distillation: intermediate then prediction phase, the dev set evaluated
+  const DISTILL = `replicas: 1, batch_size: 8, warmup: 0, seed: 5, checkpoint_every: 0,
+      phases: [{ name: i, losses: { attention_mse: 1, hidden_mse: 1 }, steps: 3, lr: 5.0e-3 },
+               { name: p, losses: { soft_ce: 1 }, steps: 3, lr: 5.0e-3, evaluate: true }]`;
+  const DISTILL_STAGES =
+    `  - distill@cpu: { teacher_outputs: teacher-forward@cpu, ${DISTILL}, device: cpu }
+  - distill@gpu: { teacher_outputs: teacher-forward@cpu, ${DISTILL}, device: webgpu }
+  - evaluate@students: { split: dev, latency_examples: 2, device: cpu, variants: [],
+      students: { cpu: distill@cpu, gpu: distill@gpu } }
+`;
   const yaml = `name: gpu
 output_dir: ${dir}
 datasets:
@@ -54,14 +67,14 @@ datasets:
 teacher:
   checkpoint: ${join(dir, "teacher")}
 student:
-  config: { num_hidden_layers: 2 }
+  config: { num_hidden_layers: 2, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 }
 stages:
   - tokenize: { dataset: tiny, max_seq_length: 16, rows_per_part: 64 }
   - teacher-forward@cpu: { batch_size: 16, dtype: F32, replicas: 1, device: cpu }
   - teacher-forward@gpu: { batch_size: 16, dtype: F32, replicas: 1, device: webgpu }
   - evaluate@cpu: { split: dev, latency_examples: 2, device: cpu }
   - evaluate@gpu: { split: dev, latency_examples: 2, device: webgpu }
-`;
+${withDistill ? DISTILL_STAGES : ""}`;
   const p = parsePipeline(yaml, join(dir, "p.yaml"), BUILTIN_STAGES);
   const reports = await runPipeline(p, { quiet: true });
   const [cpuDir, gpuDir] = [reports[1].dir, reports[2].dir];
@@ -98,6 +111,33 @@ stages:
       gpu: manifest(gpuDir).device,
       gpuEngine: manifest(gpuDir).metrics.engine,
       // evaluate on each device: every model's metrics and engine, and the manifest's device
+      // distill on each device: the students' weights, their dev scores, the manifests' device
+      distill: withDistill
+        ? await (async () => {
+          const w = await Promise.all(
+            [reports[5].dir, reports[6].dir].map((d) =>
+              readSafetensors(join(d, "model", "model.safetensors"))
+            ),
+          );
+          let weightsMaxDiff = 0;
+          for (const [name, t] of w[0].tensors) {
+            const a = t.data as Float32Array, b = w[1].tensors.get(name)!.data as Float32Array;
+            for (let i = 0; i < a.length; i++) {
+              weightsMaxDiff = Math.max(weightsMaxDiff, Math.abs(a[i] - b[i]));
+            }
+          }
+          const r = JSON.parse(Deno.readTextFileSync(join(reports[7].dir, "report.json")));
+          return {
+            weightsMaxDiff,
+            tensors: w[0].tensors.size,
+            devices: [manifest(reports[5].dir).device, manifest(reports[6].dir).device],
+            devMetrics: [manifest(reports[5].dir).metrics, manifest(reports[6].dir).metrics].map((
+              m,
+            ) => m.dev_accuracy),
+            scores: r.models.map((m: { name: string; metrics: unknown }) => [m.name, m.metrics]),
+          };
+        })()
+        : null,
       evaluate: [reports[3].dir, reports[4].dir].map((d) => {
         const r = JSON.parse(Deno.readTextFileSync(join(d, "report.json")));
         return {
