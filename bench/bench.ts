@@ -1,5 +1,5 @@
 /**
- * `deno task bench [--quick]`: tokens/s of a TinyBERT4-shaped model (4 layers, 312 wide,
+ * `deno task bench [--quick]` (`--device webgpu`: the GPU bench, `bench/gpu.ts`): tokens/s of a TinyBERT4-shaped model (4 layers, 312 wide,
  * 12 heads, FFN 1200, vocab 30,522) at seq 128 on every executor that runs here — forward and a
  * full train step (forward + backward + AdamW) of the same graphs (`graph/bert.ts`), on tfjs
  * (wasm, with and without tinystill's wasm kernels; cpu) and ONNX Runtime — with peak memory,
@@ -480,6 +480,14 @@ function cpuModel(): string {
 }
 
 async function main(): Promise<void> {
+  const di = Deno.args.indexOf("--device");
+  if (di >= 0) {
+    // `--device webgpu`: the GPU bench (bench/gpu.ts); the CPU bench below is the default
+    if (Deno.args[di + 1] !== "webgpu") {
+      throw new Error(`bench: --device must be webgpu (the default bench is the CPU one)`);
+    }
+    return await (await import("./gpu.ts")).main(Deno.args);
+  }
   const quick = Deno.args.includes("--quick");
   const ci = Deno.args.indexOf("--child");
   if (ci >= 0) return await child(Deno.args[ci + 1], quick);

@@ -9,10 +9,13 @@ erf GELU + residual + LN), tanh pooler, classifier.
 
   /usr/bin/python3 bench/torch_peer.py --workload forward|train|sgemm --layers 4 \
       --hidden 312 --heads 12 --ffn 1200 --vocab 30522 --labels 2 --batch 32 \
-      --seq 128 --threads 2 --warmup 2 --steps 3 [--all-outputs]
+      --seq 128 --threads 2 --warmup 2 --steps 3 [--all-outputs] [--device cpu|cuda|auto]
 
 Prints one JSON line: workload, tokens_per_sec, ms_per_step, threads, torch,
-blas, gflops_sgemm (best torch.mm over n = 512, 1024, 2048 at the same thread count).
+blas, gflops_sgemm (best torch.mm over n = 512, 1024, 2048 at the same thread count),
+device, first_ms (the first warm-up step: CUDA/cuBLAS initialisation on a GPU).
+`--device cuda` (or `auto` when torch.cuda.is_available()) runs on the GPU in strict fp32
+(TF32 off), synchronising around each step; its sgemm is over n = 2048, 4096, 8192.
 `--workload sgemm` prints only workload, threads, torch, blas and gflops_sgemm.
 """
 import argparse
@@ -29,6 +32,7 @@ for name, default in [("layers", 4), ("hidden", 312), ("heads", 12), ("ffn", 120
                       ("vocab", 30522), ("labels", 2), ("batch", 32), ("seq", 128),
                       ("threads", 2), ("warmup", 2), ("steps", 3), ("max-pos", 512)]:
     p.add_argument(f"--{name}", type=int, default=default)
+p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 p.add_argument("--all-outputs", action="store_true",
                help="forward: also keep every hidden state and pre-softmax score tensor")
 args = p.parse_args()
@@ -46,6 +50,23 @@ except ImportError as e:
     sys.exit(0)
 
 torch.set_num_threads(args.threads)
+if args.device == "auto":
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
+if args.device == "cuda" and not torch.cuda.is_available():
+    print(json.dumps({"error": "--device cuda: torch.cuda.is_available() is False"}))
+    sys.exit(0)
+DEV = torch.device(args.device)
+if args.device == "cuda":
+    # strict fp32, comparable with an fp32 peak (no TF32 tensor cores)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def sync():
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+
+
 torch.manual_seed(0)
 EPS, DROP = 1e-12, 0.1
 
@@ -90,7 +111,7 @@ class Bert(nn.Module):
         self.pooler, self.cls = linear(h, h), linear(h, a.labels)
 
     def forward(self, ids, mask, keep_all=False):
-        pos = torch.arange(ids.shape[1])
+        pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.word(ids) + self.pos(pos)[None] + self.tok_type(torch.zeros_like(ids))
         x = F.dropout(self.ln(x), DROP, self.training)
         mask_add = ((1.0 - mask[:, None, None, :]) * -10000.0)
@@ -107,14 +128,18 @@ class Bert(nn.Module):
 
 def sgemm_gflops(sizes=(512, 1024, 2048), reps=5):
     """Best GFLOP/s of torch.mm on n x n over the sizes (each after one warm-up call)."""
+    if args.device == "cuda":
+        sizes = (2048, 4096, 8192)
     out = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
         torch.mm(a, b)
+        sync()
         best = math.inf
         for _ in range(reps):
             t = time.perf_counter()
             torch.mm(a, b)
+            sync()
             best = min(best, time.perf_counter() - t)
         out = max(out, 2 * n ** 3 / best / 1e9)
     return out
@@ -145,10 +170,11 @@ if args.workload == "sgemm":
                       "gflops_sgemm": sgemm_gflops()}))
     sys.exit(0)
 
-model = Bert(args)
-ids = torch.randint(1000, 30000, (args.batch, args.seq))
-mask = torch.ones(args.batch, args.seq)
-labels = torch.randint(0, args.labels, (args.batch,))
+model = Bert(args).to(DEV)
+ids = torch.randint(min(1000, args.vocab - 1), min(30000, args.vocab), (args.batch, args.seq),
+                    device=DEV)
+mask = torch.ones(args.batch, args.seq, device=DEV)
+labels = torch.randint(0, args.labels, (args.batch,), device=DEV)
 
 if args.workload == "forward":
     model.eval()
@@ -167,12 +193,18 @@ else:
         opt.step()
         return loss.item()
 
+first_ms = None
 for _ in range(args.warmup):
-    step()
-times = []
-for _ in range(args.steps):
     t = time.perf_counter()
     step()
+    sync()
+    first_ms = first_ms if first_ms is not None else (time.perf_counter() - t) * 1000
+times = []
+for _ in range(args.steps):
+    sync()
+    t = time.perf_counter()
+    step()
+    sync()
     times.append(time.perf_counter() - t)
 sec = statistics.median(times)
 
@@ -184,4 +216,6 @@ print(json.dumps({
     "torch": torch.__version__,
     "blas": blas_name(),
     "gflops_sgemm": sgemm_gflops(),
+    "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+    "first_ms": first_ms,
 }))
