@@ -29,6 +29,7 @@ import { measureThroughput } from "./parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
+import { median, randomBatch } from "./_common.ts";
 import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import type { EngineRef } from "../pipeline/engines/mod.ts";
@@ -51,6 +52,8 @@ export const TEACHER6: Partial<BertConfig> = {
   intermediate_size: 1536,
 };
 const SEQ = 128;
+/** Token ids of the benchmark batches are drawn from [1000, 30000). */
+const VOCAB_IDS = 30000;
 
 /**
  * Matmul FLOPs per token of a forward pass at sequence length `seq`: per layer Q, K, V and the
@@ -166,25 +169,6 @@ interface Result {
   error?: string;
 }
 
-function randomBatch(batch: number, seed: number): HostBatch {
-  let s = seed >>> 0;
-  const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
-  return {
-    inputIds: {
-      data: Int32Array.from({ length: batch * SEQ }, () => 1000 + Math.floor(next() * 29000)),
-      shape: [batch, SEQ],
-    },
-    attentionMask: { data: new Int32Array(batch * SEQ).fill(1), shape: [batch, SEQ] },
-    tokenTypeIds: { data: new Int32Array(batch * SEQ), shape: [batch, SEQ] },
-    labels: { data: Int32Array.from({ length: batch }, (_, i) => i % 2), shape: [batch] },
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
 /**
  * GFLOP/s of one n×n·n×n float32 MatMul on ONNX Runtime (best of `reps`, after a warm-up), on
  * `threads` intra-op threads (default: every core).
@@ -242,7 +226,7 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
     });
     try {
       for (let i = 0; i < warmup + steps; i++) {
-        const host = randomBatch(w.batch, i);
+        const host = randomBatch(w.batch, SEQ, VOCAB_IDS, i);
         const per = w.replicas > 1 ? w.batch : Math.min(w.batch, TFJS_MICRO);
         const pieces: HostBatch[] = [];
         for (let r = 0; r < w.batch; r += per) pieces.push(sliceRows(host, r, r + per));
@@ -264,7 +248,7 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
     });
     try {
       for (let i = 0; i < warmup + steps; i++) {
-        const host = randomBatch(w.batch, i);
+        const host = randomBatch(w.batch, SEQ, VOCAB_IDS, i);
         const t0 = performance.now();
         await inf.run({
           inputIds: host.inputIds.data as Int32Array,
@@ -337,7 +321,7 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       mlm: false,
       threads: navigator.hardwareConcurrency,
     });
-    const host = randomBatch(32, 1);
+    const host = randomBatch(32, SEQ, VOCAB_IDS, 1);
     const times: number[] = [];
     for (let i = 0; i < (quick ? 3 : 5); i++) {
       const t0 = performance.now();
@@ -363,7 +347,7 @@ async function extra(id: string, quick: boolean): Promise<Record<string, unknown
       maxGradNorm: 1,
       threads: navigator.hardwareConcurrency,
     });
-    const host = randomBatch(32, 1);
+    const host = randomBatch(32, SEQ, VOCAB_IDS, 1);
     const [warmup, steps] = quick ? [1, 2] : [2, 7];
     const times: number[] = [], feed: number[] = [], grad: number[] = [], update: number[] = [];
     let rss = 0, loss = 0;

@@ -20,7 +20,7 @@
 
 import { Bert } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
-import type { HostBatch } from "../pipeline/data/batch.ts";
+import { median, randomBatch } from "./_common.ts";
 import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
 import { type AdapterInfo, gpuAdapter } from "../pipeline/engines/device.ts";
@@ -152,26 +152,6 @@ export function gpuPeak(
     if (re.test(description)) return { tflops, source: `table: ${name} fp32 non-tensor` };
   }
   return null;
-}
-
-function randomBatch(batch: number, seq: number, vocab: number, seed: number): HostBatch {
-  let s = seed >>> 0;
-  const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
-  const lo = Math.min(1000, vocab - 1);
-  return {
-    inputIds: {
-      data: Int32Array.from({ length: batch * seq }, () => lo + Math.floor(next() * (vocab - lo))),
-      shape: [batch, seq],
-    },
-    attentionMask: { data: new Int32Array(batch * seq).fill(1), shape: [batch, seq] },
-    tokenTypeIds: { data: new Int32Array(batch * seq), shape: [batch, seq] },
-    labels: { data: Int32Array.from({ length: batch }, (_, i) => i % 2), shape: [batch] },
-  };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 interface Measured {
