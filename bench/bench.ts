@@ -28,7 +28,7 @@ import { DataType, GraphBuilder } from "../pipeline/graph/ir.ts";
 import { measureThroughput } from "./parquet.ts";
 import { encodeExample } from "../pipeline/stages/tokenize.ts";
 import { loadTokenizer } from "../pipeline/model/tokenizer/io.ts";
-import type { HostBatch } from "../pipeline/data/batch.ts";
+import { type HostBatch, sliceBatch } from "../pipeline/data/batch.ts";
 import { median, randomBatch } from "./_common.ts";
 import { Trainer } from "../pipeline/train/trainer.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
@@ -229,7 +229,7 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
         const host = randomBatch(w.batch, SEQ, VOCAB_IDS, i);
         const per = w.replicas > 1 ? w.batch : Math.min(w.batch, TFJS_MICRO);
         const pieces: HostBatch[] = [];
-        for (let r = 0; r < w.batch; r += per) pieces.push(sliceRows(host, r, r + per));
+        for (let r = 0; r < w.batch; r += per) pieces.push(sliceBatch(host, r, r + per));
         const t0 = performance.now();
         await trainer.step(pieces, i);
         const dt = performance.now() - t0;
@@ -274,13 +274,6 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
   };
 }
 
-/** Rows `[a, b)` of a host batch. */
-function sliceRows(b: HostBatch, a: number, e: number): HostBatch {
-  const out: HostBatch = {};
-  for (const [k, v] of Object.entries(b)) {
-    const row = v.shape.slice(1).reduce((x, y) => x * y, 1);
-    out[k] = { data: v.data.slice(a * row, e * row), shape: [e - a, ...v.shape.slice(1)] };
-  }
   return out;
 }
 
