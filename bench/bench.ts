@@ -274,9 +274,6 @@ async function measure(w: Workload, warmup: number, steps: number): Promise<Resu
   };
 }
 
-  return out;
-}
-
 async function child(id: string, quick: boolean): Promise<void> {
   const w = WORKLOADS.find((x) => x.id === id)!;
   const slow = w.backend !== "wasm" || w.stock;
