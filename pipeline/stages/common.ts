@@ -30,7 +30,7 @@ import {
   squadMetrics,
   tokenAccuracy,
 } from "../report/metrics.ts";
-import { batchInputs, openInference } from "../engines/inference.ts";
+import { batchInputs, type Inference, openInference } from "../engines/inference.ts";
 import type { AdapterInfo } from "../engines/device.ts";
 import { headLogits, headOutputNames } from "../graph/export.ts";
 import type { Pipeline } from "../run/spec.ts";
@@ -419,29 +419,41 @@ export async function predictRows(
   rows: TokenRows,
   batchSize: number,
 ): Promise<Int32Array | Float32Array | number[][] | string[]> {
+  const engine = await openInference(model, { outputs: "logits", mlm: false });
+  try {
+    return await predictWith(engine, model, rows, batchSize);
+  } finally {
+    await engine.close();
+  }
+}
+
+/**
+ * {@link predictRows} on an open inference session of `model` (or of its exported file): rows
+ * sorted by length into batches of `batchSize`, so batches carry little padding.
+ */
+export async function predictWith(
+  engine: Inference,
+  model: Bert,
+  rows: TokenRows,
+  batchSize: number,
+): Promise<Int32Array | Float32Array | number[][] | string[]> {
   const n = rows.lengths.length;
   const C = numLabels(model.config);
   const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
   const words: number[][] = new Array(n), answers: string[] = new Array(n);
-  const engine = await openInference(model, { outputs: "logits", mlm: false });
-  try {
-    // sorted by length, so batches carry little padding
-    const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
-    for (let s = 0; s < n; s += batchSize) {
-      const idx = order.slice(s, s + batchSize);
-      const batch = padRows(rows, idx, false);
-      const S = batch.inputIds.shape[1];
-      const res = await engine.run(batchInputs(batch), headOutputNames(model));
-      const logits = headLogits(model, res).data;
-      if (rows.tokenLabels || rows.startPositions) {
-        decodeBatch(logits, rows, idx, S, C, words, answers);
-        continue;
-      }
-      const best = argmaxRows(logits, C);
-      idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
+  const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
+  for (let s = 0; s < n; s += batchSize) {
+    const idx = order.slice(s, s + batchSize);
+    const batch = padRows(rows, idx, false);
+    const S = batch.inputIds.shape[1];
+    const res = await engine.run(batchInputs(batch), headOutputNames(model));
+    const logits = headLogits(model, res).data;
+    if (rows.tokenLabels || rows.startPositions) {
+      decodeBatch(logits, rows, idx, S, C, words, answers);
+      continue;
     }
-  } finally {
-    await engine.close();
+    const best = argmaxRows(logits, C);
+    idx.forEach((r, i) => pred[r] = rows.targets ? logits[i * C] : best[i]);
   }
   if (rows.tokenLabels) return words;
   if (rows.startPositions) return answers;

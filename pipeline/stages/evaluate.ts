@@ -22,7 +22,7 @@ import { z } from "zod";
 import type { HostBatch } from "../data/batch.ts";
 import type { Bert } from "../model/bert.ts";
 import { loadBert } from "../model/checkpoint.ts";
-import { labelNames, numLabels, readConfig } from "../model/config.ts";
+import { labelNames, readConfig } from "../model/config.ts";
 import { InputError } from "../errors.ts";
 import { exists, writeFileAtomic, writeJsonAtomic } from "../store/fsutil.ts";
 import {
@@ -55,14 +55,13 @@ import {
 import { defineStage, fileDigest, type StageContext, type StageResult } from "../run/runner.ts";
 import type { CurvePoint, EvalPoint } from "../train/loop.ts";
 import {
-  argmaxRows,
   checkSeqLength,
-  decodeBatch,
   DEV_METRICS,
   deviceMetrics,
   deviceParam,
   longestRow,
   modelDirOf,
+  predictWith,
   range,
   rowMetrics,
   taskMetric,
@@ -154,7 +153,6 @@ export async function measureModel(
     predictions: Float32Array | Int32Array;
   }
 > {
-  const C = numLabels(bert.config);
   const inference = await openInference(opts.model ?? bert, {
     outputs: "logits",
     mlm: false,
@@ -168,23 +166,10 @@ export async function measureModel(
     headLogits(bert, await inference.run(batchInputs(b), names)).data;
   try {
     const n = rows.lengths.length;
-    const order = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
-    const pred = rows.targets ? new Float32Array(n) : new Int32Array(n);
-    const perToken = !!(rows.tokenLabels || rows.startPositions);
-    const words: number[][] = new Array(n), answers: string[] = new Array(n);
-    await logitsOf(padRows(rows, order.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
+    const shortest = range(0, n).sort((a, b) => rows.lengths[a] - rows.lengths[b]);
+    await logitsOf(padRows(rows, shortest.slice(0, Math.min(n, opts.batchSize)), false)); // warm-up
     const t0 = performance.now();
-    for (let s = 0; s < n; s += opts.batchSize) {
-      const idx = order.slice(s, s + opts.batchSize);
-      const batch = padRows(rows, idx, false);
-      const logits = await logitsOf(batch);
-      if (perToken) {
-        decodeBatch(logits, rows, idx, batch.inputIds.shape[1], C, words, answers);
-        continue;
-      }
-      const p = rows.targets ? logits : argmaxRows(logits, C); // regression: the one output
-      idx.forEach((r, i) => pred[r] = p[i * (rows.targets ? C : 1)]);
-    }
+    const predicted = await predictWith(inference, bert, rows, opts.batchSize);
     const throughput = n / ((performance.now() - t0) / 1000);
     // batch 1, examples in data order (their real lengths), median of the timings
     const k = Math.min(n, opts.latencyExamples);
@@ -198,11 +183,7 @@ export async function measureModel(
     }
     times.sort((a, b) => a - b);
     const labels = labelNames(bert.config);
-    const metrics = rowMetrics(
-      rows.tokenLabels ? words : rows.startPositions ? answers : pred,
-      rows,
-      labels,
-    );
+    const metrics = rowMetrics(predicted, rows, labels);
     return {
       metrics,
       latency_ms: times[Math.floor(times.length / 2)],
@@ -217,10 +198,13 @@ export async function measureModel(
         }
         : {}),
       predictions: rows.tokenLabels
-        ? Int32Array.from(words.flat())
+        ? Int32Array.from((predicted as number[][]).flat())
         : rows.startPositions
-        ? Int32Array.from(answers, (a, i) => exactMatch(a, rows.answers![i].map((x) => x.text)))
-        : pred,
+        ? Int32Array.from(
+          predicted as string[],
+          (a, i) => exactMatch(a, rows.answers![i].map((x) => x.text)),
+        )
+        : predicted as Float32Array | Int32Array,
     };
   } finally {
     // released before returning: a native release still running when the process or its
