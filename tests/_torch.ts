@@ -18,6 +18,7 @@ import type { EngineRef } from "../pipeline/engines/mod.ts";
 import type { LossTermSpec } from "../pipeline/graph/losses.ts";
 import { writeSafetensors } from "../pipeline/model/safetensors.ts";
 import { randomArray, REL_FLOOR, relErr, rng } from "./_util.ts";
+import { Trainer } from "../pipeline/train/trainer.ts";
 
 const SCRIPT = fileURLToPath(new URL("./reference/bert_torch.py", import.meta.url));
 
@@ -516,4 +517,47 @@ export function compareAdamW(
     );
   }
   return conditioned;
+}
+
+/**
+ * One torch job on tinystill's trainer: the loss and every gradient of `objective` on `batch`
+ * (dropout off, ADAMW's hyperparameters, one thread, on `engine`), then, for a job with `adamw`,
+ * one step, each compared with the reference (see {@link compareGradients}, {@link compareAdamW}).
+ */
+export async function checkTrainerJob(
+  errs: Errors,
+  job: TorchJob,
+  model: Bert,
+  batch: HostBatch,
+  o: {
+    objective: string;
+    objectiveOptions?: unknown;
+    engine: EngineRef;
+    adamw: boolean;
+    before: Map<string, Float32Array>;
+  },
+): Promise<void> {
+  const trainer = await Trainer.create(model, {
+    objective: o.objective,
+    objectiveOptions: o.objectiveOptions,
+    lr: () => ADAMW.lr,
+    beta1: ADAMW.betas[0],
+    beta2: ADAMW.betas[1],
+    eps: ADAMW.eps,
+    weightDecay: ADAMW.weight_decay,
+    maxGradNorm: ADAMW.max_grad_norm,
+    dropout: false,
+    threads: 1,
+    engine: o.engine,
+  });
+  try {
+    const { loss, grads } = await trainer.gradients(batch);
+    compareGradients(errs, job, loss, grads, model.params.keys());
+    if (o.adamw) {
+      const { gradNorm } = await trainer.step(batch);
+      compareAdamW(errs, job, gradNorm, o.before, trainer.weights());
+    }
+  } finally {
+    await trainer.close();
+  }
 }

@@ -24,14 +24,11 @@ import { join } from "node:path";
 import type { Bert, BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
-import { Trainer } from "../pipeline/train/trainer.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { type DistillObjectiveOptions, lossBreakdown } from "../pipeline/distill/objective.ts";
 import { randomArray, withTempDir } from "./_util.ts";
 import {
-  ADAMW,
-  compareAdamW,
-  compareGradients,
+  checkTrainerJob,
   Errors,
   EXECUTORS,
   hostBatchOf,
@@ -371,29 +368,13 @@ for (const [ci, c] of CASES.entries()) {
                 );
               }
             }
-            const trainer = await Trainer.create(student, {
+            await checkTrainerJob(errs, jobs[k], student, batch, {
               objective: "distillation",
               objectiveOptions: objectiveOf(job),
-              lr: () => ADAMW.lr,
-              beta1: ADAMW.betas[0],
-              beta2: ADAMW.betas[1],
-              eps: ADAMW.eps,
-              weightDecay: ADAMW.weight_decay,
-              maxGradNorm: ADAMW.max_grad_norm,
-              dropout: false,
-              threads: 1,
               engine: exec.ref,
+              adamw: !!job.adamw,
+              before,
             });
-            try {
-              const { loss, grads } = await trainer.gradients(batch);
-              compareGradients(errs, jobs[k], loss, grads, student.params.keys());
-              if (job.adamw) {
-                const { gradNorm } = await trainer.step(batch);
-                compareAdamW(errs, jobs[k], gradNorm, before, trainer.weights());
-              }
-            } finally {
-              await trainer.close();
-            }
           }
           report.add(exec.label, errs);
           if (errs.failures.length) failures[exec.label] = errs.failures;

@@ -25,13 +25,11 @@ import type { Bert, BertHeads } from "../pipeline/model/bert.ts";
 import type { BertConfig } from "../pipeline/model/config.ts";
 import { saveBert } from "../pipeline/model/checkpoint.ts";
 import { openInference } from "../pipeline/engines/inference.ts";
-import { Trainer } from "../pipeline/train/trainer.ts";
 import type { HostBatch } from "../pipeline/data/batch.ts";
 import { maxAbsErr, realKeyMask, withTempDir } from "./_util.ts";
 import {
   ADAMW,
-  compareAdamW,
-  compareGradients,
+  checkTrainerJob,
   Errors,
   EXECUTORS,
   type F64Tensor,
@@ -273,29 +271,12 @@ for (const [ci, c] of CASES.entries()) {
             const batch: HostBatch = job.objective === "regression"
               ? regressionBatch(inputs)
               : hostBatchOf(inputs);
-            const model = bert.clone();
-            const trainer = await Trainer.create(model, {
+            await checkTrainerJob(errs, jobs[k], bert.clone(), batch, {
               objective: job.objective,
-              lr: () => ADAMW.lr,
-              beta1: ADAMW.betas[0],
-              beta2: ADAMW.betas[1],
-              eps: ADAMW.eps,
-              weightDecay: ADAMW.weight_decay,
-              maxGradNorm: ADAMW.max_grad_norm,
-              dropout: false,
-              threads: 1,
               engine: exec.ref,
+              adamw: !!job.adamw,
+              before,
             });
-            try {
-              const { loss, grads } = await trainer.gradients(batch);
-              compareGradients(errs, jobs[k], loss, grads, bert.params.keys());
-              if (job.adamw) {
-                const { gradNorm } = await trainer.step(batch);
-                compareAdamW(errs, jobs[k], gradNorm, before, trainer.weights());
-              }
-            } finally {
-              await trainer.close();
-            }
           }
           report.add(exec.label, errs);
           if (errs.failures.length) failures[exec.label] = errs.failures;
